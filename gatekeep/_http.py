@@ -1,0 +1,247 @@
+"""The request and response objects every part of gatekeep speaks.
+
+Headers are kept the way ASGI and h11 keep them: a list of ``(name, value)``
+byte pairs with lower-case names, in arrival order, duplicates allowed.  That
+costs no conversion at either edge of the hot path.  Bodies are async
+iterators of ``bytes`` so that they stream both ways with backpressure; a body
+is read once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any
+
+import attrs
+
+from ._errors import GatekeepError, PayloadTooLarge
+
+__all__ = [
+    "Body",
+    "Headers",
+    "Request",
+    "Response",
+    "empty_body",
+    "problem_response",
+]
+
+Body = AsyncIterable[bytes]
+
+
+class Headers:
+    """An ordered multi-map of lower-case byte names to byte values."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]] | None = None) -> None:
+        self.raw: list[tuple[bytes, bytes]] = list(raw) if raw is not None else []
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
+        """Build from text pairs (names are lower-cased)."""
+        return cls((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs)
+
+    def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
+        for k, v in self.raw:
+            if k == name:
+                return v
+        return default
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self.raw if k == name]
+
+    def __contains__(self, name: object) -> bool:
+        return any(k == name for k, _ in self.raw)
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.raw.append((name, value))
+
+    def set(self, name: bytes, value: bytes) -> None:
+        """Replace every value of ``name`` by one."""
+        self.raw = [(k, v) for k, v in self.raw if k != name]
+        self.raw.append((name, value))
+
+    def remove(self, *names: bytes) -> None:
+        self.raw = [(k, v) for k, v in self.raw if k not in names]
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        """The first value of ``name`` as text (latin-1, as HTTP/1.1 allows)."""
+        v = self.get(name.lower().encode("latin-1"))
+        return default if v is None else v.decode("latin-1")
+
+    def __iter__(self) -> Any:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.raw!r})"
+
+
+async def empty_body() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
+
+
+@attrs.define(slots=True, eq=False)
+class Request:
+    """One client request as it moves through the gateway.
+
+    ``path`` is the normalised path the router matched; ``raw_path`` is what
+    the client sent.  Filters may change ``headers``, ``path`` and
+    ``query_string``; ``state`` is a free dict for filters to talk to each
+    other.  ``consumer`` and ``identity`` are set by authentication filters.
+    """
+
+    method: str
+    path: str
+    query_string: bytes = b""
+    headers: Headers = attrs.field(factory=Headers)
+    body: Body = attrs.field(factory=empty_body)
+    scheme: str = "http"
+    host: str = ""
+    raw_path: bytes = b""
+    client: tuple[str, int] | None = None
+    server: tuple[str, int | None] | None = None
+    http_version: str = "1.1"
+    request_id: str = ""
+    # Set by the gateway once routed.
+    route: Any = None
+    params: dict[str, str] = attrs.field(factory=dict)
+    service: Any = None
+    consumer: Any = None
+    identity: Any = None
+    state: dict[str, Any] = attrs.field(factory=dict)
+    # True once any byte of the body was handed to an upstream.
+    body_sent: bool = False
+
+    async def read(self, limit: int = 10 * 1024 * 1024) -> bytes:
+        """Read the whole body (at most ``limit`` bytes) and keep it for reuse.
+
+        Raises:
+            PayloadTooLarge: the body is longer than ``limit``.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.body:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        self.body = _replayable(data)
+        return data
+
+    @property
+    def client_ip(self) -> str:
+        return self.client[0] if self.client else ""
+
+
+class _replayable:
+    """A body already read into memory: can be iterated again (for retries)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _one_chunk(self.data)
+
+
+def replayable(data: bytes) -> Body:
+    """A body from bytes that can be read more than once."""
+    return _replayable(data)
+
+
+def is_replayable(body: Body) -> bool:
+    return isinstance(body, _replayable)
+
+
+@attrs.define(slots=True, eq=False)
+class Response:
+    """An answer: from an upstream, from a filter, or from the gateway itself.
+
+    ``body`` is either ``bytes`` or an async iterable of ``bytes``; response
+    filters may replace it with a wrapping iterator.  ``source`` says who
+    produced it: ``"service"`` (an upstream or the wrapped app) or
+    ``"gateway"``.
+    """
+
+    status: int = 200
+    headers: Headers = attrs.field(factory=Headers)
+    body: bytes | Body = b""
+    source: str = "gateway"
+    # Called once the body was fully sent or abandoned (releases upstream connections).
+    on_close: Any = None
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, content_type: str = "text/plain; charset=utf-8") -> Response:
+        data = text.encode()
+        return cls(
+            status,
+            Headers([(b"content-type", content_type.encode()), (b"content-length", str(len(data)).encode())]),
+            data,
+        )
+
+    @classmethod
+    def json(cls, obj: Any, status: int = 200, content_type: str = "application/json") -> Response:
+        data = json.dumps(obj, separators=(",", ":")).encode()
+        return cls(
+            status,
+            Headers([(b"content-type", content_type.encode()), (b"content-length", str(len(data)).encode())]),
+            data,
+        )
+
+    def iter_body(self) -> AsyncIterable[bytes]:
+        body = self.body
+        if isinstance(body, bytes | bytearray | memoryview):
+            return _one_chunk(bytes(body))
+        return body
+
+    async def read(self) -> bytes:
+        """Read the whole body (for tests and small answers)."""
+        if isinstance(self.body, bytes):
+            return self.body
+        chunks = [c async for c in self.body]
+        data = b"".join(chunks)
+        self.body = data
+        return data
+
+    async def aclose(self) -> None:
+        """Release what the body holds (an upstream connection) if unread."""
+        cb, self.on_close = self.on_close, None
+        if cb is not None:
+            await cb()
+
+
+_PROBLEM_BASE = "https://gatekeep.dev/problems/"
+
+
+def problem_response(error: GatekeepError, request_id: str = "", instance: str = "") -> Response:
+    """Render a ``GatekeepError`` as an RFC 9457 problem document."""
+    doc: dict[str, Any] = {
+        "type": _PROBLEM_BASE + error.slug,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+    }
+    if instance:
+        doc["instance"] = instance
+    if request_id:
+        doc["request_id"] = request_id
+    for k, v in error.extensions.items():
+        doc.setdefault(k, v)
+    response = Response.json(doc, error.status, "application/problem+json")
+    for name, value in error.headers:
+        response.headers.add(name.lower().encode("latin-1"), value.encode("latin-1"))
+    if request_id:
+        response.headers.add(b"x-request-id", request_id.encode("latin-1"))
+    return response

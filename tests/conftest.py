@@ -1,0 +1,12 @@
+"""Shared pytest setup.  Fixture modules of each topic register here."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins: list[str] = []
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
