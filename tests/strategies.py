@@ -1,0 +1,74 @@
+"""Hypothesis strategies shared by the test modules.
+
+Each section belongs to a topic; add new ones below, with a short comment.
+"""
+
+from __future__ import annotations
+
+import string
+
+from hypothesis import strategies as st
+
+# -- paths and routes (normalisation, router) ---------------------------------
+
+UNRESERVED = string.ascii_letters + string.digits + "-._~"
+SUB_DELIMS = "!$&'()*+,;=:@"
+
+# A canonical path segment: not empty, not a dot-segment, only characters
+# that stay as they are through normalisation.
+segments = st.text(alphabet=UNRESERVED + SUB_DELIMS, min_size=1, max_size=12).filter(
+    lambda s: s not in (".", "..")
+)
+
+# A segment made only of characters that never need quoting in a template or a
+# regex (handy for building route patterns).
+plain_segments = st.text(alphabet=string.ascii_lowercase + string.digits + "-_", min_size=1, max_size=10)
+
+
+@st.composite
+def canonical_paths(draw: st.DrawFn, segment: st.SearchStrategy[str] = segments) -> str:
+    """A path that ``normalise_path`` returns unchanged."""
+    parts = draw(st.lists(segment, max_size=6))
+    if not parts:
+        return "/"
+    return "/" + "/".join(parts) + ("/" if draw(st.booleans()) else "")
+
+
+def _escape(char: str, upper: bool) -> str:
+    text = f"%{ord(char):02x}"
+    return text.upper() if upper else text
+
+
+@st.composite
+def spellings(draw: st.DrawFn, path: str) -> bytes:
+    """Another way to write ``path``: some unreserved characters percent-encoded."""
+    out = []
+    for char in path:
+        if char in UNRESERVED and draw(st.booleans()):
+            out.append(_escape(char, draw(st.booleans())))
+        else:
+            out.append(char)
+    return "".join(out).encode("ascii")
+
+
+# Pieces of messy raw paths: canonical segments, dot-segments (plain and
+# encoded), empty segments, kept escapes in either case, raw bytes to encode.
+_raw_pieces = st.one_of(
+    segments.map(lambda s: s.encode()),
+    st.sampled_from([b".", b"..", b"", b"%2e", b"%2E%2e", b".%2E", b"%7e", b"%41"]),
+    st.sampled_from([b"%3a", b"%3F", b"%20", b"%c3%a9", b"%25", b"%0a"]),
+    st.binary(min_size=1, max_size=3).filter(lambda b: all(x >= 0x80 for x in b)),
+    st.sampled_from([b" ", b"?", b"#", b"{x}", b"[", b"|", b'"']),
+)
+
+
+@st.composite
+def messy_raw_paths(draw: st.DrawFn) -> bytes:
+    """Raw request paths that normalisation accepts but must rewrite."""
+    parts = draw(st.lists(st.lists(_raw_pieces, min_size=1, max_size=3).map(b"".join), max_size=8))
+    return b"/" + b"/".join(parts)
+
+
+# Anything at all after a leading slash, to check that nothing but BadRequest
+# ever escapes normalisation.
+any_raw_paths = st.binary(max_size=40).map(lambda b: b"/" + b)
