@@ -1,0 +1,178 @@
+"""Headers a proxy changes on the way through (RFC 9110 §7.6, RFC 7239).
+
+Two pure functions, called once per request and once per response:
+
+``upstream_request_headers``
+    the client's headers minus the hop-by-hop ones (every header named in
+    ``Connection``, then ``Connection``, ``Keep-Alive``, ``Proxy-Connection``,
+    ``TE``, ``Transfer-Encoding``, ``Upgrade``, ``Trailer``,
+    ``Proxy-Authenticate``, ``Proxy-Authorization``) and minus ``Expect``;
+    ``Host`` set; ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` and ``Via``
+    added (and RFC 7239 ``Forwarded`` on request).
+``downstream_response_headers``
+    the upstream's headers minus the hop-by-hop ones.
+
+Choices:
+
+- ``TE`` is dropped whole, ``TE: trailers`` included: the upstream client does
+  not relay trailers, so promising the upstream that we accept them would be
+  false.
+- ``Expect`` is dropped: the upstream client sends the body without waiting
+  for ``100 Continue`` and the ASGI server already answered the client's.
+- ``Content-Length`` is kept: the body is passed through unchanged and the
+  upstream client frames it by that length (``Transfer-Encoding`` is dropped
+  because the body is re-framed on each side).
+- ``X-Forwarded-For`` and ``Forwarded`` keep what earlier proxies wrote and
+  append the peer: whoever reads them must trust only the entries that its
+  own trusted proxies added.  ``X-Forwarded-Proto`` / ``-Host`` describe this
+  hop; with ``trusted=True`` (the peer is a trusted proxy) values it already
+  set are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._http import Request
+
+__all__ = ["HOP_BY_HOP", "downstream_response_headers", "forwarded_element", "upstream_request_headers"]
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Dropped from requests, and handled specially (replaced or merged) below.
+_REQUEST_SKIP: Final = HOP_BY_HOP | {
+    b"expect",
+    b"host",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+_EMPTY: Final[frozenset[bytes]] = frozenset()
+_COMMA: Final = b", "
+
+
+def _connection_options(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Lower-case names listed in every ``Connection`` header."""
+    names: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token:
+                    names.add(token)
+    return frozenset(names)
+
+
+def forwarded_element(client_ip: str, proto: str, host: bytes) -> bytes:
+    """One RFC 7239 ``Forwarded`` element: ``for=…;proto=…;host=…``."""
+    parts = []
+    if client_ip:
+        # IPv6 must be bracketed and quoted; "unknown" when the peer is not known.
+        parts.append(f'for="[{client_ip}]"' if ":" in client_ip else f"for={client_ip}")
+    else:
+        parts.append("for=unknown")
+    parts.append(f"proto={proto}")
+    element = ";".join(parts).encode("latin-1")
+    if host:
+        element += b';host="' + host.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return element
+
+
+def upstream_request_headers(
+    request: Request,
+    *,
+    host_header: bytes,
+    via: bytes = b"1.1 gatekeep",
+    trusted: bool = False,
+    forwarded: bool = False,
+) -> list[tuple[bytes, bytes]]:
+    """The headers to send upstream for ``request``.
+
+    Args:
+        request: the client's request (its ``headers`` are not changed).
+        host_header: the ``Host`` to send (the client's when preserving the
+            host, else the upstream's).
+        via: this hop's ``Via`` entry.
+        trusted: the peer is a trusted proxy: keep the ``X-Forwarded-Proto``
+            and ``X-Forwarded-Host`` it set.
+        forwarded: also append an RFC 7239 ``Forwarded`` element.
+
+    Returns:
+        ``Host`` first, then the client's end-to-end headers in order, then
+        ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host``,
+        (``Forwarded``,) ``Via``.
+    """
+    raw = request.headers.raw
+    options = _EMPTY
+    for name, _ in raw:
+        if name == b"connection":
+            options = _connection_options(raw)
+            break
+    out: list[tuple[bytes, bytes]] = [(b"host", host_header)]
+    xff: list[bytes] = []
+    proto: bytes | None = None
+    fwd_host: bytes | None = None
+    client_host: bytes | None = None
+    skip = _REQUEST_SKIP
+    for pair in raw:
+        name = pair[0]
+        if name in skip:
+            if name == b"x-forwarded-for":
+                xff.append(pair[1])
+            elif name == b"host":
+                if client_host is None:
+                    client_host = pair[1]
+            elif trusted:
+                if name == b"x-forwarded-proto":
+                    if proto is None:
+                        proto = pair[1]
+                elif name == b"x-forwarded-host" and fwd_host is None:
+                    fwd_host = pair[1]
+            continue
+        if options and name in options:
+            continue
+        out.append(pair)
+    client_ip = request.client_ip
+    if client_ip:
+        xff.append(client_ip.encode("latin-1"))
+    if xff:
+        out.append((b"x-forwarded-for", xff[0] if len(xff) == 1 else _COMMA.join(xff)))
+    if client_host is None:
+        client_host = request.host.encode("latin-1") if request.host else b""
+    out.append((b"x-forwarded-proto", proto if proto is not None else request.scheme.encode("latin-1")))
+    if fwd_host is not None:
+        out.append((b"x-forwarded-host", fwd_host))
+    elif client_host:
+        out.append((b"x-forwarded-host", client_host))
+    if forwarded:
+        out.append((b"forwarded", forwarded_element(client_ip, request.scheme, client_host)))
+    out.append((b"via", via))
+    return out
+
+
+def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` of an upstream response without the hop-by-hop ones.
+
+    ``Content-Length`` stays (the body passes through unchanged);
+    ``Transfer-Encoding`` goes (the server re-frames the body).
+    """
+    options = _EMPTY
+    for name, _ in headers:
+        if name == b"connection":
+            options = _connection_options(headers)
+            break
+    hop = HOP_BY_HOP
+    if options:
+        return [pair for pair in headers if pair[0] not in hop and pair[0] not in options]
+    return [pair for pair in headers if pair[0] not in hop]

@@ -1,0 +1,28 @@
+"""The streaming HTTP/1.1 upstream client: a keep-alive pool per origin.
+
+``UpstreamPool.send`` streams a request to one ``Instance`` and returns the
+``Response`` as soon as its head arrived; the body streams from the socket.
+HTTP framing goes through a sans-IO ``Codec`` (h11 by default).  See
+``_pool.py`` for the pool and the stale-connection retry, ``_connection.py``
+for one exchange and the error boundary.
+"""
+
+from __future__ import annotations
+
+from ._codec import END_OF_RESPONSE, NEED_DATA, Codec, CodecEvent, H11Codec, ResponseHead
+from ._config import PoolLimits, Timeouts, TLSSettings
+from ._pool import UpstreamPool, request_sent
+
+__all__ = [
+    "END_OF_RESPONSE",
+    "NEED_DATA",
+    "Codec",
+    "CodecEvent",
+    "H11Codec",
+    "PoolLimits",
+    "ResponseHead",
+    "TLSSettings",
+    "Timeouts",
+    "UpstreamPool",
+    "request_sent",
+]
