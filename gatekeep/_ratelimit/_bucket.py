@@ -15,7 +15,11 @@ held at the time ``stamp``.  Its level at a later time ``now`` is
 ``min(capacity, tokens + (now - stamp) * rate / period)``; a clock that goes
 backwards (``now < stamp``) refills nothing, and the stamp never moves back.
 Tokens are floats: integer costs taken from an integer level stay exact, and
-refills are exact to the last bit of a double, which is far below one token.
+refills are exact to the last bits of a double.  So that float dust cannot
+turn away a request that arrives exactly when its tokens are due, a bucket
+counts as holding ``cost`` when it is at most ``EPSILON`` (1e-9) short.  This
+does not accumulate: a level never drops below ``-EPSILON``, so over any span
+at most ``capacity + rate * elapsed / period + EPSILON`` tokens are taken.
 
 ``take`` decides one request over all its limits at once: it is admitted only
 if *every* bucket holds ``cost`` tokens, and then ``cost`` is taken from each.
@@ -38,7 +42,9 @@ from typing import NamedTuple
 
 from .._protocols import Decision, Limit
 
-__all__ = ["Bucket", "check_limit", "ceil_ms", "level", "seconds_until", "take"]
+__all__ = ["EPSILON", "Bucket", "check_limit", "ceil_ms", "level", "seconds_until", "take"]
+
+EPSILON = 1e-9
 
 
 class Bucket(NamedTuple):
@@ -75,7 +81,7 @@ def level(bucket: Bucket | None, limit: Limit, now: float) -> float:
 
 def seconds_until(tokens: float, wanted: float, limit: Limit) -> float:
     """Seconds until a bucket holding ``tokens`` holds ``wanted`` (0 if it does)."""
-    if tokens >= wanted:
+    if tokens >= wanted - EPSILON:
         return 0.0
     return (wanted - tokens) * limit.period / limit.rate
 
@@ -96,11 +102,11 @@ def take(
         admitted request with a positive cost), else ``None``.
     """
     levels = [level(b, limit, now) for b, limit in zip(buckets, limits, strict=True)]
-    if all(tokens >= cost for tokens in levels):
+    if all(tokens >= cost - EPSILON for tokens in levels):
         after = [tokens - cost for tokens in levels]
         decision = Decision(
             allowed=True,
-            remaining=tuple([math.floor(t) for t in after]),
+            remaining=tuple([math.floor(t + EPSILON) for t in after]),
             reset=tuple(
                 [ceil_ms(seconds_until(t, lim.capacity, lim)) for t, lim in zip(after, limits, strict=True)]
             ),
@@ -122,7 +128,7 @@ def take(
             retry = max(retry, seconds_until(tokens, cost, limit))
     decision = Decision(
         allowed=False,
-        remaining=tuple([math.floor(t) for t in levels]),
+        remaining=tuple([math.floor(t + EPSILON) for t in levels]),
         retry_after=max(ceil_ms(retry), 0.001),
         reset=tuple(
             [ceil_ms(seconds_until(t, lim.capacity, lim)) for t, lim in zip(levels, limits, strict=True)]

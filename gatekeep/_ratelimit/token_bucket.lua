@@ -15,6 +15,8 @@ time <stamp>.  A missing key is a full bucket.  The level now is
 min(capacity, tokens + (now - stamp) * rate / period); a server clock that
 went backwards (after a failover) refills nothing and never moves a stamp
 back.  Tokens are written with %.17g, which reads back the very same double.
+A bucket counts as holding `cost` when it is at most EPSILON short, as in
+_bucket.py, so float dust never turns away a request that is on time.
 
 The script reads every bucket first.  Only if each holds `cost` tokens does
 it write them all, each with PX = the time until it is full again, so an idle
@@ -35,6 +37,7 @@ larger than a capacity gets that limit's period (no wait would help).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cost = tonumber(ARGV[1])
+local EPSILON = 1e-9
 local n = #KEYS
 
 local levels, stamps = {}, {}
@@ -55,7 +58,7 @@ for i = 1, n do
     end
   end
   levels[i], stamps[i] = tokens, stamp
-  if tokens < cost then
+  if tokens < cost - EPSILON then
     allowed = false
   end
 end
@@ -79,11 +82,14 @@ for i = 1, n do
     end
   elseif cost > capacity then
     retry = math.max(retry, period)
-  elseif tokens < cost then
+  elseif tokens < cost - EPSILON then
     retry = math.max(retry, (cost - tokens) * period / rate)
   end
-  reply[2 * i + 1] = math.floor(tokens)
-  reply[2 * i + 2] = ceil_ms((capacity - tokens) * period / rate)
+  reply[2 * i + 1] = math.floor(tokens + EPSILON)
+  reply[2 * i + 2] = 0
+  if tokens < capacity - EPSILON then
+    reply[2 * i + 2] = ceil_ms((capacity - tokens) * period / rate)
+  end
 end
 if not allowed then
   reply[2] = math.max(ceil_ms(retry), 1)
