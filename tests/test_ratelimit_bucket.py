@@ -42,14 +42,18 @@ def run(limits_: list[Limit], steps: list[tuple[float, int]]) -> tuple[list[int]
 
 
 @given(st.lists(limits, min_size=1, max_size=3), st.lists(requests, max_size=60))
-def test_never_more_admitted_than_capacity_plus_refill(limits_: list[Limit], steps: list[tuple[float, int]]) -> None:
+def test_never_more_admitted_than_capacity_plus_refill(
+    limits_: list[Limit], steps: list[tuple[float, int]]
+) -> None:
     admitted, elapsed = run(limits_, steps)
     for tokens, limit in zip(admitted, limits_, strict=True):
         assert tokens <= limit.capacity + limit.rate * elapsed / limit.period + 1e-6
 
 
 @given(limits, st.lists(requests, max_size=40), st.floats(0, 10), st.floats(0, 10))
-def test_refill_is_monotonic_and_capped(limit: Limit, steps: list[tuple[float, int]], a: float, b: float) -> None:
+def test_refill_is_monotonic_and_capped(
+    limit: Limit, steps: list[tuple[float, int]], a: float, b: float
+) -> None:
     buckets: list[Bucket | None] = [None]
     now = 0.0
     for dt, cost in steps:

@@ -27,7 +27,9 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter]:
         return
     batch = request.param == "redis"
     # Unbatched, every concurrent call holds a connection of its own.
-    client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"), max_connections=None if batch else 256)
+    client = aioredis.Redis.from_url(
+        request.getfixturevalue("redis_url"), max_connections=None if batch else 256
+    )
     rl = RedisRateLimiter(client, batch=batch)
     try:
         yield rl
@@ -43,7 +45,12 @@ async def test_it_is_a_rate_limiter(limiter: RateLimiter) -> None:
 async def test_a_bucket_drains_then_refuses(limiter: RateLimiter) -> None:
     limit = Limit(rate=3, period=HOUR)
     seen = [await limiter.acquire("k", [limit]) for _ in range(4)]
-    assert [(d.allowed, d.remaining) for d in seen] == [(True, (2,)), (True, (1,)), (True, (0,)), (False, (0,))]
+    assert [(d.allowed, d.remaining) for d in seen] == [
+        (True, (2,)),
+        (True, (1,)),
+        (True, (0,)),
+        (False, (0,)),
+    ]
     assert seen[0].retry_after == 0
     assert seen[0].reset[0] == pytest.approx(HOUR / 3, abs=0.01)
     # One token comes back every 1200 s.
