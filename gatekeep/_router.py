@@ -153,8 +153,10 @@ def _literal(pattern: str) -> str:
     """Normalise a literal path of a pattern; refuse what is surely a mistake."""
     if not pattern.startswith("/"):
         raise ValueError("must start with '/' (or '=/' for exact, '~' for a regex)")
-    inner = pattern[1:-1] if pattern.endswith("/") else pattern[1:]
-    if (inner or pattern != "/") and any(s in ("", ".", "..") for s in inner.split("/")):
+    # Dots may be percent-encoded; they would still be removed by normalisation.
+    spelled = pattern.replace("%2e", ".").replace("%2E", ".")
+    inner = spelled[1:-1] if spelled.endswith("/") else spelled[1:]
+    if (inner or spelled != "/") and any(s in ("", ".", "..") for s in inner.split("/")):
         raise ValueError("must not contain empty ('//') or dot ('.', '..') segments")
     try:
         return normalise_path(pattern.encode("utf-8"))

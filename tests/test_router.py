@@ -369,6 +369,8 @@ class TestHeaders:
         ("/a//b", "empty"),
         ("/a/../b", "dot"),
         ("/a/./b", "dot"),
+        ("/a/%2e%2E", "dot"),
+        ("/{a}/%2e", "dot"),
         ("/a%2Fb", "encoded slash"),
         ("/a%zz", "malformed"),
         ("=/a/{id}", "cannot have parameters"),
