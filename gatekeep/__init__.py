@@ -1,1 +1,133 @@
+"""gatekeep: an embeddable API gateway for Python, with a plugin SDK.
+
+    import gatekeep
+
+    gateway = gatekeep.Gateway("gateway.toml")
+    app = gatekeep.asgi(gateway)          # any ASGI server
+    app = gatekeep.wsgi(gateway)          # any WSGI server
+    app = gatekeep.asgi(gateway, app=my_fastapi_app)   # middleware mode
+"""
+
 from __future__ import annotations
+
+from ._asgi import ASGIApp, asgi
+from ._balancer import LeastOutstanding, RoundRobin
+from ._config import (
+    ConsumerConfig,
+    GatewayConfig,
+    GatewaySettings,
+    PluginConfig,
+    RouteConfig,
+    ServiceConfig,
+    TargetConfig,
+    TLSConfig,
+    load_config,
+)
+from ._discovery import StaticDiscovery
+from ._errors import (
+    AuthError,
+    BadRequest,
+    CircuitOpen,
+    ConfigError,
+    FieldError,
+    FilterError,
+    Forbidden,
+    GatekeepError,
+    MethodNotAllowed,
+    NoHealthyUpstream,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from ._filter import BaseFilter, Chain, Exchange, NoConfig, available_filters, register_filter
+from ._gateway import Gateway
+from ._http import Headers, Request, Response, problem_response
+from ._normalise import normalise_path
+from ._protocols import (
+    Authenticator,
+    Authorizer,
+    Balancer,
+    Breaker,
+    Decision,
+    Discovery,
+    Filter,
+    Identity,
+    Instance,
+    Limit,
+    RateLimiter,
+    Router,
+)
+from ._router import CompiledRouter, RouteMatch, RouteRule
+from ._wsgi import WSGIApp, wsgi
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ASGIApp",
+    "AuthError",
+    "Authenticator",
+    "Authorizer",
+    "BadRequest",
+    "Balancer",
+    "BaseFilter",
+    "Breaker",
+    "Chain",
+    "CircuitOpen",
+    "CompiledRouter",
+    "ConfigError",
+    "ConsumerConfig",
+    "Decision",
+    "Discovery",
+    "Exchange",
+    "FieldError",
+    "Filter",
+    "FilterError",
+    "Forbidden",
+    "GatekeepError",
+    "Gateway",
+    "GatewayConfig",
+    "GatewaySettings",
+    "Headers",
+    "Identity",
+    "Instance",
+    "LeastOutstanding",
+    "Limit",
+    "MethodNotAllowed",
+    "NoConfig",
+    "NoHealthyUpstream",
+    "NotFound",
+    "PayloadTooLarge",
+    "PluginConfig",
+    "RateLimited",
+    "RateLimiter",
+    "Request",
+    "Response",
+    "RoundRobin",
+    "RouteConfig",
+    "RouteMatch",
+    "RouteRule",
+    "Router",
+    "ServiceConfig",
+    "ServiceUnavailable",
+    "StaticDiscovery",
+    "TLSConfig",
+    "TargetConfig",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+    "WSGIApp",
+    "__version__",
+    "asgi",
+    "available_filters",
+    "load_config",
+    "normalise_path",
+    "problem_response",
+    "register_filter",
+    "wsgi",
+]

@@ -1,0 +1,368 @@
+"""The ASGI 3 adapter: ``app = gatekeep.asgi(gateway)``.
+
+It turns an ASGI ``http`` scope into a ``Request`` whose body pulls from
+``receive``, lets the gateway answer, and streams the ``Response`` back with
+``send``.  ``lifespan`` enters the gateway (``async with gateway``) so
+filters and background tasks start with the server and stop with it.
+
+Client disconnects: ASGI servers report them only through ``receive``, and
+uvicorn silently drops ``send`` calls after one.  Once the request body is
+fully read, a watcher task waits on ``receive`` and cancels the request's
+work when ``http.disconnect`` arrives, which closes the upstream connection.
+
+Middleware mode: ``gatekeep.asgi(gateway, app=other_asgi_app)`` puts the
+gateway's filters in front of ``other_asgi_app``; routes whose service has
+``url = "app://"``, and (with ``fallthrough``) requests no route matches,
+are answered by the wrapped app.  The principal set by authentication is
+in ``scope["gatekeep.identity"]`` and ``scope["gatekeep.consumer"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._filter import Exchange
+from ._gateway import Gateway
+from ._http import Headers, Request, Response
+
+__all__ = ["ASGIApp", "asgi"]
+
+log = logging.getLogger("gatekeep")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was read."""
+
+
+def asgi(gateway: Gateway, app: ASGI | None = None) -> ASGIApp:
+    """An ASGI 3 application serving ``gateway`` (in front of ``app``, if given)."""
+    return ASGIApp(gateway, app)
+
+
+class _Body:
+    """The request body, pulled from ``receive`` on demand."""
+
+    __slots__ = ("done", "on_done", "receive")
+
+    def __init__(self, receive: Receive, on_done: Callable[[], None] | None) -> None:
+        self.receive = receive
+        self.done = False
+        self.on_done = on_done
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        if self.done:
+            return
+        while True:
+            message = await self.receive()
+            kind = message["type"]
+            if kind == "http.request":
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                if not more:
+                    self._finish()
+                if chunk:
+                    yield chunk
+                if not more:
+                    return
+            elif kind == "http.disconnect":
+                self._finish()
+                raise ClientDisconnected("client disconnected while sending the request body")
+
+    def _finish(self) -> None:
+        self.done = True
+        if self.on_done is not None:
+            self.on_done()
+            self.on_done = None
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for k, v in headers:
+        if k == b"content-length":
+            return v != b"0"
+        if k == b"transfer-encoding":
+            return True
+    return False
+
+
+class ASGIApp:
+    """The ASGI application (see ``asgi``)."""
+
+    def __init__(self, gateway: Gateway, app: ASGI | None = None) -> None:
+        self.gateway = gateway
+        self.app = app
+        if app is not None:
+            gateway.app = _AppCaller(app, gateway)
+        self._started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif self.app is not None:
+            await self.app(scope, receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            await self.gateway.__aenter__()
+        except Exception as exc:
+            log.exception("gateway failed to start")
+            await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+            return
+        self._started = True
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        try:
+            await self.gateway.__aexit__(None, None, None)
+        finally:
+            self._started = False
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def request_from_scope(self, scope: Scope, body: Any) -> Request:
+        raw_headers = scope["headers"]
+        headers = Headers(raw_headers if isinstance(raw_headers, list) else [tuple(h) for h in raw_headers])
+        raw_path = scope.get("raw_path")
+        if raw_path is None:
+            raw_path = quote(scope["path"]).encode("latin-1")
+        else:
+            raw_path = raw_path.split(b"?", 1)[0]
+        host_header = headers.get(b"host")
+        if host_header:
+            host = host_header.decode("latin-1")
+            if host.startswith("["):
+                host = host.split("]", 1)[0] + "]"
+            else:
+                host = host.rsplit(":", 1)[0]
+        else:
+            server = scope.get("server") or ("", None)
+            host = server[0] or ""
+        client = scope.get("client")
+        return Request(
+            method=scope["method"],
+            path="",
+            query_string=scope.get("query_string", b""),
+            headers=headers,
+            body=body,
+            scheme=scope.get("scheme", "http"),
+            host=host.lower(),
+            raw_path=raw_path,
+            client=tuple(client) if client else None,  # type: ignore[arg-type]
+            server=scope.get("server"),
+            http_version=scope.get("http_version", "1.1"),
+        )
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        disconnected: list[bool] = []
+        async with anyio.create_task_group() as tg:
+            cancel = tg.cancel_scope
+
+            def watch() -> None:
+                tg.start_soon(_watch_disconnect, receive, cancel, disconnected)
+
+            has_body = _has_body(scope["headers"])
+            body = _Body(receive, watch if has_body else None)
+            if not has_body:
+                body.done = True
+                watch()
+            request = self.request_from_scope(scope, body)
+            exchange = Exchange(request)
+            await self._serve(request, exchange, send)
+            cancel.cancel()
+        if disconnected and not exchange.end:
+            exchange.end = time.perf_counter()
+            exchange.error = exchange.error or ClientDisconnected("client disconnected")
+        await self.gateway.log(exchange)
+
+    async def _serve(self, request: Request, exchange: Exchange, send: Send) -> None:
+        response = await self.gateway.handle(request, exchange)
+        try:
+            await send_response(response, send, exchange)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            if not exchange.end:
+                exchange.end = time.perf_counter()
+
+
+async def _watch_disconnect(receive: Receive, cancel: anyio.CancelScope, disconnected: list[bool]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            disconnected.append(True)
+            cancel.cancel()
+            return
+
+
+async def send_response(response: Response, send: Send, exchange: Exchange) -> None:
+    """Send ``response`` with ASGI ``send``; a body that breaks mid-way aborts."""
+    await send({"type": "http.response.start", "status": response.status, "headers": response.headers.raw})
+    body = response.body
+    if isinstance(body, bytes):
+        exchange.bytes_out = len(body)
+        await send({"type": "http.response.body", "body": body})
+        exchange.end = time.perf_counter()
+        return
+    sent = 0
+    try:
+        async for chunk in body:
+            if chunk:
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except Exception as exc:
+        # Headers are gone already: the only honest signal left is to cut the
+        # connection short, which returning without the final message does.
+        exchange.bytes_out = sent
+        exchange.error = exc
+        log.warning("response body broke after %d bytes: %s", sent, exc)
+        return
+    exchange.bytes_out = sent
+    await send({"type": "http.response.body", "body": b""})
+    exchange.end = time.perf_counter()
+
+
+class _AppCaller:
+    """Calls a wrapped ASGI app as the upstream of a route (middleware mode)."""
+
+    def __init__(self, app: ASGI, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    def scope_for(self, request: Request) -> Scope:
+        path = request.path
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": request.http_version,
+            "method": request.method,
+            "scheme": request.scheme,
+            "path": path,
+            "raw_path": path.encode("latin-1"),
+            "query_string": request.query_string,
+            "root_path": "",
+            "headers": request.headers.raw,
+            "client": request.client,
+            "server": request.server,
+            "state": {},
+            "gatekeep.identity": request.identity,
+            "gatekeep.consumer": request.consumer,
+            "gatekeep.request_id": request.request_id,
+        }
+
+    async def __call__(self, request: Request) -> Response:
+        tg = self.gateway.task_group
+        if tg is None:
+            return await self._buffered(request)
+        return await _StreamedApp(self.app, self.scope_for(request), request).start(tg)
+
+    async def _buffered(self, request: Request) -> Response:
+        # No lifespan ran (no task group to stream from): collect the answer.
+        messages: list[Message] = []
+        receive = _app_receive(request)
+
+        async def send(message: Message) -> None:
+            messages.append(message)
+
+        await self.app(self.scope_for(request), receive, send)
+        if not messages or messages[0]["type"] != "http.response.start":
+            raise_app_error("the wrapped app returned without a response")
+        start = messages[0]
+        body = b"".join(m.get("body", b"") for m in messages[1:] if m["type"] == "http.response.body")
+        return Response(start["status"], Headers(list(start.get("headers", []))), body, source="service")
+
+
+def raise_app_error(detail: str) -> None:
+    from ._errors import UpstreamError
+
+    raise UpstreamError(detail)
+
+
+def _app_receive(request: Request) -> Receive:
+    iterator = request.body.__aiter__()
+    finished = False
+
+    async def receive() -> Message:
+        nonlocal finished
+        if finished:
+            await anyio.sleep_forever()
+        try:
+            chunk = await iterator.__anext__()
+        except StopAsyncIteration:
+            finished = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    return receive
+
+
+class _StreamedApp:
+    """Runs the wrapped app in the gateway's task group and streams its answer."""
+
+    def __init__(self, app: ASGI, scope: Scope, request: Request) -> None:
+        self.app = app
+        self.scope = scope
+        self.request = request
+        self.send_stream, self.receive_stream = anyio.create_memory_object_stream[Message](1)
+        self.cancel = anyio.CancelScope()
+        self.error: BaseException | None = None
+
+    async def start(self, tg: TaskGroup) -> Response:
+        tg.start_soon(self._run)
+        try:
+            start = await self.receive_stream.receive()
+        except anyio.EndOfStream:
+            await self._close()
+            raise_app_error(f"the wrapped app failed before answering: {self.error!r}")
+            raise
+        if start["type"] != "http.response.start":
+            await self._close()
+            raise_app_error("the wrapped app sent a body before its response head")
+        headers = Headers([(bytes(k).lower(), bytes(v)) for k, v in start.get("headers", [])])
+        return Response(start["status"], headers, self._body(), source="service", on_close=self._close)
+
+    async def _run(self) -> None:
+        with self.cancel:
+            try:
+                async with self.send_stream:
+                    await self.app(self.scope, _app_receive(self.request), self.send_stream.send)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:  # the app's own bug: report it, keep the gateway alive
+                self.error = exc
+                log.exception("wrapped app failed")
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        async for message in self.receive_stream:
+            if message["type"] != "http.response.body":
+                continue
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+        if self.error is not None:
+            raise_app_error("the wrapped app failed while sending its body")
+
+    async def _close(self) -> None:
+        self.cancel.cancel()
+        self.receive_stream.close()

@@ -1,0 +1,382 @@
+"""The declarative config: Kong's shape, as frozen attrs classes.
+
+A config is TOML (read with ``tomllib``) or the same as a dict::
+
+    [[services]]
+    name = "orders"
+    url = "http://127.0.0.1:9001"
+
+      [[services.routes]]
+      name = "orders"
+      paths = ["/orders"]
+
+    [[plugins]]
+    name = "correlation-id"
+
+Loading runs in two passes: the shape and types of every field (errors carry
+their path), then the cross-checks that need the whole config (unique names,
+plugin references, each plugin's own config validated against its filter's
+``Config`` class).  Any error refuses the whole config.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._errors import ConfigError
+from ._structure import Errors, join, structure
+
+__all__ = [
+    "ConsumerConfig",
+    "GatewayConfig",
+    "GatewaySettings",
+    "PluginConfig",
+    "PoolSettings",
+    "RouteConfig",
+    "ServiceConfig",
+    "TLSConfig",
+    "TargetConfig",
+    "load_config",
+]
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def _positive(_: Any, attribute: Any, value: float | int | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+
+
+def _non_negative(_: Any, attribute: Any, value: float | int) -> None:
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+
+
+def _name(_: Any, attribute: Any, value: str | None) -> None:
+    if value is None:
+        return
+    if not value or not all(c.isalnum() or c in "-_.~" for c in value):
+        raise ValueError(f"must be a non-empty name of letters, digits, '-', '_', '.' or '~', got {value!r}")
+
+
+@attrs.frozen
+class PluginConfig:
+    """A filter attached to a scope; ``config`` is checked against the filter's ``Config``."""
+
+    name: str
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+    enabled: bool = True
+    # Only for top-level plugins (Kong's flat form): narrow the scope.
+    service: str | None = None
+    route: str | None = None
+    consumer: str | None = None
+
+
+@attrs.frozen
+class TLSConfig:
+    """TLS to an upstream (``https`` services)."""
+
+    verify: bool = True
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+
+@attrs.frozen
+class TargetConfig:
+    """One static target of a service: ``host:port`` with a weight."""
+
+    target: str
+    weight: int = attrs.field(default=100, validator=_non_negative)
+
+
+@attrs.frozen
+class RouteConfig:
+    """Which requests go to a service.  Paths: ``/p`` prefix, ``=/p`` exact,
+    ``/p/{id}`` template, ``~regex``."""
+
+    name: str | None = attrs.field(default=None, validator=_name)
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    headers: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    strip_path: bool = True
+    preserve_host: bool = False
+    plugins: tuple[PluginConfig, ...] = ()
+
+
+@attrs.frozen
+class ServiceConfig:
+    """An upstream service: a ``url``, or ``targets`` to balance over.
+
+    ``url = "app://"`` targets the app gatekeep wraps in middleware mode.
+    Timeouts are in milliseconds, as in Kong.
+    """
+
+    name: str = attrs.field(validator=_name)
+    url: str | None = None
+    targets: tuple[TargetConfig, ...] = ()
+    protocol: Literal["http", "https"] = "http"
+    path: str = ""
+    balancer: Literal["round-robin", "least-outstanding"] = "round-robin"
+    connect_timeout: int = attrs.field(default=60_000, validator=_positive)
+    read_timeout: int = attrs.field(default=60_000, validator=_positive)
+    write_timeout: int = attrs.field(default=60_000, validator=_positive)
+    tls: TLSConfig = TLSConfig()
+    routes: tuple[RouteConfig, ...] = ()
+    plugins: tuple[PluginConfig, ...] = ()
+
+
+@attrs.frozen
+class ConsumerConfig:
+    """A client of the API (Kong's consumer); credentials come with auth filters."""
+
+    username: str | None = None
+    id: str | None = None
+    custom_id: str | None = None
+    groups: tuple[str, ...] = ()
+    plugins: tuple[PluginConfig, ...] = ()
+    jwt_secrets: tuple[Mapping[str, Any], ...] = ()
+    keyauth_credentials: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.id or self.username or self.custom_id or ""
+
+
+@attrs.frozen
+class PoolSettings:
+    max_connections: int = attrs.field(default=100, validator=_positive)
+    max_idle: int = attrs.field(default=32, validator=_non_negative)
+    idle_timeout: float = attrs.field(default=4.0, validator=_positive)
+    pool_timeout: float = attrs.field(default=5.0, validator=_positive)
+
+
+@attrs.frozen
+class GatewaySettings:
+    """Gateway-wide settings (the ``[gateway]`` table)."""
+
+    via: str = "gatekeep"
+    request_id_header: str = "x-request-id"
+    echo_request_id: bool = True
+    trusted_proxies: tuple[str, ...] = ()
+    # Middleware mode: a request no route matches goes to the wrapped app.
+    fallthrough: bool = True
+    pool: PoolSettings = PoolSettings()
+
+
+@attrs.frozen
+class GatewayConfig:
+    """A whole gateway config, checked."""
+
+    format_version: str = attrs.field(default="3.0", alias="_format_version")
+    gateway: GatewaySettings = GatewaySettings()
+    services: tuple[ServiceConfig, ...] = ()
+    plugins: tuple[PluginConfig, ...] = ()
+    consumers: tuple[ConsumerConfig, ...] = ()
+
+    def service(self, name: str) -> ServiceConfig:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def _read(source: Mapping[str, Any] | str | Path) -> Mapping[str, Any]:
+    if isinstance(source, Mapping):
+        return source
+    path = Path(source)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(_one("", f"cannot read config file {str(path)!r}: {exc.strerror}")) from exc
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(_one("", f"{path}: invalid TOML: {exc}")) from exc
+
+
+def _one(path: str, message: str) -> Errors:
+    errors = Errors()
+    errors.add(path, message)
+    return errors
+
+
+def load_config(source: Mapping[str, Any] | str | Path | GatewayConfig) -> GatewayConfig:
+    """Read and check a config (a dict, a TOML file path, or a ``GatewayConfig``).
+
+    Raises:
+        ConfigError: listing every problem with the path of its field.
+    """
+    if isinstance(source, GatewayConfig):
+        data: Any = source
+        errors = Errors()
+        config = source
+    else:
+        data = _read(source)
+        errors = Errors()
+        config = structure(GatewayConfig, data, "", errors)
+    if isinstance(config, GatewayConfig):
+        check(config, errors)
+    if errors:
+        raise ConfigError(errors)
+    return config  # type: ignore[no-any-return]
+
+
+def parse_target(target: str) -> tuple[str, int] | None:
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    p = int(port)
+    return (host, p) if 0 < p < 65536 else None
+
+
+def _check_url(url: str, path: str, errors: Errors) -> None:
+    if url == "app://":
+        return
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        errors.add(path, f"invalid URL {url!r}: {exc}")
+        return
+    if parts.scheme not in ("http", "https"):
+        errors.add(path, f"scheme must be http or https (or url = 'app://' for the wrapped app), got {url!r}")
+    elif not parts.hostname:
+        errors.add(path, f"URL has no host: {url!r}")
+    elif port == 0:
+        errors.add(path, f"invalid port in {url!r}")
+    if parts.query or parts.fragment:
+        errors.add(path, f"URL must not have a query or fragment: {url!r}")
+
+
+def check(config: GatewayConfig, errors: Errors) -> None:
+    """Cross-checks that need the whole config."""
+    from ._filter import available_filters
+    from ._router import check_host_pattern, check_path_pattern
+
+    installed = available_filters()
+    service_names: dict[str, int] = {}
+    route_names: dict[str, str] = {}
+    for si, service in enumerate(config.services):
+        spath = join("services", si)
+        if service is None:
+            continue
+        if service.name in service_names:
+            errors.add(join(spath, "name"), f"duplicate service name {service.name!r}")
+        service_names[service.name] = si
+        if service.url is None and not service.targets:
+            errors.add(spath, "needs a 'url' or 'targets'")
+        if service.url is not None and service.targets:
+            errors.add(spath, "has both 'url' and 'targets'; keep one")
+        if service.url is not None:
+            _check_url(service.url, join(spath, "url"), errors)
+        for ti, target in enumerate(service.targets):
+            if target is not None and parse_target(target.target) is None:
+                errors.add(
+                    join(join(join(spath, "targets"), ti), "target"),
+                    f"expected 'host:port', got {target.target!r}",
+                )
+        if service.path and not service.path.startswith("/"):
+            errors.add(join(spath, "path"), f"must start with '/', got {service.path!r}")
+        if not service.routes:
+            errors.add(join(spath, "routes"), "a service needs at least one route")
+        for ri, route in enumerate(service.routes):
+            rpath = join(join(spath, "routes"), ri)
+            if route is None:
+                continue
+            if route.name is not None:
+                if route.name in route_names:
+                    errors.add(join(rpath, "name"), f"duplicate route name {route.name!r}")
+                route_names[route.name] = rpath
+            for pi, p in enumerate(route.paths):
+                problem = check_path_pattern(p)
+                if problem:
+                    errors.add(join(join(rpath, "paths"), pi), problem)
+            for mi, m in enumerate(route.methods):
+                if m.upper() not in _METHODS:
+                    errors.add(join(join(rpath, "methods"), mi), f"unknown HTTP method {m!r}")
+            for hi, h in enumerate(route.hosts):
+                problem = check_host_pattern(h)
+                if problem:
+                    errors.add(join(join(rpath, "hosts"), hi), problem)
+            if not (route.paths or route.hosts or route.methods or route.headers):
+                errors.add(rpath, "a route needs at least one of paths, hosts, methods or headers")
+            _check_plugins(route.plugins, join(rpath, "plugins"), installed, errors, scoped=False)
+        _check_plugins(service.plugins, join(spath, "plugins"), installed, errors, scoped=False)
+
+    consumer_keys: set[str] = set()
+    for ci, consumer in enumerate(config.consumers):
+        cpath = join("consumers", ci)
+        if consumer is None:
+            continue
+        if not (consumer.username or consumer.custom_id or consumer.id):
+            errors.add(cpath, "a consumer needs a username, custom_id or id")
+        for field in ("id", "username", "custom_id"):
+            value = getattr(consumer, field)
+            if value and value in consumer_keys and field != "custom_id":
+                errors.add(join(cpath, field), f"duplicate consumer {field} {value!r}")
+        consumer_keys.update(v for v in (consumer.id, consumer.username) if v)
+        _check_plugins(consumer.plugins, join(cpath, "plugins"), installed, errors, scoped=False)
+
+    _check_plugins(config.plugins, "plugins", installed, errors, scoped=True)
+    for pi, plugin in enumerate(config.plugins):
+        ppath = join("plugins", pi)
+        if plugin is None:
+            continue
+        if plugin.service is not None and plugin.service not in service_names:
+            errors.add(join(ppath, "service"), f"no service named {plugin.service!r}")
+        if plugin.route is not None and plugin.route not in route_names:
+            errors.add(join(ppath, "route"), f"no route named {plugin.route!r}")
+        if plugin.consumer is not None and plugin.consumer not in consumer_keys:
+            errors.add(join(ppath, "consumer"), f"no consumer {plugin.consumer!r}")
+
+
+def _check_plugins(
+    plugins: tuple[PluginConfig, ...],
+    path: str,
+    installed: Mapping[str, Any],
+    errors: Errors,
+    *,
+    scoped: bool,
+) -> None:
+    from ._filter import load_filter_class
+
+    seen: set[tuple[str, str | None, str | None, str | None]] = set()
+    for pi, plugin in enumerate(plugins):
+        ppath = join(path, pi)
+        if plugin is None:
+            continue
+        if not scoped and (plugin.service or plugin.route or plugin.consumer):
+            errors.add(ppath, "'service', 'route' and 'consumer' are only for top-level plugins")
+        scope = (plugin.name, plugin.service, plugin.route, plugin.consumer)
+        if scope in seen:
+            errors.add(join(ppath, "name"), f"plugin {plugin.name!r} is set twice in the same scope")
+        seen.add(scope)
+        if plugin.name not in installed:
+            names = ", ".join(sorted(installed)) or "none"
+            errors.add(join(ppath, "name"), f"unknown filter {plugin.name!r}; installed: {names}")
+            continue
+        try:
+            cls = load_filter_class(plugin.name)
+        except Exception as exc:  # a broken third-party package
+            errors.add(join(ppath, "name"), f"filter {plugin.name!r} failed to load: {exc!r}")
+            continue
+        structure(getattr(cls, "Config", Any), dict(plugin.config), join(ppath, "config"), errors)
+
+
+def plugin_config(plugin: PluginConfig) -> Any:
+    """The validated ``Config`` object of a plugin (after ``load_config``)."""
+    from ._filter import load_filter_class
+    from ._structure import structure_or_raise
+
+    cls = load_filter_class(plugin.name)
+    return structure_or_raise(getattr(cls, "Config", Any), dict(plugin.config), "config")

@@ -1,0 +1,214 @@
+"""The filter SDK: what a plugin is, how it is found, and how chains run.
+
+A filter is a class with a ``name``, a ``priority``, a ``Config`` attrs class
+and any of three optional phases:
+
+* ``on_request(request)`` runs before the upstream, highest priority first;
+  returning a ``Response`` answers early and skips the upstream.
+* ``on_response(request, response)`` runs in reverse order once the upstream
+  (or an early filter) answered; it may change status and headers, wrap the
+  body stream, or return a whole new response.
+* ``on_log(exchange)`` runs after the last byte reached the client, so it
+  never delays the answer.
+
+Filters are found through the entry-point group ``gatekeep.filters``; the
+built-in ones register through the same group.  A route's chain is computed
+once when the config is loaded; at request time the gateway only walks
+precomputed lists of bound methods.  Consumer-scoped filters are resolved
+when authentication names the consumer: the run switches to the chain
+computed for (route, consumer) at the same priority position.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from ._http import Request, Response
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from ._protocols import Instance
+
+__all__ = [
+    "BaseFilter",
+    "Chain",
+    "Exchange",
+    "NoConfig",
+    "available_filters",
+    "load_filter_class",
+]
+
+ENTRY_POINT_GROUP = "gatekeep.filters"
+
+
+@attrs.frozen
+class NoConfig:
+    """The config of a filter that takes none."""
+
+
+class BaseFilter:
+    """Convenience base class for filters.
+
+    Subclasses set ``name``, ``priority`` and ``Config`` and override the
+    phases they need; phases left alone cost nothing at request time.
+    ``start``/``stop`` run with the gateway's lifespan; ``start`` receives
+    the gateway's task group for background work (JWKS refresh ...).
+    """
+
+    name: ClassVar[str] = ""
+    priority: ClassVar[int] = 0
+    Config: ClassVar[type[Any]] = NoConfig
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    async def on_request(self, request: Request) -> Response | None:
+        return None
+
+    async def on_response(self, request: Request, response: Response) -> Response | None:
+        return None
+
+    async def on_log(self, exchange: Exchange) -> None:
+        return None
+
+    async def start(self, task_group: TaskGroup) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+@attrs.define(slots=True, eq=False)
+class Exchange:
+    """What happened to one request, for log-phase filters.
+
+    Times are ``time.perf_counter()`` readings; durations are in seconds.
+    ``upstream_start``/``upstream_end`` stay 0 when no upstream was called.
+    """
+
+    request: Request
+    status: int = 0
+    response_headers: Any = None
+    source: str = "gateway"
+    start: float = attrs.field(factory=time.perf_counter)
+    upstream_start: float = 0.0
+    upstream_head: float = 0.0
+    upstream_end: float = 0.0
+    end: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    instance: Instance | None = None
+    error: BaseException | None = None
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.end - self.start)
+
+    @property
+    def upstream_duration(self) -> float:
+        if not self.upstream_start:
+            return 0.0
+        return max(0.0, (self.upstream_end or self.end) - self.upstream_start)
+
+
+def _overrides(obj: object, phase: str) -> bool:
+    """Whether ``obj`` really implements ``phase`` (not BaseFilter's no-op)."""
+    fn = getattr(type(obj), phase, None)
+    if fn is None:
+        return False
+    return fn is not getattr(BaseFilter, phase, None)
+
+
+def sort_key(f: Any) -> tuple[int, str]:
+    return (-int(getattr(f, "priority", 0)), str(getattr(f, "name", "")))
+
+
+class Chain:
+    """The filters of one route (and possibly one consumer), in run order.
+
+    Holds three precomputed lists of bound methods so that the request path
+    does no attribute lookups or empty calls.
+    """
+
+    __slots__ = ("filters", "keys", "log", "request", "response")
+
+    def __init__(self, filters: Sequence[Any]) -> None:
+        self.filters = sorted(filters, key=sort_key)
+        self.keys = [sort_key(f) for f in self.filters]
+        self.request: list[tuple[int, Callable[..., Any]]] = [
+            (i, f.on_request) for i, f in enumerate(self.filters) if _overrides(f, "on_request")
+        ]
+        self.response: list[Callable[..., Any]] = [
+            f.on_response for f in reversed(self.filters) if _overrides(f, "on_response")
+        ]
+        self.log: list[Callable[..., Any]] = [f.on_log for f in self.filters if _overrides(f, "on_log")]
+
+    def resume_index(self, after: tuple[int, str]) -> int:
+        """Index into ``self.request`` of the first phase that sorts after ``after``."""
+        for n, (i, _) in enumerate(self.request):
+            if self.keys[i] > after:
+                return n
+        return len(self.request)
+
+    def __len__(self) -> int:
+        return len(self.filters)
+
+    def __repr__(self) -> str:
+        return "Chain(" + ", ".join(f"{f.name}:{f.priority}" for f in self.filters) + ")"
+
+
+_registry_cache: dict[str, Any] | None = None
+
+
+def _builtin_filters() -> dict[str, Any]:
+    from .filters import BUILTIN_FILTERS
+
+    return dict(BUILTIN_FILTERS)
+
+
+def available_filters(refresh: bool = False) -> Mapping[str, Any]:
+    """Installed filters by name: entry points of ``gatekeep.filters``.
+
+    Built-in filters are registered through the same group by gatekeep's own
+    package metadata; they are also added directly so that a source checkout
+    that was not installed still finds them.
+    """
+    global _registry_cache
+    if _registry_cache is not None and not refresh:
+        return _registry_cache
+    found: dict[str, Any] = {}
+    for name, cls in _builtin_filters().items():
+        found[name] = cls
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    _registry_cache = found
+    return found
+
+
+def load_filter_class(name: str) -> Any:
+    """The filter class registered as ``name``.
+
+    Raises:
+        KeyError: no such filter is installed.
+    """
+    registry = available_filters()
+    obj = registry[name]
+    if hasattr(obj, "load") and not isinstance(obj, type):
+        cls = obj.load()
+        registry[name] = cls  # type: ignore[index]
+        return cls
+    return obj
+
+
+def register_filter(cls: Any, name: str | None = None) -> None:
+    """Register a filter class without an entry point (tests, embedding)."""
+    registry = dict(available_filters())
+    registry[name or cls.name] = cls
+    global _registry_cache
+    _registry_cache = registry

@@ -1,0 +1,577 @@
+"""The gateway: one async core that every adapter drives.
+
+``Gateway.handle(request, exchange)`` takes a request through its whole way:
+
+1. normalise the path and ask the router for a route (404, or 405 with
+   ``Allow``);
+2. run the route's request filters, highest priority first; any may answer
+   early;
+3. call the upstream stage (discovery -> balancer -> pooled connection), or
+   the wrapped app in middleware mode;
+4. run the response filters in reverse order;
+
+and returns a ``Response`` whose body still streams.  The adapter sends it,
+then calls ``Gateway.log(exchange)`` for the log phase once the last byte
+left.  Nothing raised in here reaches the client as a traceback: gatekeep's
+own errors become problem+json with their status, anything else is logged
+and answered 500 problem+json.
+
+Everything that can be computed from the config is computed in
+``Gateway.__init__``: the router, every route's filter chain, service
+timeouts and target paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from ._balancer import LeastOutstanding, RoundRobin
+from ._config import (
+    GatewayConfig,
+    PluginConfig,
+    RouteConfig,
+    ServiceConfig,
+    load_config,
+    parse_target,
+    plugin_config,
+)
+from ._discovery import StaticDiscovery
+from ._errors import (
+    FilterError,
+    GatekeepError,
+    MethodNotAllowed,
+    NoHealthyUpstream,
+    NotFound,
+    UpstreamError,
+)
+from ._filter import Chain, Exchange, load_filter_class
+from ._forwarding import downstream_response_headers, upstream_request_headers
+from ._http import Headers, Request, Response, problem_response
+from ._normalise import normalise_path
+from ._protocols import Discovery, Instance
+from ._router import CompiledRouter, RouteMatch, RouteRule
+from ._upstream import PoolLimits, TLSSettings, Timeouts, UpstreamPool
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("gatekeep")
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+AppCall = Callable[[Request], Awaitable[Response]]
+
+
+@attrs.define(slots=True, eq=False)
+class Service:
+    """A service compiled from its config."""
+
+    name: str
+    config: ServiceConfig
+    base_path: str
+    timeouts: Timeouts
+    tls: TLSSettings | None
+    balancer: Any
+    is_app: bool = False
+
+
+@attrs.define(slots=True, eq=False)
+class Route:
+    """A route compiled from its config, with its precomputed filter chain."""
+
+    name: str
+    config: RouteConfig
+    service: Service
+    chain: Chain
+    # Chains for consumers that have consumer-scoped plugins, built on first use.
+    consumer_chains: dict[str, Chain] = attrs.field(factory=dict)
+    strip_path: bool = True
+    preserve_host: bool = False
+
+
+@attrs.frozen
+class _Entry:
+    """One configured plugin instance and the scope it was attached to."""
+
+    filter: Any
+    name: str
+    enabled: bool
+    service: str | None
+    route: str | None
+    consumer: str | None
+
+    @property
+    def rank(self) -> int:
+        # Kong's precedence, most specific first.
+        r, s, c = self.route is not None, self.service is not None, self.consumer is not None
+        return {
+            (True, True, True): 8,
+            (True, False, True): 7,
+            (False, True, True): 6,
+            (True, True, False): 5,
+            (False, False, True): 4,
+            (True, False, False): 3,
+            (False, True, False): 2,
+        }.get((r, s, c), 1)
+
+
+class Gateway:
+    """An API gateway built from a config.
+
+    Args:
+        config: a ``GatewayConfig``, a dict in the same shape, or a TOML path.
+        discovery: where service instances come from (default: the static
+            ``url``/``targets`` of the config).
+        filters: extra filter instances attached globally (embedding).
+
+    Use ``async with gateway:`` (the adapters do it in the ASGI/WSGI
+    lifespan) so that filters and background tasks start and stop cleanly.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig | Mapping[str, Any] | str | Path,
+        *,
+        discovery: Discovery | None = None,
+        filters: Sequence[Any] = (),
+    ) -> None:
+        self.config = load_config(config)
+        settings = self.config.gateway
+        self.via = f"1.1 {settings.via}".encode()
+        self.request_id_header = settings.request_id_header.lower().encode("latin-1")
+        self.echo_request_id = settings.echo_request_id
+        self.fallthrough = settings.fallthrough
+        pool = settings.pool
+        self.pool = UpstreamPool(
+            PoolLimits(
+                max_connections=pool.max_connections,
+                max_idle=pool.max_idle,
+                idle_timeout=pool.idle_timeout,
+            )
+        )
+        self._pool_timeout = pool.pool_timeout
+        self.app: AppCall | None = None
+        self._task_group: TaskGroup | None = None
+        self._entries = self._build_entries(filters)
+        self.filters = [e.filter for e in self._entries]
+        self.services: dict[str, Service] = {}
+        static: dict[str, list[Instance]] = {}
+        for sc in self.config.services:
+            self.services[sc.name] = self._compile_service(sc)
+            static[sc.name] = self._static_instances(sc)
+        self.discovery: Discovery = discovery or StaticDiscovery(static)
+        self.routes: list[Route] = []
+        rules: list[RouteRule] = []
+        for sc in self.config.services:
+            for ri, rc in enumerate(sc.routes):
+                name = rc.name or f"{sc.name}.{ri}"
+                route = Route(
+                    name=name,
+                    config=rc,
+                    service=self.services[sc.name],
+                    chain=self._chain(name, sc.name, None),
+                    strip_path=rc.strip_path,
+                    preserve_host=rc.preserve_host,
+                )
+                self.routes.append(route)
+                rules.append(
+                    RouteRule(
+                        name=name,
+                        paths=tuple(rc.paths),
+                        methods=frozenset(m.upper() for m in rc.methods),
+                        hosts=tuple(h.lower() for h in rc.hosts),
+                        headers={k.lower(): tuple(v) for k, v in rc.headers.items()},
+                        target=route,
+                    )
+                )
+        self.router = CompiledRouter(rules)
+        self.global_chain = self._chain(None, None, None)
+        self._consumers_with_plugins = {e.consumer for e in self._entries if e.consumer is not None}
+
+    # -- config compilation ---------------------------------------------------
+
+    def _build_entries(self, extra: Sequence[Any]) -> list[_Entry]:
+        entries: list[_Entry] = []
+
+        def add(pc: PluginConfig, service: str | None, route: str | None, consumer: str | None) -> None:
+            cls = load_filter_class(pc.name)
+            instance = cls(plugin_config(pc))
+            entries.append(_Entry(instance, pc.name, pc.enabled, service, route, consumer))
+
+        for pc in self.config.plugins:
+            add(pc, pc.service, pc.route, pc.consumer)
+        for sc in self.config.services:
+            for pc in sc.plugins:
+                add(pc, sc.name, None, None)
+            for ri, rc in enumerate(sc.routes):
+                for pc in rc.plugins:
+                    add(pc, None, rc.name or f"{sc.name}.{ri}", None)
+        for cc in self.config.consumers:
+            for pc in cc.plugins:
+                add(pc, None, None, cc.key)
+        for f in extra:
+            entries.append(_Entry(f, f.name, True, None, None, None))
+        return entries
+
+    def _chain(self, route: str | None, service: str | None, consumer: str | None) -> Chain:
+        best: dict[str, _Entry] = {}
+        for e in self._entries:
+            if e.route is not None and e.route != route:
+                continue
+            if e.service is not None and e.service != service:
+                continue
+            if e.consumer is not None and e.consumer != consumer:
+                continue
+            current = best.get(e.name)
+            if current is None or e.rank > current.rank:
+                best[e.name] = e
+        return Chain([e.filter for e in best.values() if e.enabled])
+
+    def chain_for(self, route: Route, consumer: str | None) -> Chain:
+        """The chain of ``route`` once ``consumer`` is known."""
+        if consumer is None or consumer not in self._consumers_with_plugins:
+            return route.chain
+        chain = route.consumer_chains.get(consumer)
+        if chain is None:
+            chain = self._chain(route.name, route.service.name, consumer)
+            route.consumer_chains[consumer] = chain
+        return chain
+
+    def _compile_service(self, sc: ServiceConfig) -> Service:
+        base_path = sc.path
+        is_app = sc.url == "app://"
+        scheme = sc.protocol
+        if sc.url is not None and not is_app:
+            parts = urlsplit(sc.url)
+            base_path = parts.path or sc.path
+            scheme = parts.scheme
+        tls = None
+        if scheme == "https":
+            t = sc.tls
+            tls = TLSSettings(
+                verify=t.verify,
+                ca_file=t.ca_file,
+                cert_file=t.cert_file,
+                key_file=t.key_file,
+                server_name=t.server_name,
+            )
+        balancer: Any = LeastOutstanding() if sc.balancer == "least-outstanding" else RoundRobin()
+        return Service(
+            name=sc.name,
+            config=sc,
+            base_path=base_path.rstrip("/"),
+            timeouts=Timeouts(
+                connect=sc.connect_timeout / 1000,
+                read=sc.read_timeout / 1000,
+                write=sc.write_timeout / 1000,
+                pool=self._pool_timeout,
+            ),
+            tls=tls,
+            balancer=balancer,
+            is_app=is_app,
+        )
+
+    @staticmethod
+    def _static_instances(sc: ServiceConfig) -> list[Instance]:
+        if sc.url == "app://":
+            return []
+        if sc.url is not None:
+            parts = urlsplit(sc.url)
+            scheme = parts.scheme
+            port = parts.port or (443 if scheme == "https" else 80)
+            return [Instance(host=parts.hostname or "", port=port, scheme=scheme)]
+        out = []
+        for t in sc.targets:
+            parsed = parse_target(t.target)
+            assert parsed is not None  # checked by load_config
+            out.append(Instance(host=parsed[0], port=parsed[1], scheme=sc.protocol, weight=t.weight))
+        return out
+
+    # -- lifespan -------------------------------------------------------------
+
+    async def __aenter__(self) -> Gateway:
+        self._tg_cm = anyio.create_task_group()
+        self._task_group = await self._tg_cm.__aenter__()
+        for f in self.filters:
+            start = getattr(f, "start", None)
+            if start is not None:
+                await start(self._task_group)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            for f in reversed(self.filters):
+                stop = getattr(f, "stop", None)
+                if stop is not None:
+                    with anyio.CancelScope(shield=True):
+                        await stop()
+            await self.pool.aclose()
+        finally:
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+                self._task_group = None
+                await self._tg_cm.__aexit__(None, None, None)
+
+    @property
+    def task_group(self) -> TaskGroup | None:
+        """The lifespan's task group (``None`` outside ``async with``)."""
+        return self._task_group
+
+    # -- the request's way through --------------------------------------------
+
+    def new_request_id(self, request: Request) -> str:
+        """The client's request id when it sent a sane one, else a new one (sent upstream too)."""
+        rid = request.headers.get(self.request_id_header)
+        if rid and len(rid) <= 200 and all(32 < c < 127 for c in rid):
+            return rid.decode("ascii")
+        new = os.urandom(16).hex()
+        if rid is not None:
+            request.headers.remove(self.request_id_header)
+        request.headers.raw.append((self.request_id_header, new.encode("ascii")))
+        return new
+
+    async def handle(self, request: Request, exchange: Exchange | None = None) -> Response:
+        """Answer ``request``; never raises (errors become problem+json)."""
+        if exchange is None:
+            exchange = Exchange(request)
+        if not request.request_id:
+            request.request_id = self.new_request_id(request)
+        chain: Chain | None = None
+        try:
+            chain, response = await self._run(request, exchange)
+        except GatekeepError as exc:
+            exchange.error = exc
+            response = problem_response(exc, request.request_id)
+        except Exception as exc:
+            log.exception("unexpected error while handling %s %s", request.method, request.path)
+            exchange.error = exc
+            response = problem_response(
+                FilterError("the gateway failed to handle this request; see its log"),
+                request.request_id,
+            )
+        if chain is None:
+            chain = self._chain_after_error(request)
+        if chain is not None and chain.response:
+            response = await self._respond(chain, request, response, exchange)
+        if self.echo_request_id:
+            response.headers.raw.append((self.request_id_header, request.request_id.encode("latin-1")))
+        exchange.status = response.status
+        exchange.source = response.source
+        exchange.response_headers = response.headers
+        return response
+
+    def _chain_after_error(self, request: Request) -> Chain | None:
+        route = request.route
+        if route is None:
+            return self.global_chain
+        chain: Chain = self.chain_for(route, _consumer_key(request.consumer))
+        return chain
+
+    async def _run(self, request: Request, exchange: Exchange) -> tuple[Chain | None, Response]:
+        if not request.path:
+            request.path = normalise_path(request.raw_path or b"/")
+        match: RouteMatch | None = self.router.match(request.method, request.host, request.path, request.headers)
+        if match is None:
+            if self.app is not None and self.fallthrough:
+                chain = self.global_chain
+                early = await self._request_phase(chain, request)
+                if early is not None:
+                    return chain, early
+                return chain, await self._call_app(request, exchange)
+            allowed = self.router.allowed_methods(request.host, request.path, request.headers)
+            if allowed:
+                raise MethodNotAllowed(request.method, sorted(allowed))
+            raise NotFound(f"no route matches {request.method} {request.path}")
+        route: Route = match.rule.target
+        request.route = route
+        request.service = route.service
+        if match.params:
+            request.params = dict(match.params)
+        chain = route.chain
+        early = await self._request_phase(chain, request)
+        if early is not None:
+            return self.chain_for(route, _consumer_key(request.consumer)), early
+        chain = self.chain_for(route, _consumer_key(request.consumer))
+        service = route.service
+        if service.is_app:
+            return chain, await self._call_app(request, exchange)
+        return chain, await self._call_upstream(route, match, request, exchange)
+
+    async def _request_phase(self, chain: Chain, request: Request) -> Response | None:
+        phases = chain.request
+        if not phases:
+            return None
+        consumer = request.consumer
+        n = 0
+        while n < len(phases):
+            index, phase = phases[n]
+            try:
+                early: Response | None = await phase(request)
+            except GatekeepError:
+                raise
+            except Exception as exc:
+                raise _filter_failed(chain.filters[index], exc) from exc
+            if early is not None:
+                early.source = early.source or "gateway"
+                return early
+            n += 1
+            if request.consumer is not consumer and request.route is not None:
+                # Authentication named a consumer: continue on its chain.
+                consumer = request.consumer
+                new_chain = self.chain_for(request.route, _consumer_key(consumer))
+                if new_chain is not chain:
+                    key = chain.keys[index]
+                    chain, phases = new_chain, new_chain.request
+                    n = new_chain.resume_index(key)
+        return None
+
+    async def _respond(self, chain: Chain, request: Request, response: Response, exchange: Exchange) -> Response:
+        for phase in chain.response:
+            try:
+                changed = await phase(request, response)
+            except Exception as exc:
+                error = exc if isinstance(exc, GatekeepError) else _filter_failed(_owner(phase), exc)
+                if not isinstance(exc, GatekeepError):
+                    log.error("response filter failed", exc_info=exc)
+                exchange.error = error
+                await response.aclose()
+                return problem_response(error, request.request_id)
+            if changed is not None:
+                if changed is not response:
+                    await _close_replaced(response, changed)
+                response = changed
+        return response
+
+    def upstream_target(self, route: Route, match: RouteMatch, request: Request) -> bytes:
+        path = request.path
+        if route.strip_path and match.matched:
+            rest = path[len(match.matched) :]
+            path = rest if rest.startswith("/") else "/" + rest
+        base = route.service.base_path
+        if base:
+            path = base if path == "/" and not request.path.endswith("/") else base + path
+        target = path.encode("latin-1")
+        if request.query_string:
+            target += b"?" + request.query_string
+        return target
+
+    async def _call_upstream(
+        self, route: Route, match: RouteMatch, request: Request, exchange: Exchange
+    ) -> Response:
+        service = route.service
+        instances = self.discovery.instances(service.name)
+        if not instances:
+            raise NoHealthyUpstream(f"service {service.name!r} has no available instance")
+        balancer = service.balancer
+        instance = balancer.pick(instances, request)
+        exchange.instance = instance
+        if route.preserve_host and request.host:
+            host_header = request.headers.get(b"host") or instance.address.encode()
+        else:
+            host_header = _host_header(instance)
+        headers = upstream_request_headers(request, host_header=host_header, via=self.via)
+        target = self.upstream_target(route, match, request)
+        exchange.upstream_start = time.perf_counter()
+        try:
+            response = await self.pool.send(
+                instance,
+                request.method,
+                target,
+                headers,
+                request.body,
+                timeouts=service.timeouts,
+                tls=service.tls,
+                retry_safe=request.method in _IDEMPOTENT,
+            )
+        except BaseException:
+            balancer.release(instance)
+            exchange.upstream_end = time.perf_counter()
+            raise
+        exchange.upstream_head = time.perf_counter()
+        response.headers = Headers(downstream_response_headers(response.headers.raw))
+        upstream_close = response.on_close
+
+        async def close() -> None:
+            exchange.upstream_end = exchange.upstream_end or time.perf_counter()
+            balancer.release(instance)
+            if upstream_close is not None:
+                await upstream_close()
+
+        response.on_close = close
+        return response
+
+    async def _call_app(self, request: Request, exchange: Exchange) -> Response:
+        if self.app is None:
+            raise UpstreamError("this route targets the wrapped app, but the gateway wraps none")
+        exchange.upstream_start = time.perf_counter()
+        response = await self.app(request)
+        exchange.upstream_head = time.perf_counter()
+        return response
+
+    async def log(self, exchange: Exchange) -> None:
+        """Run the log phase (after the last byte was sent)."""
+        request = exchange.request
+        if not exchange.end:
+            exchange.end = time.perf_counter()
+        route = request.route
+        chain = self.global_chain if route is None else self.chain_for(route, _consumer_key(request.consumer))
+        for phase in chain.log:
+            try:
+                await phase(exchange)
+            except Exception:
+                log.exception("log filter failed")
+
+
+def _consumer_key(consumer: Any) -> str | None:
+    if consumer is None:
+        return None
+    if isinstance(consumer, str):
+        return consumer
+    key = getattr(consumer, "key", None)
+    return key if isinstance(key, str) else None
+
+
+def _host_header(instance: Instance) -> bytes:
+    default = 443 if instance.scheme == "https" else 80
+    host = f"[{instance.host}]" if ":" in instance.host else instance.host
+    if instance.port == default:
+        return host.encode("latin-1")
+    return f"{host}:{instance.port}".encode("latin-1")
+
+
+def _owner(phase: Any) -> Any:
+    return getattr(phase, "__self__", phase)
+
+
+def _filter_failed(f: Any, exc: BaseException) -> FilterError:
+    name = getattr(f, "name", type(f).__name__)
+    log.error("filter %r failed", name, exc_info=exc)
+    return FilterError(f"filter {name!r} failed; see the gateway's log")
+
+
+async def _close_replaced(old: Response, new: Response) -> None:
+    """A filter returned a new response: release the old one once the new one is done.
+
+    The new body may wrap the old one, so the old is closed after, not before
+    (closing a fully read upstream body just returns its connection).
+    """
+    new_close = new.on_close
+
+    async def close() -> None:
+        try:
+            if new_close is not None:
+                await new_close()
+        finally:
+            await old.aclose()
+
+    new.on_close = close
+

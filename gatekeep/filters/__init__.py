@@ -1,0 +1,16 @@
+"""Built-in filters.  They use the same SDK as third-party plugins and are
+registered through the same entry-point group (``gatekeep.filters``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .correlation_id import CorrelationIdFilter
+from .request_size_limiting import RequestSizeLimitingFilter
+
+__all__ = ["BUILTIN_FILTERS", "CorrelationIdFilter", "RequestSizeLimitingFilter"]
+
+BUILTIN_FILTERS: dict[str, Any] = {
+    CorrelationIdFilter.name: CorrelationIdFilter,
+    RequestSizeLimitingFilter.name: RequestSizeLimitingFilter,
+}

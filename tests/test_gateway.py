@@ -1,0 +1,333 @@
+"""The request's way through the gateway, over real loopback sockets."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import anyio
+import attrs
+import pytest
+
+import gatekeep
+from gatekeep import BaseFilter, Request, Response
+from gatekeep.testing import ClientResponse, EchoUpstream, gateway_for
+
+pytestmark = pytest.mark.anyio
+
+
+def _problem(response: ClientResponse, status: int) -> dict[str, Any]:
+    assert response.status == status, response.text
+    assert response.header("content-type") == "application/problem+json"
+    doc: dict[str, Any] = response.json()
+    assert doc["status"] == status
+    assert doc["type"].startswith("https://")
+    assert doc["title"] and doc["detail"]
+    assert doc["request_id"] == response.header("x-request-id")
+    return doc
+
+
+def _config(routes: list[dict[str, Any]], **service: Any) -> dict[str, Any]:
+    return {"services": [{"name": "up", "url": "{upstream}", "routes": routes, **service}]}
+
+
+async def test_proxies_and_rewrites_headers() -> None:
+    async with gateway_for() as gw:
+        response = await gw.client.get(
+            "/hello?x=1",
+            headers=[("x-forwarded-for", "203.0.113.9"), ("connection", "x-secret"), ("x-secret", "1")],
+        )
+        assert response.status == 200
+        seen = gw.upstream.requests[-1]
+        assert seen.path == "/hello" and seen.query == "x=1"
+        assert seen.headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+        assert seen.headers["x-forwarded-proto"] == "http"
+        assert "gatekeep" in seen.headers["via"]
+        assert "x-secret" not in seen.headers
+        assert seen.headers["host"] == f"127.0.0.1:{gw.upstream_port}"
+        assert response.header("x-request-id") == seen.headers["x-request-id"]
+        assert len(response.header("x-request-id") or "") == 32
+
+
+async def test_request_id_is_kept_when_the_client_sends_one() -> None:
+    async with gateway_for() as gw:
+        response = await gw.client.get("/", headers={"x-request-id": "abc-123"})
+        assert response.header("x-request-id") == "abc-123"
+        assert gw.upstream.requests[-1].headers["x-request-id"] == "abc-123"
+
+
+async def test_strip_path_and_service_path() -> None:
+    config = {
+        "services": [
+            {
+                "name": "up",
+                "url": "{upstream}/base",
+                "routes": [
+                    {"name": "strip", "paths": ["/api"]},
+                    {"name": "keep", "paths": ["/keep"], "strip_path": False},
+                    {"name": "item", "paths": ["/items/{id}"]},
+                ],
+            }
+        ]
+    }
+    async with gateway_for(config) as gw:
+        await gw.client.get("/api/orders/1")
+        assert gw.upstream.requests[-1].path == "/base/orders/1"
+        await gw.client.get("/api")
+        assert gw.upstream.requests[-1].path == "/base"
+        await gw.client.get("/keep/x")
+        assert gw.upstream.requests[-1].path == "/base/keep/x"
+        await gw.client.get("/items/7")
+        assert gw.upstream.requests[-1].path == "/base"
+
+
+async def test_preserve_host() -> None:
+    async with gateway_for(_config([{"paths": ["/"], "preserve_host": True}])) as gw:
+        await gw.client.get("/", host="api.example.com")
+        assert gw.upstream.requests[-1].headers["host"] == "api.example.com"
+        assert gw.upstream.requests[-1].headers["x-forwarded-host"] == "api.example.com"
+
+
+async def test_404_and_405_are_problem_documents() -> None:
+    config = _config([{"name": "orders", "paths": ["/orders"], "methods": ["GET", "POST"]}])
+    async with gateway_for(config) as gw:
+        _problem(await gw.client.get("/nowhere"), 404)
+        response = await gw.client.delete("/orders/1")
+        _problem(response, 405)
+        assert response.header("allow") == "GET, POST"
+        assert gw.upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/orders/../admin", "/%6Frders/../admin", "//admin", "/./admin", "/orders/%2e%2e/admin"],
+)
+async def test_normalised_paths_cannot_skip_a_routes_filters(path: str) -> None:
+    # /admin is guarded by a filter that refuses everything; no spelling may reach it unguarded.
+    config = {
+        "services": [
+            {
+                "name": "up",
+                "url": "{upstream}",
+                "routes": [
+                    {"name": "orders", "paths": ["/orders"]},
+                    {
+                        "name": "admin",
+                        "paths": ["/admin"],
+                        "plugins": [{"name": "request-size-limiting", "config": {"require_content_length": True}}],
+                    },
+                ],
+            }
+        ]
+    }
+    async with gateway_for(config) as gw:
+        response = await gw.client.post(path, headers={"transfer-encoding": "chunked"}, body=b"")
+        # The admin route's filter ran (413), whatever the spelling.
+        _problem(response, 413)
+        assert gw.upstream.requests == []
+
+
+async def test_encoded_slash_is_refused() -> None:
+    async with gateway_for() as gw:
+        _problem(await gw.client.get("/orders%2F..%2Fadmin"), 400)
+
+
+class Recorder(BaseFilter):
+    """Records the order phases run in; optionally answers early."""
+
+    name: ClassVar[str] = "recorder"
+    order: ClassVar[list[str]] = []
+
+    def __init__(self, label: str, priority: int, answer: int | None = None) -> None:
+        super().__init__(None)
+        self.label = label
+        self.priority = priority  # type: ignore[misc]
+        self.answer = answer
+        self.name = f"recorder-{label}"  # type: ignore[misc]
+
+    async def on_request(self, request: Request) -> Response | None:
+        self.order.append(f"req:{self.label}")
+        if self.answer is not None:
+            return Response.text("early", self.answer)
+        return None
+
+    async def on_response(self, request: Request, response: Response) -> Response | None:
+        self.order.append(f"resp:{self.label}")
+        response.headers.add(b"x-seen-by", self.label.encode())
+        return None
+
+    async def on_log(self, exchange: gatekeep.Exchange) -> None:
+        self.order.append(f"log:{self.label}:{exchange.status}")
+
+
+async def _logged(count: int) -> None:
+    # The log phase runs after the last byte reached the client: wait for it.
+    with anyio.fail_after(5):
+        while sum(entry.startswith("log:") for entry in Recorder.order) < count:
+            await anyio.sleep(0.01)
+
+
+async def test_filters_run_by_priority_and_reverse_on_response() -> None:
+    Recorder.order = []
+    filters = [Recorder("low", 10), Recorder("high", 1000), Recorder("mid", 500)]
+    async with gateway_for(filters=filters) as gw:
+        response = await gw.client.get("/")
+        assert response.status == 200
+        assert response.header_all("x-seen-by") == ["low", "mid", "high"]
+        await _logged(3)
+    assert Recorder.order == [
+        "req:high",
+        "req:mid",
+        "req:low",
+        "resp:low",
+        "resp:mid",
+        "resp:high",
+        "log:high:200",
+        "log:mid:200",
+        "log:low:200",
+    ]
+
+
+async def test_a_filter_may_answer_early() -> None:
+    Recorder.order = []
+    filters = [Recorder("guard", 100, answer=418), Recorder("after", 10)]
+    async with gateway_for(filters=filters) as gw:
+        response = await gw.client.get("/")
+        assert response.status == 418 and response.text == "early"
+        assert gw.upstream.requests == []
+    assert "req:after" not in Recorder.order
+    # Response filters still see the early answer (like Kong's header_filter).
+    assert Recorder.order[:3] == ["req:guard", "resp:after", "resp:guard"]
+
+
+class Exploding(BaseFilter):
+    name: ClassVar[str] = "exploding"
+    priority: ClassVar[int] = 5
+
+    async def on_request(self, request: Request) -> Response | None:
+        if request.path == "/boom":
+            raise RuntimeError("bug in a filter")
+        return None
+
+
+async def test_a_filter_that_raises_answers_500_problem_and_the_worker_lives_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with gateway_for(filters=[Exploding()]) as gw:
+        doc = _problem(await gw.client.get("/boom"), 500)
+        assert "bug in a filter" not in str(doc)  # no internals leak
+        assert "exploding" in doc["detail"]
+        assert (await gw.client.get("/fine")).status == 200
+    assert any("exploding" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_upstream_that_is_down_answers_502() -> None:
+    config = {"services": [{"name": "down", "url": "http://127.0.0.1:1", "routes": [{"paths": ["/"]}]}]}
+    async with gateway_for(config) as gw:
+        _problem(await gw.client.get("/"), 502)
+
+
+async def test_upstream_errors_pass_through_with_their_source() -> None:
+    upstream = EchoUpstream(status=503, extra_headers=[("retry-after", "3")])
+    async with gateway_for(upstream=upstream) as gw:
+        response = await gw.client.get("/")
+        assert response.status == 503
+        assert response.header("retry-after") == "3"
+        assert response.header("content-type") == "application/json"
+
+
+@attrs.frozen
+class _TagConfig:
+    tag: str = "none"
+
+
+class Tagger(BaseFilter):
+    name: ClassVar[str] = "tagger"
+    priority: ClassVar[int] = 50
+    Config = _TagConfig
+
+    async def on_request(self, request: Request) -> Response | None:
+        request.headers.add(b"x-tag", self.config.tag.encode())
+        return None
+
+
+class LoginByHeader(BaseFilter):
+    """Names the consumer from a header (a stand-in for an auth filter)."""
+
+    name: ClassVar[str] = "login-by-header"
+    priority: ClassVar[int] = 1000
+
+    async def on_request(self, request: Request) -> Response | None:
+        user = request.headers.get(b"x-user")
+        if user:
+            request.consumer = user.decode()
+        return None
+
+
+async def test_plugin_scopes_follow_kongs_precedence() -> None:
+    gatekeep.register_filter(Tagger)
+    gatekeep.register_filter(LoginByHeader)
+    config = {
+        "services": [
+            {
+                "name": "up",
+                "url": "{upstream}",
+                "plugins": [{"name": "tagger", "config": {"tag": "service"}}],
+                "routes": [
+                    {"name": "plain", "paths": ["/plain"]},
+                    {"name": "special", "paths": ["/special"], "plugins": [{"name": "tagger", "config": {"tag": "route"}}]},
+                    {"name": "off", "paths": ["/off"], "plugins": [{"name": "tagger", "enabled": False}]},
+                ],
+            },
+            {"name": "other", "url": "{upstream}", "routes": [{"name": "other", "paths": ["/other"]}]},
+        ],
+        "consumers": [{"username": "alice", "plugins": [{"name": "tagger", "config": {"tag": "alice"}}]}],
+        "plugins": [
+            {"name": "tagger", "config": {"tag": "global"}},
+            {"name": "login-by-header"},
+            {"name": "tagger", "route": "special", "consumer": "alice", "config": {"tag": "special-alice"}},
+        ],
+    }
+    async with gateway_for(config) as gw:
+
+        async def tag(path: str, user: str | None = None) -> str:
+            await gw.client.get(path, headers={"x-user": user} if user else {})
+            return gw.upstream.requests[-1].headers.get("x-tag", "<none>")
+
+        assert await tag("/plain") == "service"
+        assert await tag("/special") == "route"
+        assert await tag("/off") == "<none>"
+        assert await tag("/other") == "global"
+        assert await tag("/other", "alice") == "alice"
+        assert await tag("/plain", "alice") == "alice"  # consumer beats service and route alone
+        assert await tag("/special", "alice") == "special-alice"
+        assert await tag("/special", "bob") == "route"
+
+
+async def test_request_size_limiting_refuses_before_the_upstream() -> None:
+    plugins = [{"name": "request-size-limiting", "config": {"allowed_payload_size": 10, "size_unit": "bytes"}}]
+    async with gateway_for(plugins=plugins) as gw:
+        assert (await gw.client.post("/", body=b"x" * 10)).status == 200
+        _problem(await gw.client.post("/", body=b"x" * 11), 413)
+        assert len(gw.upstream.requests) == 1
+
+
+async def test_correlation_id_header_is_added_and_echoed() -> None:
+    plugins = [{"name": "correlation-id", "config": {"header_name": "X-Corr", "echo_downstream": True}}]
+    async with gateway_for(plugins=plugins) as gw:
+        response = await gw.client.get("/")
+        sent = gw.upstream.requests[-1].headers["x-corr"]
+        assert sent and response.header("x-corr") == sent
+        response = await gw.client.get("/", headers={"x-corr": "mine"})
+        assert gw.upstream.requests[-1].headers["x-corr"] == "mine"
+
+
+async def test_chains_are_computed_once_at_config_time() -> None:
+    gatekeep.register_filter(Tagger)
+    config = _config([{"name": "r", "paths": ["/"], "plugins": [{"name": "tagger"}]}])
+    config["plugins"] = [{"name": "correlation-id"}]
+    async with gateway_for(config) as gw:
+        route = gw.gateway.routes[0]
+        chain = route.chain
+        assert [f.name for f in chain.filters] == ["correlation-id", "tagger"]
+        await gw.client.get("/")
+        assert gw.gateway.routes[0].chain is chain
