@@ -1,11 +1,11 @@
 """gatekeep: an embeddable API gateway for Python, with a plugin SDK.
 
-    import gatekeep
+import gatekeep
 
-    gateway = gatekeep.Gateway("gateway.toml")
-    app = gatekeep.asgi(gateway)          # any ASGI server
-    app = gatekeep.wsgi(gateway)          # any WSGI server
-    app = gatekeep.asgi(gateway, app=my_fastapi_app)   # middleware mode
+gateway = gatekeep.Gateway("gateway.toml")
+app = gatekeep.asgi(gateway)          # any ASGI server
+app = gatekeep.wsgi(gateway)          # any WSGI server
+app = gatekeep.asgi(gateway, app=my_fastapi_app)   # middleware mode
 """
 
 from __future__ import annotations

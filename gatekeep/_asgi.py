@@ -167,7 +167,7 @@ class ASGIApp:
             scheme=scope.get("scheme", "http"),
             host=host.lower(),
             raw_path=raw_path,
-            client=tuple(client) if client else None,  # type: ignore[arg-type]
+            client=(client[0], client[1]) if client else None,
             server=scope.get("server"),
             http_version=scope.get("http_version", "1.1"),
         )

@@ -58,7 +58,7 @@ def _non_negative(_: Any, attribute: Any, value: float | int) -> None:
         raise ValueError(f"must be 0 or more, got {value}")
 
 
-def _name(_: Any, attribute: Any, value: str | None) -> None:
+def _name(_: Any, attribute: Any, value: Any) -> None:
     if value is None:
         return
     if not value or not all(c.isalnum() or c in "-_.~" for c in value):
@@ -227,7 +227,8 @@ def load_config(source: Mapping[str, Any] | str | Path | GatewayConfig) -> Gatew
         check(config, errors)
     if errors:
         raise ConfigError(errors)
-    return config  # type: ignore[no-any-return]
+    assert isinstance(config, GatewayConfig)
+    return config
 
 
 def parse_target(target: str) -> tuple[str, int] | None:

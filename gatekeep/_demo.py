@@ -30,7 +30,7 @@ __all__ = ["demo_config", "run_demo"]
 
 
 async def _read_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
-    body = b""
+    body: bytes = b""
     while True:
         message = await receive()
         if message["type"] != "http.request":
@@ -80,7 +80,9 @@ class _Service:
                 record = json.loads(body or b"{}")
             except ValueError:
                 return await _answer(send, 400, {"error": "body must be JSON", **seen})
-            record = {"id": len(self.records) + 1, **record} if isinstance(record, dict) else {"value": record}
+            record = (
+                {"id": len(self.records) + 1, **record} if isinstance(record, dict) else {"value": record}
+            )
             self.records.append(record)
             return await _answer(send, 201, {"created": record, **seen})
         if len(parts) == 2 and method == "GET":
@@ -132,10 +134,7 @@ def demo_config(ports: Mapping[str, int]) -> dict[str, Any]:
             {
                 "name": "inventory-service",
                 "url": f"http://127.0.0.1:{ports['inventory-service']}/items",
-                "routes": [
-                    {"name": "inventory-item", "paths": ["/inventory/{id}"], "methods": ["GET"]},
-                    {"name": "inventory", "paths": ["=/inventory"], "methods": ["GET"]},
-                ],
+                "routes": [{"name": "inventory", "paths": ["/inventory"], "methods": ["GET"]}],
             },
         ],
         "plugins": [{"name": "correlation-id", "config": {"echo_downstream": True}}],
@@ -187,7 +186,11 @@ def _problem(status: int) -> Callable[[ClientResponse], str | None]:
 
 def _allow(expected: str) -> Callable[[ClientResponse], str | None]:
     def check(r: ClientResponse) -> str | None:
-        return None if r.header("allow") == expected else f"Allow is {r.header('allow')!r}, expected {expected!r}"
+        return (
+            None
+            if r.header("allow") == expected
+            else f"Allow is {r.header('allow')!r}, expected {expected!r}"
+        )
 
     return check
 
@@ -205,7 +208,7 @@ def tour_steps() -> list[Step]:
             check=_json_has("created"),
         ),
         Step(
-            "a {param} route with strip_path: /inventory/42 reaches /items/42",
+            "strip_path: /inventory/42 reaches the Inventory service as /items/42",
             "GET",
             "/inventory/42",
             200,
@@ -265,7 +268,10 @@ async def run_tour(client: TestClient, out: Any = sys.stdout) -> bool:
                 problems.append(found)
         mark = "ok " if not problems else "FAIL"
         print(f"\n[{mark}] {n}. {step.says}", file=out)
-        print(f"  > {step.method} {step.path}" + (f"  ({len(step.body)} byte body)" if step.body else ""), file=out)
+        print(
+            f"  > {step.method} {step.path}" + (f"  ({len(step.body)} byte body)" if step.body else ""),
+            file=out,
+        )
         shown = response.text if len(response.body) < 400 else response.text[:400] + "..."
         rid = response.header("x-request-id")
         print(f"  < {response.status}  x-request-id: {rid}", file=out)
@@ -277,7 +283,9 @@ async def run_tour(client: TestClient, out: Any = sys.stdout) -> bool:
     return ok
 
 
-async def run_demo(host: str = "127.0.0.1", port: int = 8000, tour: bool = False, out: Any = sys.stdout) -> int:
+async def run_demo(
+    host: str = "127.0.0.1", port: int = 8000, tour: bool = False, out: Any = sys.stdout
+) -> int:
     """Run the demo; with ``tour``, run the tour and return its exit code."""
     services = demo_services()
     async with AsyncExitStack() as stack:
@@ -293,7 +301,11 @@ async def run_demo(host: str = "127.0.0.1", port: int = 8000, tour: bool = False
         print(f"  {'gateway':<18} {base}\n", file=out)
         print("try:", file=out)
         print(f"  curl -i {base}/orders", file=out)
-        print(f"  curl -i -X POST {base}/orders -H 'content-type: application/json' -d '{{\"item\": \"lamp\"}}'", file=out)
+        print(
+            f"  curl -i -X POST {base}/orders -H 'content-type: application/json'"
+            " -d '{\"item\": \"lamp\"}'",
+            file=out,
+        )
         print(f"  curl -i {base}/inventory/42", file=out)
         print(f"  curl -i -X DELETE {base}/payments", file=out)
         print(f"  curl -i --path-as-is {base}/orders/../admin", file=out)

@@ -182,9 +182,7 @@ def available_filters(refresh: bool = False) -> Mapping[str, Any]:
     global _registry_cache
     if _registry_cache is not None and not refresh:
         return _registry_cache
-    found: dict[str, Any] = {}
-    for name, cls in _builtin_filters().items():
-        found[name] = cls
+    found: dict[str, Any] = dict(_builtin_filters())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep)
     _registry_cache = found

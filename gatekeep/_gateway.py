@@ -60,7 +60,7 @@ from ._http import Headers, Request, Response, problem_response
 from ._normalise import normalise_path
 from ._protocols import Discovery, Instance
 from ._router import CompiledRouter, RouteMatch, RouteRule
-from ._upstream import PoolLimits, TLSSettings, Timeouts, UpstreamPool
+from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool
 
 __all__ = ["Gateway"]
 
@@ -218,8 +218,7 @@ class Gateway:
         for cc in self.config.consumers:
             for pc in cc.plugins:
                 add(pc, None, None, cc.key)
-        for f in extra:
-            entries.append(_Entry(f, f.name, True, None, None, None))
+        entries.extend(_Entry(f, f.name, True, None, None, None) for f in extra)
         return entries
 
     def _chain(self, route: str | None, service: str | None, consumer: str | None) -> Chain:
@@ -249,7 +248,7 @@ class Gateway:
     def _compile_service(self, sc: ServiceConfig) -> Service:
         base_path = sc.path
         is_app = sc.url == "app://"
-        scheme = sc.protocol
+        scheme: str = sc.protocol
         if sc.url is not None and not is_app:
             parts = urlsplit(sc.url)
             base_path = parts.path or sc.path
@@ -379,7 +378,9 @@ class Gateway:
     async def _run(self, request: Request, exchange: Exchange) -> tuple[Chain | None, Response]:
         if not request.path:
             request.path = normalise_path(request.raw_path or b"/")
-        match: RouteMatch | None = self.router.match(request.method, request.host, request.path, request.headers)
+        match: RouteMatch | None = self.router.match(
+            request.method, request.host, request.path, request.headers
+        )
         if match is None:
             if self.app is not None and self.fallthrough:
                 chain = self.global_chain
@@ -434,7 +435,9 @@ class Gateway:
                     n = new_chain.resume_index(key)
         return None
 
-    async def _respond(self, chain: Chain, request: Request, response: Response, exchange: Exchange) -> Response:
+    async def _respond(
+        self, chain: Chain, request: Request, response: Response, exchange: Exchange
+    ) -> Response:
         for phase in chain.response:
             try:
                 changed = await phase(request, response)
@@ -574,4 +577,3 @@ async def _close_replaced(old: Response, new: Response) -> None:
             await old.aclose()
 
     new.on_close = close
-

@@ -39,7 +39,6 @@ def join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-
 def resolve_secret(value: str, path: str, errors: Errors) -> Any:
     """Resolve ``{env://NAME}`` and ``{file:///path}`` references."""
     if not (value.startswith("{") and value.endswith("}")):
@@ -201,7 +200,7 @@ def _structure_attrs(cls: type[Any], data: Any, path: str, errors: Errors) -> An
             continue
         if field.converter is not None:
             try:
-                value = field.converter(value)  # type: ignore[call-arg,operator]
+                value = field.converter(value)
             except (TypeError, ValueError) as exc:
                 errors.add(fpath, str(exc))
                 continue
@@ -237,4 +236,3 @@ def structure_or_raise(tp: type[Any], data: Any, path: str = "") -> Any:
     if errors:
         raise ConfigError(errors)
     return value
-

@@ -59,7 +59,9 @@ def _check(path: str) -> int:
             print(f"  {error}", file=sys.stderr)
         return 1
     routes = sum(len(s.routes) for s in config.services)
-    print(f"{path}: ok ({len(config.services)} services, {routes} routes, {len(config.plugins)} global plugins)")
+    print(
+        f"{path}: ok ({len(config.services)} services, {routes} routes, {len(config.plugins)} global plugins)"
+    )
     return 0
 
 

@@ -77,7 +77,9 @@ class EchoUpstream:
         headers: dict[str, str] = {}
         for k, v in scope["headers"]:
             name = k.decode("latin-1")
-            headers[name] = f"{headers[name]}, {v.decode('latin-1')}" if name in headers else v.decode("latin-1")
+            headers[name] = (
+                f"{headers[name]}, {v.decode('latin-1')}" if name in headers else v.decode("latin-1")
+            )
         seen = SeenRequest(
             scope["method"],
             scope["raw_path"].decode("latin-1"),
@@ -95,7 +97,10 @@ class EchoUpstream:
                 "body": body.decode("utf-8", "replace"),
             }
         ).encode()
-        response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        response_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
         response_headers += [(k.lower().encode(), v.encode()) for k, v in self.extra_headers]
         await send({"type": "http.response.start", "status": self.status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
@@ -174,7 +179,9 @@ class TestClient:
                         continue
                     if isinstance(event, h11.Response):
                         status = event.status_code
-                        response_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
+                        response_headers = [
+                            (k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers
+                        ]
                     elif isinstance(event, h11.Data):
                         chunks.append(bytes(event.data))
                     elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):

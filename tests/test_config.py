@@ -20,7 +20,11 @@ def _errors(config: Any) -> dict[str, str]:
 
 
 def _service(**extra: Any) -> dict[str, Any]:
-    service: dict[str, Any] = {"name": "orders", "url": "http://127.0.0.1:9001", "routes": [{"paths": ["/orders"]}]}
+    service: dict[str, Any] = {
+        "name": "orders",
+        "url": "http://127.0.0.1:9001",
+        "routes": [{"paths": ["/orders"]}],
+    }
     service.update(extra)
     return service
 
@@ -82,7 +86,10 @@ def test_filter_config_is_validated_against_its_config_class() -> None:
             "services": [
                 _service(
                     plugins=[
-                        {"name": "request-size-limiting", "config": {"allowed_payload_size": 0, "size_unit": "tons"}}
+                        {
+                            "name": "request-size-limiting",
+                            "config": {"allowed_payload_size": 0, "size_unit": "tons"},
+                        }
                     ]
                 )
             ]
@@ -106,7 +113,17 @@ def test_cross_references_are_checked() -> None:
 
 
 def test_targets_need_host_and_port() -> None:
-    errors = _errors({"services": [{"name": "s", "targets": [{"target": "a:1"}, {"target": "nope"}], "routes": [{"paths": ["/"]}]}]})
+    errors = _errors(
+        {
+            "services": [
+                {
+                    "name": "s",
+                    "targets": [{"target": "a:1"}, {"target": "nope"}],
+                    "routes": [{"paths": ["/"]}],
+                }
+            ]
+        }
+    )
     assert errors.keys() == {"services[0].targets[1].target"}
 
 

@@ -113,7 +113,9 @@ async def test_normalised_paths_cannot_skip_a_routes_filters(path: str) -> None:
                     {
                         "name": "admin",
                         "paths": ["/admin"],
-                        "plugins": [{"name": "request-size-limiting", "config": {"require_content_length": True}}],
+                        "plugins": [
+                            {"name": "request-size-limiting", "config": {"require_content_length": True}}
+                        ],
                     },
                 ],
             }
@@ -162,7 +164,7 @@ class Recorder(BaseFilter):
 async def _logged(count: int) -> None:
     # The log phase runs after the last byte reached the client: wait for it.
     with anyio.fail_after(5):
-        while sum(entry.startswith("log:") for entry in Recorder.order) < count:
+        while sum(entry.startswith("log:") for entry in Recorder.order) < count:  # noqa: ASYNC110
             await anyio.sleep(0.01)
 
 
@@ -274,7 +276,11 @@ async def test_plugin_scopes_follow_kongs_precedence() -> None:
                 "plugins": [{"name": "tagger", "config": {"tag": "service"}}],
                 "routes": [
                     {"name": "plain", "paths": ["/plain"]},
-                    {"name": "special", "paths": ["/special"], "plugins": [{"name": "tagger", "config": {"tag": "route"}}]},
+                    {
+                        "name": "special",
+                        "paths": ["/special"],
+                        "plugins": [{"name": "tagger", "config": {"tag": "route"}}],
+                    },
                     {"name": "off", "paths": ["/off"], "plugins": [{"name": "tagger", "enabled": False}]},
                 ],
             },
@@ -304,7 +310,9 @@ async def test_plugin_scopes_follow_kongs_precedence() -> None:
 
 
 async def test_request_size_limiting_refuses_before_the_upstream() -> None:
-    plugins = [{"name": "request-size-limiting", "config": {"allowed_payload_size": 10, "size_unit": "bytes"}}]
+    plugins = [
+        {"name": "request-size-limiting", "config": {"allowed_payload_size": 10, "size_unit": "bytes"}}
+    ]
     async with gateway_for(plugins=plugins) as gw:
         assert (await gw.client.post("/", body=b"x" * 10)).status == 200
         _problem(await gw.client.post("/", body=b"x" * 11), 413)
