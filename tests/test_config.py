@@ -196,3 +196,10 @@ def test_gatekeep_check_prints_every_error_and_exits_1(tmp_path: Path) -> None:
 def test_gateway_refuses_a_bad_config_before_anything_starts() -> None:
     with pytest.raises(ConfigError):
         gatekeep.Gateway({"services": [_service(url="nope")]})
+
+
+def test_the_documented_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "docs" / "examples" / "gateway.toml"
+    config = load_config(example)
+    assert [s.name for s in config.services] == ["order-service", "inventory-service", "payment-service"]
+    gatekeep.Gateway(example)  # compiles: router, chains, pools

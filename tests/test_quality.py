@@ -1,0 +1,45 @@
+"""The code checks CI runs: ruff (lint and format) and mypy --strict.
+
+They live in the suite so that the README's one test command runs them.
+They skip only when the tool itself is not installed (``pip install -e '.[test]'``
+installs both).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKED = ["gatekeep", "tests", "benchmarks", "plugins"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def test_ruff_lint() -> None:
+    result = _run(_tool("ruff"), "check", *CHECKED)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format() -> None:
+    result = _run(_tool("ruff"), "format", "--check", *CHECKED)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.timeout(600)
+def test_mypy_strict() -> None:
+    result = _run(sys.executable, "-m", "mypy", "--strict", "gatekeep")
+    assert result.returncode == 0, result.stdout + result.stderr
