@@ -100,6 +100,19 @@ async def test_preflight_continue_hands_the_preflight_to_the_upstream() -> None:
     assert cors_headers(r) == {"access-control-allow-origin": "https://from.upstream"}
 
 
+async def test_a_route_without_options_in_its_methods_refuses_preflights() -> None:
+    # As in Kong: the router answers before any filter runs, so list OPTIONS on the route.
+    routes = [{"name": "get-only", "paths": ["/"], "methods": ["GET"]}]
+    async with gateway_for(plugins=cors(origins=[APP]), routes=routes) as gw:
+        refused = await gw.client.request("OPTIONS", "/", headers=preflight_headers(APP))
+    routes = [{"name": "with-options", "paths": ["/"], "methods": ["GET", "OPTIONS"]}]
+    async with gateway_for(plugins=cors(origins=[APP]), routes=routes) as gw:
+        answered = await gw.client.request("OPTIONS", "/", headers=preflight_headers(APP))
+    assert refused.status == 405
+    assert answered.status == 200
+    assert answered.header("access-control-allow-methods")
+
+
 # -- actual requests --------------------------------------------------------------
 
 
