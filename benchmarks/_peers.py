@@ -337,7 +337,14 @@ def main(argv: list[str]) -> None:
         serve(app, int(args[1]))
         return
     import cProfile
+    import signal
 
+    def stop(signum: int, frame: object) -> None:
+        # uvicorn re-raises the signal it shut down on; end normally so the profile is written.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     profiler = cProfile.Profile()
     profiler.enable()
     try:

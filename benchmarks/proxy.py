@@ -35,6 +35,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -251,14 +252,32 @@ def measure(
     wrk(url, script, 1, connections)  # warm-up: pools filled, code paths hot
     proxy_before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
     upstream_before = cpu_seconds(upstream_pid)
+    machine_before = _busy_seconds()
+    wrk_before = _children_cpu()
     result = wrk(url, script, seconds, connections)
+    wrk_cpu = _children_cpu() - wrk_before
+    busy = _busy_seconds() - machine_before
+    proxy_cpu = cpu_seconds(proxy_pid) - proxy_before if proxy_pid else 0.0
+    upstream_cpu = cpu_seconds(upstream_pid) - upstream_before
     requests = max(result["requests"], 1)
-    if proxy_pid:
-        result["proxy_cpu_us"] = (cpu_seconds(proxy_pid) - proxy_before) / requests * 1e6
-    else:
-        result["proxy_cpu_us"] = None
-    result["upstream_cpu_us"] = (cpu_seconds(upstream_pid) - upstream_before) / requests * 1e6
+    result["proxy_cpu_us"] = proxy_cpu / requests * 1e6 if proxy_pid else None
+    result["upstream_cpu_us"] = upstream_cpu / requests * 1e6
+    wall = result["duration_us"] / 1e6
+    # What the machine spent on anything but this run: other people's work on a shared box.
+    result["wrk_cpu_pct"] = round(100 * wrk_cpu / wall, 1)
+    result["machine_busy_pct"] = round(100 * busy / wall / (os.cpu_count() or 1), 1)
+    result["foreign_cpu_pct"] = round(100 * max(0.0, busy - wrk_cpu - proxy_cpu - upstream_cpu) / wall, 1)
     return result
+
+
+def _busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------- reporting
@@ -314,17 +333,17 @@ def _us(us: float | None) -> str:
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "| target | case | requests/s | p50 ms | p99 ms | proxy CPU µs/req | upstream CPU µs/req | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | case | requests/s | p50 ms | p99 ms | proxy CPU µs/req | upstream CPU µs/req | errors | other load |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for target, cases in results.items():
         if "error" in cases:
-            lines.append(f"| {target} | — | not available: {cases['error'].splitlines()[0][:80]} | | | | | |")
+            lines.append(f"| {target} | — | not available: {cases['error'].splitlines()[0][:80]} | | | | | | |")
             continue
         for case, r in cases.items():
             lines.append(
                 f"| {target} | {case} | {r['rps']:,.0f} | {_ms(r['p50_us'])} | {_ms(r['p99_us'])} "
-                f"| {_us(r['proxy_cpu_us'])} | {_us(r['upstream_cpu_us'])} | {r['errors']} |"
+                f"| {_us(r['proxy_cpu_us'])} | {_us(r['upstream_cpu_us'])} | {r['errors']} | {r['foreign_cpu_pct']:.0f} % |"
             )
     return "\n".join(lines)
 
@@ -433,7 +452,7 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
                 print(
                     f"   {case:<12} {r['rps']:>9,.0f} req/s  p50 {_ms(r['p50_us'])} ms  p99 {_ms(r['p99_us'])} ms"
                     f"  proxy {_us(r['proxy_cpu_us'])} µs/req  upstream {_us(r['upstream_cpu_us'])} µs/req"
-                    f"  errors {r['errors']}",
+                    f"  errors {r['errors']}  other load {r['foreign_cpu_pct']:.0f} % CPU",
                     flush=True,
                 )
         except RuntimeError as exc:
@@ -516,31 +535,50 @@ def run_memory(fleet: Fleet, args: argparse.Namespace) -> None:
     )
 
 
-def _frame_key(frame: str) -> str:
-    """``func (path/to/file.py:123)`` → ``func (to/file.py)``: one row per function."""
+def _frame_key(frame: str) -> tuple[str, str]:
+    """``func (/full/path/to/file.py:123)`` → (``func (to/file.py)``, its package)."""
     name, _, where = frame.partition(" (")
-    where = where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
-    parts = Path(where).parts
-    return f"{name} ({'/'.join(parts[-2:])})"
+    where = where.rstrip(")")
+    path = where.rpartition(":")[0] or where
+    parts = Path(path).parts
+    return f"{name} ({'/'.join(parts[-2:])})", _package(parts)
+
+
+def _package(parts: tuple[str, ...]) -> str:
+    if "site-packages" in parts:
+        rest = parts[parts.index("site-packages") + 1 :]
+        return rest[0].removesuffix(".py") if len(rest) > 1 else rest[0].split(".")[0]
+    if "gatekeep" in parts:
+        return "gatekeep"
+    if "benchmarks" in parts:
+        return "benchmarks"
+    return "stdlib " + (parts[-2] if len(parts) > 1 and parts[-2] not in ("lib", "python3.11") else parts[-1].removesuffix(".py"))
 
 
 def pyspy_report(raw: Path, top: int) -> str:
     own: Counter[str] = Counter()
     cumulative: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_key(f) for f in stack.split(";") if " (" in f]
+        frames = [_frame_key(f) for f in stack.split(";") if " (" in f and not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         total += count
-        own[frames[-1]] += count
-        for key in set(frames):
+        own[frames[-1][0]] += count
+        packages[frames[-1][1]] += count
+        for key in {f[0] for f in frames}:
             cumulative[key] += count
+    if not total:
+        return "py-spy recorded no samples"
     lines = [f"{total} samples of the gatekeep process (py-spy; idle excluded)"]
+    lines.append("\nown time by package (uvloop's C event loop shows as its Python caller, asyncio runners):")
+    for package, count in packages.most_common():
+        lines.append(f"  {count / total:6.1%}  {package}")
     for title, counter in (("own time", own), ("cumulative time", cumulative)):
         lines.append(f"\ntop {top} by {title}:\n  {'own %':>6} {'cum %':>6}  function")
         for key, _ in counter.most_common(top):
@@ -564,7 +602,7 @@ def run_profile(fleet: Fleet, args: argparse.Namespace) -> None:
         fleet.start(
             "py-spy",
             [pyspy, "record", "--pid", str(fleet.procs["gatekeep"].pid), "--duration", str(args.profile_seconds),
-             "--rate", "500", "--format", "raw", "--output", str(raw), "--nonblocking"],
+             "--rate", "500", "--format", "raw", "--full-filenames", "--output", str(raw), "--nonblocking"],
         )  # fmt: skip
         time.sleep(1)  # let py-spy attach
         r = wrk(url, lua[case], args.profile_seconds, args.connections)
