@@ -262,3 +262,13 @@ def test_config_from_python_is_checked_too() -> None:
     assert f.allowed_origin(b"https://app.example.com") == b"https://app.example.com"
     assert f.allowed_origin(b"http://[::1]:8080") == b"http://[::1]:8080"
     assert f.allowed_origin(b"http://app.example.com") is None
+
+
+def test_every_config_error_is_listed_at_once() -> None:
+    errors = _config_errors({"origins": ["bad"], "methods": ["FETCH"], "max_age": -1, "credentials": 1})
+    assert sorted(errors) == [
+        "plugins[0].config.credentials",
+        "plugins[0].config.max_age",
+        "plugins[0].config.methods",
+        "plugins[0].config.origins",
+    ]
