@@ -131,7 +131,7 @@ _h11_END = h11.EndOfMessage()
 class H11Codec:
     """The default codec, on top of h11's client state machine."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_eof")
 
     remote_errors: ClassVar[tuple[type[Exception], ...]] = (h11.RemoteProtocolError,)
     local_errors: ClassVar[tuple[type[Exception], ...]] = (h11.LocalProtocolError,)
@@ -139,6 +139,7 @@ class H11Codec:
     def __init__(self) -> None:
         # 64 KiB is h11's default too; it bounds how much of a head we buffer.
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        self._eof = False
 
     def send_request_head(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
         data = self._conn.send(h11.Request(method=method, target=target, headers=headers))
@@ -156,6 +157,8 @@ class H11Codec:
         return out
 
     def receive_data(self, data: bytes) -> None:
+        if not data:
+            self._eof = True  # h11 may still call the cycle DONE (a close-delimited body)
         self._conn.receive_data(data)
 
     def next_event(self) -> CodecEvent:
@@ -188,7 +191,7 @@ class H11Codec:
     @property
     def is_reusable(self) -> bool:
         conn = self._conn
-        return conn.our_state is _h11_DONE and conn.their_state is _h11_DONE
+        return conn.our_state is _h11_DONE and conn.their_state is _h11_DONE and not self._eof
 
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()

@@ -295,7 +295,7 @@ class UpstreamConnection:
 
     @property
     def is_reusable(self) -> bool:
-        return not (self.closed or self.must_close) and self.codec.is_reusable
+        return not (self.closed or self.must_close or self.closed_by_peer) and self.codec.is_reusable
 
     def start_next_cycle(self) -> None:
         self.codec.start_next_cycle()
