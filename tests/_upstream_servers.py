@@ -121,7 +121,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
     if path == "/bytes":
         n = int(scope["query_string"].decode().partition("=")[2] or 0)
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(n).encode())]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(n).encode())]}
+        )
         while n > 0:
             part = CHUNK if n >= len(CHUNK) else CHUNK[:n]
             n -= len(part)

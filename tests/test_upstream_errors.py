@@ -68,7 +68,9 @@ async def test_body_breaking_mid_stream(reply: bytes) -> None:
     async with raw_server(answering(reply[:40], reply[40:])) as port:  # type: ignore[arg-type]
         pool = UpstreamPool()
         with pytest.raises(UpstreamProtocolError):
-            response = await pool.send(Instance("127.0.0.1", port), "GET", b"/", [], empty_body(), timeouts=FAST)
+            response = await pool.send(
+                Instance("127.0.0.1", port), "GET", b"/", [], empty_body(), timeouts=FAST
+            )
             await response.read()
         assert pool.stats()[f"http://127.0.0.1:{port}"] == (0, 0)
         await pool.aclose()
@@ -159,7 +161,9 @@ async def test_read_timeout_waiting_for_the_head() -> None:
     async with raw_server(answering(close=False)) as port:  # type: ignore[arg-type]
         pool = UpstreamPool()
         with pytest.raises(UpstreamTimeout, match="read timeout") as info:
-            await pool.send(Instance("127.0.0.1", port), "GET", b"/", [], empty_body(), timeouts=Timeouts(read=0.2))
+            await pool.send(
+                Instance("127.0.0.1", port), "GET", b"/", [], empty_body(), timeouts=Timeouts(read=0.2)
+            )
         assert request_sent(info.value)
         assert info.value.status == 504
         await pool.aclose()
@@ -198,7 +202,12 @@ async def test_write_timeout_when_the_upstream_does_not_read() -> None:
         pool = UpstreamPool()
         with pytest.raises(UpstreamTimeout, match="write timeout") as info:
             await pool.send(
-                Instance("127.0.0.1", port), "PUT", b"/", [], big_body(256 << 20), timeouts=Timeouts(write=0.3)
+                Instance("127.0.0.1", port),
+                "PUT",
+                b"/",
+                [],
+                big_body(256 << 20),
+                timeouts=Timeouts(write=0.3),
             )
         assert request_sent(info.value)
         assert pool.stats()[f"http://127.0.0.1:{port}"] == (0, 0)
@@ -242,7 +251,9 @@ def blackhole() -> Iterator[int]:
 async def test_connect_timeout(blackhole: int) -> None:
     pool = UpstreamPool()
     with pytest.raises(UpstreamTimeout, match="connect timeout") as info:
-        await pool.send(Instance("127.0.0.1", blackhole), "GET", b"/", [], empty_body(), timeouts=Timeouts(connect=0.3))
+        await pool.send(
+            Instance("127.0.0.1", blackhole), "GET", b"/", [], empty_body(), timeouts=Timeouts(connect=0.3)
+        )
     assert request_sent(info.value) is False
     await pool.aclose()
 
@@ -300,7 +311,9 @@ async def test_cancelled_while_waiting_for_the_head() -> None:
         assert pool.stats()[f"http://127.0.0.1:{port}"] == (0, 0)
         # the pool is still usable
         with pytest.raises(UpstreamTimeout):
-            await pool.send(Instance("127.0.0.1", port), "GET", b"/", [], empty_body(), timeouts=Timeouts(read=0.1))
+            await pool.send(
+                Instance("127.0.0.1", port), "GET", b"/", [], empty_body(), timeouts=Timeouts(read=0.1)
+            )
         await pool.aclose()
 
 

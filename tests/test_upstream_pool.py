@@ -176,7 +176,9 @@ async def test_stale_race_is_retried_once_when_retry_safe() -> None:
     async with raw_server(handler) as port:  # type: ignore[arg-type]
         pool = UpstreamPool()
         instance = Instance("127.0.0.1", port)
-        assert await (await pool.send(instance, "GET", b"/1", [], empty_body(), timeouts=FAST)).read() == b"ok"
+        assert (
+            await (await pool.send(instance, "GET", b"/1", [], empty_body(), timeouts=FAST)).read() == b"ok"
+        )
         r = await pool.send(instance, "GET", b"/2", [], empty_body(), timeouts=FAST, retry_safe=True)
         assert await r.read() == b"ok"
         # a small non-streamed body is kept and replayed too
@@ -233,7 +235,9 @@ async def test_uvicorn_keep_alive_expiry_race_shows_no_error() -> None:
         async def client(delay: float) -> None:
             for _ in range(6):
                 try:
-                    r = await pool.send(instance, "GET", b"/", [], empty_body(), timeouts=FAST, retry_safe=True)
+                    r = await pool.send(
+                        instance, "GET", b"/", [], empty_body(), timeouts=FAST, retry_safe=True
+                    )
                     assert await r.read() == b"Hello, world!"
                 except Exception as exc:  # pragma: no cover - the failure we guard against
                     errors.append(exc)
