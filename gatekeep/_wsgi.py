@@ -24,11 +24,13 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import quote
 
 import anyio
+import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
@@ -94,6 +96,8 @@ class WSGIApp:
         self._lock = threading.Lock()
         self._portal: anyio.from_thread.BlockingPortal | None = None
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
+        self._lifespan: Future[None] | None = None
+        self._stop: anyio.Event | None = None
 
     def start(self) -> None:
         """Start the event loop thread and enter the gateway's lifespan."""
@@ -109,7 +113,9 @@ class WSGIApp:
                 cm = anyio.from_thread.start_blocking_portal("asyncio")
                 portal = cm.__enter__()
                 try:
-                    portal.call(self.gateway.__aenter__)
+                    # The gateway's task group must be entered and left by one
+                    # task, so its lifespan runs as a task of its own.
+                    self._lifespan, self._stop = portal.start_task(self._run_lifespan)
                 except BaseException:
                     cm.__exit__(*sys.exc_info())
                     raise
@@ -122,14 +128,23 @@ class WSGIApp:
         """Leave the gateway's lifespan and stop the event loop thread."""
         with self._lock:
             portal, cm = self._portal, self._portal_cm
+            lifespan, stop = self._lifespan, self._stop
             self._portal = self._portal_cm = None
-        if portal is None or cm is None:
+            self._lifespan = self._stop = None
+        if portal is None or cm is None or lifespan is None or stop is None:
             return
         try:
-            portal.call(self.gateway.__aexit__, None, None, None)
+            portal.call(stop.set)
+            lifespan.result()
         finally:
             cm.__exit__(None, None, None)
             atexit.unregister(self.close)
+
+    async def _run_lifespan(self, *, task_status: anyio.abc.TaskStatus[anyio.Event]) -> None:
+        stop = anyio.Event()
+        async with self.gateway:
+            task_status.started(stop)
+            await stop.wait()
 
     def request_from_environ(self, environ: dict[str, Any]) -> Request:
         raw: list[tuple[bytes, bytes]] = []
