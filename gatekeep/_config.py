@@ -154,7 +154,7 @@ class ConsumerConfig:
 @attrs.frozen
 class PoolSettings:
     max_connections: int = attrs.field(default=100, validator=_positive)
-    max_idle: int = attrs.field(default=32, validator=_non_negative)
+    max_idle: int = attrs.field(default=100, validator=_non_negative)
     idle_timeout: float = attrs.field(default=4.0, validator=_positive)
     pool_timeout: float = attrs.field(default=5.0, validator=_positive)
 

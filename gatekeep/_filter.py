@@ -164,6 +164,8 @@ class Chain:
 
 
 _registry_cache: dict[str, Any] | None = None
+# Filters registered in code (``register_filter``); they survive a refresh.
+_registered: dict[str, Any] = {}
 
 
 def _builtin_filters() -> dict[str, Any]:
@@ -177,7 +179,8 @@ def available_filters(refresh: bool = False) -> Mapping[str, Any]:
 
     Built-in filters are registered through the same group by gatekeep's own
     package metadata; they are also added directly so that a source checkout
-    that was not installed still finds them.
+    that was not installed still finds them.  Filters registered in code with
+    ``register_filter`` come last and win.
     """
     global _registry_cache
     if _registry_cache is not None and not refresh:
@@ -185,6 +188,7 @@ def available_filters(refresh: bool = False) -> Mapping[str, Any]:
     found: dict[str, Any] = dict(_builtin_filters())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep)
+    found.update(_registered)
     _registry_cache = found
     return found
 
@@ -206,7 +210,6 @@ def load_filter_class(name: str) -> Any:
 
 def register_filter(cls: Any, name: str | None = None) -> None:
     """Register a filter class without an entry point (tests, embedding)."""
-    registry = dict(available_filters())
-    registry[name or cls.name] = cls
     global _registry_cache
-    _registry_cache = registry
+    _registered[name or cls.name] = cls
+    _registry_cache = None

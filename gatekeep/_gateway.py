@@ -161,6 +161,7 @@ class Gateway:
         self._pool_timeout = pool.pool_timeout
         self.app: AppCall | None = None
         self._task_group: TaskGroup | None = None
+        self._started: list[Any] = []
         self._entries = self._build_entries(filters)
         self.filters = [e.filter for e in self._entries]
         self.services: dict[str, Service] = {}
@@ -300,20 +301,32 @@ class Gateway:
     async def __aenter__(self) -> Gateway:
         self._tg_cm = anyio.create_task_group()
         self._task_group = await self._tg_cm.__aenter__()
-        for f in self.filters:
-            start = getattr(f, "start", None)
-            if start is not None:
-                await start(self._task_group)
+        self._started: list[Any] = []
+        try:
+            for f in self.filters:
+                start = getattr(f, "start", None)
+                if start is not None:
+                    await start(self._task_group)
+                self._started.append(f)
+        except BaseException:
+            # A filter failed to start: stop the ones that did, end the task group.
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         try:
-            for f in reversed(self.filters):
+            for f in reversed(self._started):
                 stop = getattr(f, "stop", None)
                 if stop is not None:
                     with anyio.CancelScope(shield=True):
-                        await stop()
-            await self.pool.aclose()
+                        try:
+                            await stop()
+                        except Exception:
+                            log.exception("filter %r failed to stop", getattr(f, "name", f))
+            self._started = []
+            with anyio.CancelScope(shield=True):
+                await self.pool.aclose()
         finally:
             if self._task_group is not None:
                 self._task_group.cancel_scope.cancel()

@@ -339,3 +339,41 @@ async def test_chains_are_computed_once_at_config_time() -> None:
         assert [f.name for f in chain.filters] == ["correlation-id", "tagger"]
         await gw.client.get("/")
         assert gw.gateway.routes[0].chain is chain
+
+
+class FailsToStart(BaseFilter):
+    name: ClassVar[str] = "fails-to-start"
+    events: ClassVar[list[str]] = []
+
+    async def start(self, task_group: Any) -> None:
+        raise RuntimeError("cannot start")
+
+
+class StartsFine(BaseFilter):
+    name: ClassVar[str] = "starts-fine"
+    priority: ClassVar[int] = 10
+
+    async def start(self, task_group: Any) -> None:
+        FailsToStart.events.append("started")
+        task_group.start_soon(anyio.sleep_forever)
+
+    async def stop(self) -> None:
+        FailsToStart.events.append("stopped")
+
+
+async def test_a_filter_failing_to_start_stops_the_others_and_leaves_no_task() -> None:
+    FailsToStart.events = []
+    gateway = gatekeep.Gateway(
+        {"services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [{"paths": ["/"]}]}]},
+        filters=[StartsFine(), FailsToStart()],
+    )
+    with pytest.raises(RuntimeError, match="cannot start"):
+        async with gateway:
+            pass  # pragma: no cover
+    assert FailsToStart.events == ["started", "stopped"]
+    assert gateway.task_group is None
+
+
+def test_registered_filters_survive_a_refresh() -> None:
+    gatekeep.register_filter(Tagger)
+    assert "tagger" in gatekeep.available_filters(refresh=True)
