@@ -186,7 +186,9 @@ def _main() -> None:
     import uvicorn
 
     port_file, keep_alive, http = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-    sock = socket.socket()
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so,
+    # and without it the two writes of a response meet Nagle + delayed ACK (40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     config = uvicorn.Config(
