@@ -11,6 +11,10 @@ and any of three optional phases:
 * ``on_log(exchange)`` runs after the last byte reached the client, so it
   never delays the answer.
 
+``bind(gateway)`` runs once when the gateway is built (to look up consumers,
+services ...); ``start(task_group)``/``stop()`` run with the gateway's
+lifespan, for background work.
+
 Filters are found through the entry-point group ``gatekeep.filters``; the
 built-in ones register through the same group.  A route's chain is computed
 once when the config is loaded; at request time the gateway only walks
@@ -32,6 +36,8 @@ from ._http import Request, Response
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
+
+    from ._gateway import Gateway
 
     from ._protocols import Instance
 
@@ -75,6 +81,14 @@ class BaseFilter:
         return None
 
     async def on_log(self, exchange: Exchange) -> None:
+        return None
+
+    def bind(self, gateway: Gateway) -> None:
+        """Called once when the gateway is built from its config.
+
+        Gives a filter what it needs from the whole config (consumers and
+        their credentials, services, other filters) before any request.
+        """
         return None
 
     async def start(self, task_group: TaskGroup) -> None:

@@ -37,6 +37,7 @@ from anyio.abc import TaskGroup
 
 from ._balancer import LeastOutstanding, RoundRobin
 from ._config import (
+    ConsumerConfig,
     GatewayConfig,
     PluginConfig,
     RouteConfig,
@@ -197,6 +198,15 @@ class Gateway:
         self.router = CompiledRouter(rules)
         self.global_chain = self._chain(None, None, None)
         self._consumers_with_plugins = {e.consumer for e in self._entries if e.consumer is not None}
+        self.consumers: dict[str, ConsumerConfig] = {}
+        for cc in self.config.consumers:
+            for key in (cc.id, cc.username, cc.custom_id):
+                if key:
+                    self.consumers.setdefault(key, cc)
+        for f in self.filters:
+            bind = getattr(f, "bind", None)
+            if bind is not None:
+                bind(self)
 
     # -- config compilation ---------------------------------------------------
 
@@ -301,7 +311,7 @@ class Gateway:
     async def __aenter__(self) -> Gateway:
         self._tg_cm = anyio.create_task_group()
         self._task_group = await self._tg_cm.__aenter__()
-        self._started: list[Any] = []
+        self._started = []
         try:
             for f in self.filters:
                 start = getattr(f, "start", None)
