@@ -199,6 +199,7 @@ class Gateway:
         self.global_chain = self._chain(None, None, None)
         self._consumers_with_plugins = {e.consumer for e in self._entries if e.consumer is not None}
         self.consumers: dict[str, ConsumerConfig] = {}
+        self.endpoints: dict[str, Callable[[Request], Awaitable[Response]]] = {}
         for cc in self.config.consumers:
             for key in (cc.id, cc.username, cc.custom_id):
                 if key:
@@ -398,9 +399,23 @@ class Gateway:
         chain: Chain = self.chain_for(route, _consumer_key(request.consumer))
         return chain
 
+    def add_endpoint(self, path: str, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        """Answer ``path`` (exact, normalised) with ``handler`` before routing.
+
+        For the gateway's own endpoints (``/metrics`` ...); filters call it
+        from ``bind``.  Global request filters still run first.
+        """
+        self.endpoints[path] = handler
+
     async def _run(self, request: Request, exchange: Exchange) -> tuple[Chain | None, Response]:
         if not request.path:
             request.path = normalise_path(request.raw_path or b"/")
+        if self.endpoints:
+            endpoint = self.endpoints.get(request.path)
+            if endpoint is not None:
+                chain = self.global_chain
+                early = await self._request_phase(chain, request)
+                return chain, early if early is not None else await endpoint(request)
         match: RouteMatch | None = self.router.match(
             request.method, request.host, request.path, request.headers
         )

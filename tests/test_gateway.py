@@ -377,3 +377,22 @@ async def test_a_filter_failing_to_start_stops_the_others_and_leaves_no_task() -
 def test_registered_filters_survive_a_refresh() -> None:
     gatekeep.register_filter(Tagger)
     assert "tagger" in gatekeep.available_filters(refresh=True)
+
+
+class StatusEndpoint(BaseFilter):
+    name: ClassVar[str] = "status-endpoint"
+
+    def bind(self, gateway: gatekeep.Gateway) -> None:
+        async def status(request: Request) -> Response:
+            return Response.json({"routes": len(gateway.routes)})
+
+        gateway.add_endpoint("/_status", status)
+
+
+async def test_filters_can_add_gateway_endpoints_that_no_route_shadows() -> None:
+    async with gateway_for(filters=[StatusEndpoint()]) as gw:
+        response = await gw.client.get("/_status")
+        assert response.json() == {"routes": 1}
+        assert gw.upstream.requests == []
+        assert (await gw.client.get("/_status/x")).status == 200  # only the exact path
+        assert len(gw.upstream.requests) == 1
