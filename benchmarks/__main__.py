@@ -20,7 +20,8 @@ BENCHMARKS = {
 
 def usage() -> str:
     rows = "\n".join(f"  {name:<10} {text}" for name, (_, text) in BENCHMARKS.items())
-    return f"usage: python -m benchmarks NAME [options]\n\n{rows}\n\n'python -m benchmarks NAME --help' for options"
+    head = "usage: python -m benchmarks NAME [options]"
+    return f"{head}\n\n{rows}\n\n'python -m benchmarks NAME --help' for options"
 
 
 def main() -> int:

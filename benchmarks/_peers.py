@@ -157,9 +157,7 @@ class AiohttpProxy:
                 allow_redirects=False,
             ) as response:
                 out = [(k, v) for k, v in response.raw_headers if k.lower() not in HOP_BY_HOP]
-                await send(
-                    {"type": "http.response.start", "status": response.status, "headers": out}
-                )
+                await send({"type": "http.response.start", "status": response.status, "headers": out})
                 started = True
                 async for chunk in response.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
