@@ -106,8 +106,10 @@ class ASGIApp:
     def __init__(self, gateway: Gateway, app: ASGI | None = None) -> None:
         self.gateway = gateway
         self.app = app
+        self._caller: _AppCaller | None = None
         if app is not None:
-            gateway.app = _AppCaller(app, gateway)
+            self._caller = _AppCaller(app, gateway)
+            gateway.app = self._caller
         self._started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,20 +126,40 @@ class ASGIApp:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "lifespan.startup"
-        try:
-            await self.gateway.__aenter__()
-        except Exception as exc:
-            log.exception("gateway failed to start")
-            await send({"type": "lifespan.startup.failed", "message": repr(exc)})
-            return
-        self._started = True
-        await send({"type": "lifespan.startup.complete"})
-        message = await receive()
-        try:
-            await self.gateway.__aexit__(None, None, None)
-        finally:
-            self._started = False
-        await send({"type": "lifespan.shutdown.complete"})
+        async with anyio.create_task_group() as tg:
+            # Middleware mode: the wrapped app's own lifespan runs inside the gateway's.
+            inner = _AppLifespan(self.app, scope) if self.app is not None else None
+            try:
+                await self.gateway.__aenter__()
+            except Exception as exc:
+                log.exception("gateway failed to start")
+                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                return
+            if inner is not None and self._caller is not None:
+                self._caller.state = inner.state
+                failure = await inner.startup(tg)
+                if failure is not None:
+                    await self.gateway.__aexit__(None, None, None)
+                    inner.close()
+                    tg.cancel_scope.cancel()
+                    await send({"type": "lifespan.startup.failed", "message": failure})
+                    return
+            self._started = True
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            try:
+                if inner is not None:
+                    failure = await inner.shutdown()
+                    if failure is not None:
+                        log.error("wrapped app failed to shut down: %s", failure)
+            finally:
+                try:
+                    await self.gateway.__aexit__(None, None, None)
+                finally:
+                    self._started = False
+                    if inner is not None:
+                        inner.close()
+            await send({"type": "lifespan.shutdown.complete"})
 
     def request_from_scope(self, scope: Scope, body: Any) -> Request:
         raw_headers = scope["headers"]
@@ -241,12 +263,66 @@ async def send_response(response: Response, send: Send, exchange: Exchange) -> N
     exchange.end = time.perf_counter()
 
 
+class _AppLifespan:
+    """The wrapped app's own lifespan (a FastAPI ``lifespan=``), driven by the gateway's.
+
+    An app that raises or returns on a ``lifespan`` scope has none; that is
+    not an error (as with uvicorn's ``--lifespan auto``).
+    """
+
+    def __init__(self, app: ASGI, scope: Scope) -> None:
+        self.app = app
+        # Lifespan state (ASGI 2.3): shared with the app's requests as shallow copies.
+        self.state: dict[str, Any] = scope.setdefault("state", {})
+        self.scope: Scope = {
+            "type": "lifespan",
+            "asgi": scope.get("asgi", {"version": "3.0"}),
+            "state": self.state,
+        }
+        self.to_app, self.app_receive = anyio.create_memory_object_stream[Message](1)
+        self.app_send, self.from_app = anyio.create_memory_object_stream[Message](1)
+        self.supported = True
+
+    async def _run(self) -> None:
+        with self.app_send:
+            try:
+                await self.app(self.scope, self.app_receive.receive, self.app_send.send)
+            except Exception:
+                log.debug("the wrapped app's lifespan raised (or it has none)", exc_info=True)
+
+    async def startup(self, tg: TaskGroup) -> str | None:
+        """Start the app's lifespan; the failure message if it failed."""
+        tg.start_soon(self._run)
+        return await self._step("lifespan.startup")
+
+    async def shutdown(self) -> str | None:
+        return await self._step("lifespan.shutdown")
+
+    async def _step(self, kind: str) -> str | None:
+        if not self.supported:
+            return None
+        await self.to_app.send({"type": kind})
+        try:
+            answer = await self.from_app.receive()
+        except anyio.EndOfStream:
+            self.supported = False  # the app returned without answering: no lifespan
+            return None
+        if str(answer["type"]).endswith(".failed"):
+            return str(answer.get("message", ""))
+        return None
+
+    def close(self) -> None:
+        for stream in (self.to_app, self.app_receive, self.app_send, self.from_app):
+            stream.close()
+
+
 class _AppCaller:
     """Calls a wrapped ASGI app as the upstream of a route (middleware mode)."""
 
     def __init__(self, app: ASGI, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
+        self.state: dict[str, Any] = {}
 
     def scope_for(self, request: Request) -> Scope:
         path = request.path
@@ -263,7 +339,7 @@ class _AppCaller:
             "headers": request.headers.raw,
             "client": request.client,
             "server": request.server,
-            "state": {},
+            "state": dict(self.state),
             "gatekeep.identity": request.identity,
             "gatekeep.consumer": request.consumer,
             "gatekeep.request_id": request.request_id,
