@@ -72,3 +72,47 @@ def messy_raw_paths(draw: st.DrawFn) -> bytes:
 # Anything at all after a leading slash, to check that nothing but BadRequest
 # ever escapes normalisation.
 any_raw_paths = st.binary(max_size=40).map(lambda b: b"/" + b)
+
+
+# -- RBAC (tests/test_rbac_engine.py) ------------------------------------------
+
+rbac_roles = st.sampled_from(["admin", "user", "viewer", "auditor", "ops", "guest"])
+rbac_scopes = st.sampled_from(["orders:read", "orders:write", "openid", "profile"])
+
+
+@st.composite
+def rbac_hierarchies(draw: st.DrawFn) -> dict[str, list[str]]:
+    """Acyclic role hierarchies: a role only includes roles later in a random order."""
+    order = draw(st.permutations(["admin", "user", "viewer", "auditor", "ops", "guest"]))
+    out: dict[str, list[str]] = {}
+    for i, role in enumerate(order):
+        later = order[i + 1 :]
+        if later and draw(st.booleans()):
+            out[role] = draw(st.lists(st.sampled_from(later), min_size=1, max_size=3, unique=True))
+    return out
+
+
+@st.composite
+def rbac_rules(draw: st.DrawFn) -> dict[str, list[str]]:
+    """One ``rbac`` rule as config data."""
+    rule: dict[str, list[str]] = {}
+    if draw(st.booleans()):
+        rule["methods"] = draw(st.lists(st.sampled_from(["GET", "POST", "DELETE"]), min_size=1, unique=True))
+    if draw(st.booleans()):
+        rule["paths"] = draw(
+            st.lists(
+                st.sampled_from(["/orders", "=/orders", "/orders/{id}", "/admin"]),
+                min_size=1,
+                max_size=2,
+                unique=True,
+            )
+        )
+    for key, names in (
+        ("any_of", rbac_roles),
+        ("all_of", rbac_roles),
+        ("scopes_any", rbac_scopes),
+        ("scopes_all", rbac_scopes),
+    ):
+        if draw(st.integers(0, 2)) == 0:
+            rule[key] = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    return rule

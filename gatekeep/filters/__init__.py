@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..authz.rbac import RbacFilter
 from .correlation_id import CorrelationIdFilter
 from .request_size_limiting import RequestSizeLimitingFilter
 
-__all__ = ["BUILTIN_FILTERS", "CorrelationIdFilter", "RequestSizeLimitingFilter"]
+__all__ = ["BUILTIN_FILTERS", "CorrelationIdFilter", "RbacFilter", "RequestSizeLimitingFilter"]
 
 BUILTIN_FILTERS: dict[str, Any] = {
     CorrelationIdFilter.name: CorrelationIdFilter,
     RequestSizeLimitingFilter.name: RequestSizeLimitingFilter,
+    RbacFilter.name: RbacFilter,
 }
