@@ -30,7 +30,8 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter]:
     client = aioredis.Redis.from_url(
         request.getfixturevalue("redis_url"), max_connections=None if batch else 256
     )
-    rl = RedisRateLimiter(client, batch=batch)
+    # Generous: these tests are about decisions, not deadlines, on a shared machine.
+    rl = RedisRateLimiter(client, batch=batch, timeout=5.0)
     try:
         yield rl
     finally:
@@ -52,10 +53,10 @@ async def test_a_bucket_drains_then_refuses(limiter: RateLimiter) -> None:
         (False, (0,)),
     ]
     assert seen[0].retry_after == 0
-    assert seen[0].reset[0] == pytest.approx(HOUR / 3, abs=0.01)
+    assert seen[0].reset[0] == pytest.approx(HOUR / 3, abs=0.2)
     # One token comes back every 1200 s.
-    assert seen[3].retry_after == pytest.approx(HOUR / 3, abs=0.01)
-    assert seen[3].reset[0] == pytest.approx(HOUR, abs=0.01)
+    assert seen[3].retry_after == pytest.approx(HOUR / 3, abs=0.2)  # the server clock runs on
+    assert seen[3].reset[0] == pytest.approx(HOUR, abs=0.2)
 
 
 async def test_keys_are_independent(limiter: RateLimiter) -> None:

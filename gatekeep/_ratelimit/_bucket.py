@@ -29,6 +29,11 @@ request is all-or-none.  A cost larger than a bucket's capacity can never be
 met; such a request is rejected with ``retry_after`` = that limit's period,
 since no wait would help.
 
+``grant`` is ``take`` for leases (``_lease.py``): it admits when every
+bucket holds ``need`` tokens and then takes as many as every bucket can give,
+up to ``want`` -- the same all-or-none step, with the amount decided inside
+it.  ``take(..., cost)`` is ``grant`` with ``need = want = cost``.
+
 Times in a ``Decision`` are rounded *up* to the millisecond: ``retry_after``
 never invites a client back before its tokens are there.  The Redis script
 (``token_bucket.lua``) is a transcription of these functions, in microseconds.
@@ -42,7 +47,7 @@ from typing import NamedTuple
 
 from .._protocols import Decision, Limit
 
-__all__ = ["EPSILON", "Bucket", "check_limit", "ceil_ms", "level", "seconds_until", "take"]
+__all__ = ["EPSILON", "Bucket", "check_limit", "ceil_ms", "grant", "level", "seconds_until", "take"]
 
 EPSILON = 1e-9
 
@@ -101,9 +106,29 @@ def take(
         The decision, and the new state of every bucket if it changed (an
         admitted request with a positive cost), else ``None``.
     """
+    _, decision, new = grant(buckets, limits, now, cost, cost)
+    return decision, new
+
+
+def grant(
+    buckets: Sequence[Bucket | None], limits: Sequence[Limit], now: float, need: int, want: int
+) -> tuple[int, Decision, tuple[Bucket, ...] | None]:
+    """Take between ``need`` and ``want`` tokens from every bucket, as many as all can give.
+
+    Admitted when every bucket holds ``need``; then the same number ``g``
+    (``need <= g <= want``, the most every bucket holds whole) is taken from
+    each.  ``need`` plays the part of ``take``'s cost for a rejection.
+
+    Returns:
+        ``g`` (0 when rejected), the decision (``remaining`` after taking
+        ``g``) and the new bucket states if they changed.
+    """
     levels = [level(b, limit, now) for b, limit in zip(buckets, limits, strict=True)]
-    if all(tokens >= cost - EPSILON for tokens in levels):
-        after = [tokens - cost for tokens in levels]
+    if all(tokens >= need - EPSILON for tokens in levels):
+        granted = need
+        if want > need:
+            granted = max(need, min(want, min([math.floor(t + EPSILON) for t in levels])))
+        after = [tokens - granted for tokens in levels]
         decision = Decision(
             allowed=True,
             remaining=tuple([math.floor(t + EPSILON) for t in after]),
@@ -111,21 +136,21 @@ def take(
                 [ceil_ms(seconds_until(t, lim.capacity, lim)) for t, lim in zip(after, limits, strict=True)]
             ),
         )
-        if cost == 0:
-            return decision, None
+        if granted == 0:
+            return 0, decision, None
         new = tuple(
             [
                 Bucket(t, now if b is None or now > b.stamp else b.stamp)
                 for t, b in zip(after, buckets, strict=True)
             ]
         )
-        return decision, new
+        return granted, decision, new
     retry = 0.0
     for tokens, limit in zip(levels, limits, strict=True):
-        if cost > limit.capacity:
+        if need > limit.capacity:
             retry = max(retry, float(limit.period))
         else:
-            retry = max(retry, seconds_until(tokens, cost, limit))
+            retry = max(retry, seconds_until(tokens, need, limit))
     decision = Decision(
         allowed=False,
         remaining=tuple([math.floor(t + EPSILON) for t in levels]),
@@ -134,4 +159,4 @@ def take(
             [ceil_ms(seconds_until(t, lim.capacity, lim)) for t, lim in zip(levels, limits, strict=True)]
         ),
     )
-    return decision, None
+    return 0, decision, None

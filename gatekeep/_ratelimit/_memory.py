@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from .._protocols import Decision, Limit
-from ._bucket import Bucket, check_limit, level, take
+from ._bucket import Bucket, check_limit, grant, level
 
 __all__ = ["MemoryRateLimiter"]
 
@@ -61,6 +61,22 @@ class MemoryRateLimiter:
         """``acquire`` for synchronous callers; it never blocks on I/O."""
         if cost < 0:
             raise ValueError(f"cost must not be negative, got {cost}")
+        return self._grant(key, limits, cost, cost)[1]
+
+    async def lease(self, key: str, limits: Sequence[Limit], need: int, want: int) -> tuple[int, Decision]:
+        """Take between ``need`` and ``want`` tokens from every bucket, all or none.
+
+        Returns:
+            The tokens taken from each bucket (0 when refused) and the decision.
+
+        Raises:
+            ValueError: ``need`` is below 1 or ``want`` below ``need``.
+        """
+        if need < 1 or want < need:
+            raise ValueError(f"a lease needs 1 <= need <= want, got need={need}, want={want}")
+        return self._grant(key, limits, need, want)
+
+    def _grant(self, key: str, limits: Sequence[Limit], need: int, want: int) -> tuple[int, Decision]:
         buckets = self._buckets
         names = [(key, limit) for limit in limits]
         with self._lock:
@@ -73,12 +89,12 @@ class MemoryRateLimiter:
                 else:
                     buckets.move_to_end(name)
                 states.append(state)
-            decision, new = take(states, limits, now, cost)
+            granted, decision, new = grant(states, limits, now, need, want)
             if new is not None:
                 for name, state in zip(names, new, strict=True):
                     buckets[name] = state
                 self._sweep(now)
-        return decision
+        return granted, decision
 
     def _sweep(self, now: float) -> None:
         buckets = self._buckets

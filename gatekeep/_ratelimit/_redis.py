@@ -19,10 +19,22 @@ pipeline, without adding any wait:
 
 At most one round trip is in flight per limiter, as in Lyft's ratelimit
 service.  The flusher is the only task the limiter starts; it never raises
-(errors reach the waiting calls), it is bounded by the timeout, and
-``aclose`` waits for it.  Each call waits at most ``timeout`` whatever
-happens to the others; a call that gives up is dropped from the queue if it
-was not sent yet.
+(errors reach the waiting calls), and ``aclose`` waits for it.
+
+Deadlines.  Each call waits at most ``timeout``, whatever happens to the
+others, but no call pays for a timer of its own (``asyncio.timeout`` costs a
+timer handle, a heap push and a cancel per call -- a good part of a decision's
+client-side cost).  One watchdog timer serves the whole limiter: the round trip
+in flight has a deadline (its start + ``timeout``), and so does each queued
+call (its arrival + ``timeout``).  The watchdog fires at the earliest of them;
+a round trip past its deadline has its task cancelled (and that cancellation
+is turned into a timeout, the way ``asyncio.timeout`` does it, so a real
+cancellation from outside still propagates), a queued call past its deadline
+gets a timeout as its outcome.  Nothing is cancelled or rescheduled when a
+round trip ends in time; a watchdog that finds nothing due re-arms itself for
+the next deadline, so under steady load it fires about once per ``timeout``.
+With ``batch=False`` calls run concurrently and each keeps its own
+``asyncio.timeout``.
 
 NOSCRIPT (after a Redis restart, a failover or SCRIPT FLUSH) means the script
 did not run, so it is safe to send the same call again with EVAL, which also
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, TypeAlias
@@ -77,12 +90,15 @@ class _Plan:
 
 
 class _Pending:
-    __slots__ = ("args", "future", "keys")
+    __slots__ = ("args", "deadline", "future", "keys")
 
-    def __init__(self, keys: list[str], args: tuple[int, ...], future: asyncio.Future[_Outcome]) -> None:
+    def __init__(
+        self, keys: list[str], args: tuple[int, ...], future: asyncio.Future[_Outcome], deadline: float
+    ) -> None:
         self.keys = keys
         self.args = args
         self.future = future
+        self.deadline = deadline
 
 
 def _has_surrogates(key: str) -> bool:
@@ -104,9 +120,9 @@ def _hash_tag(key: str) -> str:
 def _decision(reply: Reply) -> Decision:
     return Decision(
         allowed=reply[0] == 1,
-        remaining=tuple(reply[2::2]),
+        remaining=tuple(reply[3::2]),
         retry_after=reply[1] / 1000,
-        reset=tuple([ms / 1000 for ms in reply[3::2]]),
+        reset=tuple([ms / 1000 for ms in reply[4::2]]),
     )
 
 
@@ -152,8 +168,15 @@ class RedisRateLimiter:
         self._batch = batch
         self._plans: dict[tuple[Limit, ...], _Plan] = {}
         self._queue: list[_Pending] = []
+        # The batch the flusher has sent (its calls keep their own deadlines).
+        self._sent: list[_Pending] = []
         self._busy = False
         self._flusher: asyncio.Task[None] | None = None
+        # The round trip in flight: the task waiting for it and its deadline.
+        self._trip: asyncio.Task[Any] | None = None
+        self._trip_deadline = 0.0
+        self._expired: asyncio.Task[Any] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def timeout(self) -> float:
@@ -169,23 +192,30 @@ class RedisRateLimiter:
         """
         if cost < 0:
             raise ValueError(f"cost must not be negative, got {cost}")
-        lims = limits if type(limits) is tuple else tuple(limits)
-        plan = self._plans.get(lims)
-        if plan is None:
-            plan = self._plan(lims)
-        head = f"{self._prefix}{{{_hash_tag(key)}}}:"
-        keys = [head + suffix for suffix in plan.suffixes]
-        args = (cost, *plan.args)
-        if self._batch and self._busy:
-            reply = await self._wait(keys, args)
-        else:
-            reply = await self._send(keys, args)
-        return _decision(reply)
+        return _decision(await self._call(key, limits, cost, cost))
+
+    async def lease(self, key: str, limits: Sequence[Limit], need: int, want: int) -> tuple[int, Decision]:
+        """Take between ``need`` and ``want`` tokens from every bucket, as many as all hold.
+
+        Returns:
+            The tokens taken from each bucket (0 when refused) and the decision.
+
+        Raises:
+            RateLimiterUnavailable: as ``acquire``.
+            ValueError: ``need`` is below 1 or ``want`` below ``need``.
+        """
+        if need < 1 or want < need:
+            raise ValueError(f"a lease needs 1 <= need <= want, got need={need}, want={want}")
+        reply = await self._call(key, limits, need, want)
+        return reply[2], _decision(reply)
 
     async def aclose(self) -> None:
         """Wait for the round trip in flight, if any (the client stays open)."""
         if self._flusher is not None:
             await asyncio.wait([self._flusher])
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def __aenter__(self) -> RedisRateLimiter:
         return self
@@ -199,29 +229,103 @@ class RedisRateLimiter:
         plan = self._plans[limits] = _Plan(limits)
         return plan
 
+    async def _call(self, key: str, limits: Sequence[Limit], need: int, want: int) -> Reply:
+        lims = limits if type(limits) is tuple else tuple(limits)
+        plan = self._plans.get(lims)
+        if plan is None:
+            plan = self._plan(lims)
+        head = f"{self._prefix}{{{_hash_tag(key)}}}:"
+        keys = [head + suffix for suffix in plan.suffixes]
+        args = (need, want, *plan.args)
+        if not self._batch:
+            return await self._send_alone(keys, args)
+        if self._busy:
+            return await self._wait(keys, args)
+        return await self._send(keys, args)
+
+    # -- deadlines ---------------------------------------------------------------
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        """The watchdog: time out what is due, re-arm for the next deadline."""
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        # A timer may fire a clock tick early; what is due within a millisecond is due.
+        now = loop.time() + 0.001
+        due = math.inf
+        trip = self._trip
+        if trip is not None:
+            if now >= self._trip_deadline:
+                if self._expired is not trip:
+                    self._expired = trip
+                    trip.cancel()
+            else:
+                due = self._trip_deadline
+        for calls in (self._sent, self._queue):
+            for pending in calls:  # in arrival order, so in deadline order
+                if pending.future.done():
+                    continue
+                if now < pending.deadline:
+                    due = min(due, pending.deadline)
+                    break
+                pending.future.set_result(TimeoutError())
+        if due != math.inf:
+            self._watchdog = loop.call_at(due, self._tick)
+
+    def _timed_out(self, task: asyncio.Task[Any], cancelling: int) -> bool:
+        """Whether the CancelledError being handled is the watchdog's (then it is undone)."""
+        if self._expired is not task:
+            return False
+        self._expired = None
+        return task.uncancel() <= cancelling
+
+    # -- sending -----------------------------------------------------------------
+
     async def _send(self, keys: list[str], args: tuple[int, ...]) -> Reply:
         """One call, sent by itself, while no round trip is in flight."""
         self._busy = True
+        loop = asyncio.get_running_loop()
+        task: Any = asyncio.current_task(loop)
+        cancelling = task.cancelling()
+        self._trip = task
+        self._trip_deadline = deadline = loop.time() + self._timeout
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._tick)
+        try:
+            return await self._eval(keys, args)
+        except asyncio.CancelledError:
+            if self._timed_out(task, cancelling):
+                raise _unavailable(TimeoutError(), self._timeout) from None
+            raise
+        except _STORE_ERRORS as exc:
+            raise _unavailable(exc, self._timeout) from exc
+        finally:
+            self._trip = None
+            if self._queue:
+                self._flusher = loop.create_task(self._flush())
+            else:
+                self._busy = False
+
+    async def _send_alone(self, keys: list[str], args: tuple[int, ...]) -> Reply:
+        """Unbatched: every call is its own round trip with its own timer."""
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._eval(keys, args)
         except _STORE_ERRORS as exc:
             raise _unavailable(exc, self._timeout) from exc
-        finally:
-            if self._queue:
-                self._flusher = asyncio.get_running_loop().create_task(self._flush())
-            else:
-                self._busy = False
 
     async def _wait(self, keys: list[str], args: tuple[int, ...]) -> Reply:
         """Queue a call for the flusher and wait for its outcome."""
-        pending = _Pending(keys, args, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        pending = _Pending(keys, args, loop.create_future(), loop.time() + self._timeout)
         self._queue.append(pending)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(pending.deadline, self._tick)
         try:
-            async with asyncio.timeout(self._timeout):
-                outcome = await pending.future
-        except TimeoutError as exc:
-            raise _unavailable(exc, self._timeout) from exc
+            outcome = await pending.future
         finally:
             if pending.future.cancelled() and pending in self._queue:
                 self._queue.remove(pending)
@@ -232,6 +336,8 @@ class RedisRateLimiter:
         return outcome
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        task: Any = asyncio.current_task(loop)
         try:
             while self._queue:
                 batch = [p for p in self._queue if not p.future.done()]
@@ -239,11 +345,22 @@ class RedisRateLimiter:
                 if not batch:
                     continue
                 outcomes: Sequence[_Outcome]
+                self._sent = batch
+                self._trip = task
+                self._trip_deadline = loop.time() + self._timeout
+                self._arm(loop, self._trip_deadline)
+                cancelling = task.cancelling()
                 try:
-                    async with asyncio.timeout(self._timeout):
-                        outcomes = await self._eval_many(batch)
+                    outcomes = await self._eval_many(batch)
+                except asyncio.CancelledError:
+                    if not self._timed_out(task, cancelling):
+                        raise
+                    outcomes = [TimeoutError()] * len(batch)
                 except Exception as exc:  # the waiting calls raise it, translated
                     outcomes = [exc] * len(batch)
+                finally:
+                    self._trip = None
+                    self._sent = []
                 for pending, outcome in zip(batch, outcomes, strict=True):
                     if not pending.future.done():
                         pending.future.set_result(outcome)
