@@ -1,0 +1,329 @@
+"""The upstream stage of one service: pick, guard, send, judge, maybe retry.
+
+``UpstreamGuard.call(instances, request, send)`` is what the gateway runs for
+a proxied request.  It composes the sans-IO parts:
+
+1. the service breaker (when open: ``CircuitOpen``, 503 with ``Retry-After``);
+2. the pick set: discovery's instances minus ejected / actively unhealthy ones
+   (``HealthTracker``) minus those whose own breaker is open, minus the
+   instances already tried when another is left; then ``Balancer.pick`` and
+   the instance breaker's ``allow``;
+3. ``send(instance)`` (the gateway's pooled HTTP call), under the per-try and
+   overall timeouts when configured;
+4. the outcome, to the balancer (``observe``: latency to the response head,
+   ok or not), the instance breaker, passive health checks and, once per
+   request, the service breaker;
+5. a retry when ``RetryPolicy`` says it is safe and the ``RetryBudget`` has
+   room, after a jittered backoff.
+
+The balancer's ``release`` runs when the response body is closed (or at once
+for a try that failed or is retried).  Everything else is decided by the
+sans-IO cores; this class only sequences them and owns the sleeps.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._errors import NoHealthyUpstream, UpstreamError, UpstreamTimeout
+from .._http import Request, Response
+from .._protocols import Instance
+from ._breaker import CLOSED, BreakerState, ChangeCallback, CircuitBreaker, circuit_open
+from ._config import BreakerConfig, HealthchecksConfig, RetryConfig
+from ._health import OK, ActiveChecker, HealthTracker, outcome_of
+from ._retry import RetryBudget, RetryPolicy, is_idempotent, prepare_body
+
+__all__ = ["UpstreamGuard"]
+
+Send = Callable[[Instance], Awaitable[Response]]
+
+_DEFAULT_RETRY = RetryConfig()
+_NO_HEALTHCHECKS = HealthchecksConfig()
+
+
+class UpstreamGuard:
+    """Balancing, breakers, health and retries for one service.
+
+    Args:
+        name: the service name.
+        balancer: a ``Balancer`` (``observe`` and ``release`` are used when it has them).
+        retries: extra tries after the first (Kong's ``retries``).
+        retry: backoff, timeouts and budget.
+        breaker: breaker thresholds, ``None`` for no breakers.
+        healthchecks: active and passive health checks.
+        scheme, tls: how active probes reach the instances.
+        clock: a monotonic clock; rng: the random source for backoff jitter.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        balancer: Any,
+        *,
+        retries: int = 0,
+        retry: RetryConfig = _DEFAULT_RETRY,
+        breaker: BreakerConfig | None = None,
+        healthchecks: HealthchecksConfig = _NO_HEALTHCHECKS,
+        scheme: str = "http",
+        tls: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.balancer = balancer
+        self._observe: Callable[[Instance, float, bool], None] | None = getattr(balancer, "observe", None)
+        self._release: Callable[[Instance], None] = getattr(balancer, "release", None) or _no_release
+        self.policy = RetryPolicy(retries, retry, rng=rng)
+        self.retries = retries
+        self.budget = RetryBudget(retry.budget_percent, retry.min_retries_per_second, clock=clock)
+        self._per_try = retry.per_try_timeout
+        self._overall = retry.timeout
+        self._body_limit = retry.body_limit
+        self._clock = clock
+        self.breaker_config = breaker
+        self._failure_statuses = frozenset(breaker.failure_statuses if breaker else (500, 502, 503, 504))
+        self._callbacks: list[ChangeCallback] = []
+        self.breaker: CircuitBreaker | None = None
+        if breaker is not None and breaker.per_service:
+            self.breaker = CircuitBreaker(breaker, clock=clock, name=name)
+        self._per_instance = breaker is not None and breaker.per_instance
+        self.instance_breakers: dict[Instance, CircuitBreaker] = {}
+        self._unclosed = 0  # instance breakers not closed now
+        self.health: HealthTracker | None = None
+        self.checker: ActiveChecker | None = None
+        if healthchecks.active is not None or healthchecks.passive is not None:
+            self.health = HealthTracker(healthchecks, clock=clock, name=name)
+            if healthchecks.active is not None:
+                self.checker = ActiveChecker(
+                    self.health, healthchecks.active, scheme=scheme, tls=tls, clock=clock
+                )
+
+    # -- observation -----------------------------------------------------------
+
+    def on_change(self, callback: ChangeCallback) -> None:
+        """Call ``callback(breaker, old, new)`` on state changes of this service's breakers."""
+        self._callbacks.append(callback)
+        if self.breaker is not None:
+            self.breaker.on_change(callback)
+        for b in self.instance_breakers.values():
+            b.on_change(callback)
+
+    def breaker_for(self, instance: Instance) -> CircuitBreaker | None:
+        """The breaker of ``instance`` (made on first use), ``None`` without per-instance breakers."""
+        if not self._per_instance:
+            return None
+        b = self.instance_breakers.get(instance)
+        if b is None:
+            assert self.breaker_config is not None
+            b = CircuitBreaker(self.breaker_config, clock=self._clock, name=f"{self.name}/{instance.address}")
+            b.on_change(self._count_unclosed)
+            for callback in self._callbacks:
+                b.on_change(callback)
+            self.instance_breakers[instance] = b
+        return b
+
+    def stats(self) -> dict[str, Any]:
+        """Breaker states and instance health, for metrics and admin endpoints."""
+        instances: dict[str, dict[str, str]] = {}
+        for inst, b in self.instance_breakers.items():
+            instances.setdefault(inst.address, {})["breaker"] = b.state
+        if self.health is not None:
+            for address, health in self.health.stats().items():
+                instances.setdefault(address, {})["health"] = health
+        return {
+            "breaker": self.breaker.state if self.breaker is not None else None,
+            "instances": instances,
+            "budget": self.budget.stats(),
+        }
+
+    def _count_unclosed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
+        if old is CLOSED:
+            self._unclosed += 1
+        elif new is CLOSED:
+            self._unclosed -= 1
+
+    # -- lifespan --------------------------------------------------------------
+
+    async def start(
+        self, task_group: TaskGroup, pool: Any, instances: Callable[[], Sequence[Instance]]
+    ) -> None:
+        """Start active health checks (if configured) on ``task_group``."""
+        if self.checker is not None:
+            task_group.start_soon(self.checker.run, pool, instances, name=f"gatekeep healthcheck {self.name}")
+
+    def stop(self) -> None:
+        if self.checker is not None:
+            self.checker.stop()
+
+    # -- the call ----------------------------------------------------------------
+
+    async def call(self, instances: Sequence[Instance], request: Request, send: Send) -> Response:
+        """Send ``request`` to one of ``instances`` through ``send``, guarded; see the module docstring.
+
+        Raises:
+            CircuitOpen: the service's breaker, or every instance's, is open.
+            NoHealthyUpstream: every instance is unhealthy.
+            UpstreamError: the last try failed.
+        """
+        sb = self.breaker
+        if sb is not None and not sb.allow():
+            raise circuit_open(f"service {self.name!r}", sb.retry_after())
+        try:
+            response = await self._tries(instances, request, send)
+        except UpstreamError:
+            if sb is not None:
+                sb.on_failure()
+            raise
+        except BaseException:
+            if sb is not None:
+                sb.on_cancel()
+            raise
+        if sb is not None:
+            if response.status in self._failure_statuses:
+                sb.on_failure()
+            else:
+                sb.on_success()
+        return response
+
+    async def _tries(self, instances: Sequence[Instance], request: Request, send: Send) -> Response:
+        policy = self.policy
+        clock = self._clock
+        replayable = False
+        idempotent = False
+        deadline = 0.0
+        if self.retries:
+            self.budget.record_request()
+            replayable = await prepare_body(request, self._body_limit)
+            idempotent = is_idempotent(request)
+            if self._overall is not None:
+                deadline = clock() + self._overall
+        tried: list[Instance] = []
+        attempt = 0
+        observe = self._observe
+        release = self._release
+        health = self.health
+        while True:
+            instance, ib = self._pick(instances, request, tried)
+            start = clock()
+            try:
+                limit = self._per_try
+                if deadline:
+                    left = deadline - start
+                    limit = left if limit is None else min(limit, left)
+                if limit is None:
+                    response = await send(instance)
+                else:
+                    response = await _send_within(send, instance, limit)
+            except UpstreamError as exc:
+                elapsed = clock() - start
+                release(instance)
+                if observe is not None:
+                    observe(instance, elapsed, False)
+                if ib is not None:
+                    ib.on_failure()
+                if health is not None:
+                    health.report(instance, outcome_of(exc))
+                if (
+                    policy.after_error(attempt, exc, idempotent, replayable)
+                    and (not deadline or clock() < deadline)
+                    and self.budget.try_acquire()
+                ):
+                    attempt += 1
+                    tried.append(instance)
+                    await anyio.sleep(policy.backoff(attempt))
+                    continue
+                raise
+            except BaseException:
+                release(instance)
+                if ib is not None:
+                    ib.on_cancel()
+                raise
+            status = response.status
+            failed = status in self._failure_statuses
+            if observe is not None:
+                observe(instance, clock() - start, not failed)
+            if ib is not None:
+                if failed:
+                    ib.on_failure()
+                else:
+                    ib.on_success()
+            if health is not None:
+                health.report(instance, OK, status)
+            if (
+                status in policy.statuses
+                and policy.after_status(attempt, status, idempotent, replayable)
+                and (not deadline or clock() < deadline)
+                and self.budget.try_acquire()
+            ):
+                await response.aclose()
+                release(instance)
+                attempt += 1
+                tried.append(instance)
+                await anyio.sleep(policy.backoff(attempt))
+                continue
+            _release_on_close(response, release, instance)
+            return response
+
+    def _pick(
+        self, instances: Sequence[Instance], request: Request, tried: list[Instance]
+    ) -> tuple[Instance, CircuitBreaker | None]:
+        candidates = instances
+        if self.health is not None:
+            candidates = self.health.available(candidates)
+            if not candidates:
+                raise NoHealthyUpstream(f"service {self.name!r}: every instance is unhealthy")
+        if self._unclosed:
+            closed = [i for i in candidates if self.breaker_for(i).available()]  # type: ignore[union-attr]
+            if not closed:
+                wait = min(self.breaker_for(i).retry_after() for i in candidates)  # type: ignore[union-attr]
+                raise circuit_open(f"every instance of service {self.name!r}", wait)
+            candidates = closed
+        if tried:
+            rest = [i for i in candidates if i not in tried]
+            if rest:
+                candidates = rest
+        balancer = self.balancer
+        if not self._per_instance:
+            return balancer.pick(candidates, request), None
+        while True:
+            instance: Instance = balancer.pick(candidates, request)
+            ib = self.breaker_for(instance)
+            assert ib is not None
+            if ib.allow():
+                return instance, ib
+            # Half-open with every probe slot taken: try another.
+            self._release(instance)
+            candidates = [i for i in candidates if i != instance]
+            if not candidates:
+                raise circuit_open(f"every instance of service {self.name!r}", ib.retry_after())
+
+
+def _no_release(instance: Instance) -> None:
+    return None
+
+
+async def _send_within(send: Send, instance: Instance, seconds: float) -> Response:
+    try:
+        with anyio.fail_after(max(seconds, 0.0)):
+            return await send(instance)
+    except TimeoutError as exc:
+        error = UpstreamTimeout(f"try timeout: no response head from {instance.address} within {seconds:g} s")
+        error.request_sent = True  # type: ignore[attr-defined]  # unknown, so: assume it arrived
+        raise error from exc
+
+
+def _release_on_close(response: Response, release: Callable[[Instance], None], instance: Instance) -> None:
+    upstream_close = response.on_close
+
+    async def close() -> None:
+        release(instance)
+        if upstream_close is not None:
+            await upstream_close()
+
+    response.on_close = close
