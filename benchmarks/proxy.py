@@ -386,9 +386,14 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             row["p99_vs_best_peer"] = mine["p99_us"] / peers[best_p99]["p99_us"]
             row["beats_every_peer_on_rps"] = all(mine["rps"] > r["rps"] for r in peers.values())
             row["beats_every_peer_on_p99"] = all(mine["p99_us"] < r["p99_us"] for r in peers.values())
+            # CPU per request is the figure that holds up best on a shared machine.
+            leanest = min(peers, key=lambda p: peers[p]["proxy_cpu_us"])
+            row["leanest_peer"] = leanest
+            row["cpu_vs_leanest_peer"] = mine["proxy_cpu_us"] / peers[leanest]["proxy_cpu_us"]
         nginx = results.get("nginx", {}).get(case)
         if nginx:
             row["rps_share_of_nginx"] = mine["rps"] / nginx["rps"]
+            row["cpu_vs_nginx"] = mine["proxy_cpu_us"] / nginx["proxy_cpu_us"]
         direct = results.get("direct", {}).get(case)
         if direct:
             row["rps_share_of_direct"] = mine["rps"] / direct["rps"]
@@ -408,8 +413,16 @@ def ratio_text(found: dict[str, dict[str, Any]]) -> str:
                 f" beats every peer on req/s: {'yes' if row['beats_every_peer_on_rps'] else 'NO'},"
                 f" on p99: {'yes' if row['beats_every_peer_on_p99'] else 'NO'};"
             )
+        if "cpu_vs_leanest_peer" in row:
+            parts.append(
+                f"CPU/request gatekeep ÷ leanest peer ({row['leanest_peer']})"
+                f" = {row['cpu_vs_leanest_peer']:.2f};"
+            )
         if "rps_share_of_nginx" in row:
-            parts.append(f"gatekeep ÷ nginx = {row['rps_share_of_nginx']:.0%};")
+            parts.append(
+                f"gatekeep ÷ nginx = {row['rps_share_of_nginx']:.0%} of req/s,"
+                f" {row['cpu_vs_nginx']:.0f}× its CPU/request;"
+            )
         if "rps_share_of_direct" in row:
             parts.append(f"gatekeep ÷ direct = {row['rps_share_of_direct']:.0%}")
         lines.append(" ".join(parts))
