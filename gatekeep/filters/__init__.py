@@ -6,13 +6,25 @@ from __future__ import annotations
 from typing import Any
 
 from ..authz.rbac import RbacFilter
+from ..observability import AccessLogFilter, PrometheusFilter, TracingFilter
 from .correlation_id import CorrelationIdFilter
 from .request_size_limiting import RequestSizeLimitingFilter
 
-__all__ = ["BUILTIN_FILTERS", "CorrelationIdFilter", "RbacFilter", "RequestSizeLimitingFilter"]
+__all__ = [
+    "BUILTIN_FILTERS",
+    "AccessLogFilter",
+    "CorrelationIdFilter",
+    "PrometheusFilter",
+    "RbacFilter",
+    "RequestSizeLimitingFilter",
+    "TracingFilter",
+]
 
 BUILTIN_FILTERS: dict[str, Any] = {
     CorrelationIdFilter.name: CorrelationIdFilter,
     RequestSizeLimitingFilter.name: RequestSizeLimitingFilter,
+    PrometheusFilter.name: PrometheusFilter,
+    AccessLogFilter.name: AccessLogFilter,
+    TracingFilter.name: TracingFilter,
     RbacFilter.name: RbacFilter,
 }

@@ -1,0 +1,259 @@
+"""Metrics read from the gateway's components at scrape time.
+
+Rate limiters, breakers, health checks, discovery watchers and JWKS caches
+keep their own counters (``stats``) and states; this collector reads them
+when Prometheus scrapes, so the request path pays nothing and nothing is
+counted twice.  Components are found through the gateway (``filters``,
+``services``, ``discovery``) and duck-typed: a component that does not exist
+or does not expose what is looked for is skipped, and one that fails while
+being read is logged and left out of that scrape instead of failing it.
+
+In multiprocess mode these values are the scraped worker's own (breaker
+states, health and discovery are per process anyway); per-request counters
+are the ones added up across workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from .._gateway import Gateway
+
+__all__ = ["GatewayCollector"]
+
+log = logging.getLogger("gatekeep.observability")
+
+RATELIMIT_RESULTS = ("allowed", "rejected", "fallback")
+BREAKER_STATES = ("closed", "half-open", "open")
+
+
+def stat(stats: Any, name: str, default: Any = 0) -> Any:
+    """``stats.name`` or ``stats[name]``: components expose attrs objects or dicts."""
+    if isinstance(stats, Mapping):
+        return stats.get(name, default)
+    return getattr(stats, name, default)
+
+
+def has_stat(stats: Any, name: str) -> bool:
+    if isinstance(stats, Mapping):
+        return name in stats
+    return hasattr(stats, name)
+
+
+def _stats_of(obj: Any) -> Any:
+    try:
+        stats = getattr(obj, "stats", None)
+    except Exception:  # a property that fails: treat as absent
+        return None
+    if stats is None or callable(stats):
+        return None
+    return stats
+
+
+def components(filters: Iterable[Any]) -> Iterator[Any]:
+    """Filters and the objects they hold (one level: attributes, lists, dicts) that expose ``stats``.
+
+    A rate-limiting filter has ``stats`` itself; a JWT filter holds its JWKS
+    caches (``RemoteKeySet.stats``) in an attribute or a list of them.
+    """
+    seen: set[int] = set()
+
+    def visit(obj: Any) -> Iterator[Any]:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if _stats_of(obj) is not None:
+            yield obj
+
+    for f in filters:
+        yield from visit(f)
+        try:
+            attrs_ = vars(f)
+        except TypeError:
+            continue
+        for value in list(attrs_.values()):
+            if isinstance(value, str | bytes | int | float | bool) or value is None:
+                continue
+            if isinstance(value, Mapping):
+                items: Iterable[Any] = list(value.values())
+            elif isinstance(value, list | tuple):
+                items = value
+            else:
+                items = (value,)
+            for item in items:
+                yield from visit(item)
+
+
+class GatewayCollector:
+    """A prometheus-client custom collector for one gateway's components."""
+
+    def __init__(self, gateway: Gateway, *, upstream_health: bool = False, version: str = "") -> None:
+        self.gateway = gateway
+        self.upstream_health = upstream_health
+        if not version:
+            from .. import __version__ as version
+        self.version = version
+
+    def describe(self) -> list[Metric]:
+        # Nothing fixed to declare: the families present depend on the components.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("gatekeep_info", "gatekeep's version (always 1).", labels=["version"])
+        info.add_metric([self.version], 1.0)
+        yield info
+        parts: tuple[Callable[[], Iterable[Metric]], ...] = (
+            self._ratelimit,
+            self._jwks,
+            self._breakers,
+            self._discovery,
+        )
+        for part in parts:
+            try:
+                yield from list(part())
+            except Exception:
+                log.exception("metrics: reading %s failed; left out of this scrape", part.__name__)
+        if self.upstream_health:
+            try:
+                yield from list(self._health())
+            except Exception:
+                log.exception("metrics: reading upstream health failed; left out of this scrape")
+
+    # -- rate limiting: filters whose stats count allowed/rejected/fallback ----
+
+    def _ratelimit(self) -> Iterable[Metric]:
+        totals = dict.fromkeys(RATELIMIT_RESULTS, 0.0)
+        found = False
+        for obj in components(self.gateway.filters):
+            stats = _stats_of(obj)
+            if not has_stat(stats, "rejected"):
+                continue
+            found = True
+            for result in RATELIMIT_RESULTS:
+                totals[result] += float(stat(stats, result, 0) or 0)
+        if not found:
+            return []
+        family = CounterMetricFamily(
+            "gatekeep_ratelimit_decisions",
+            "Rate-limit decisions: allowed, rejected (429), or fallback (store down, let through).",
+            labels=["result"],
+        )
+        for result, value in totals.items():
+            family.add_metric([result], value)
+        return [family]
+
+    # -- JWKS caches: stats.fetches = {result: count} --------------------------
+
+    def _jwks(self) -> Iterable[Metric]:
+        totals: dict[str, float] = {}
+        found = False
+        for obj in components(self.gateway.filters):
+            fetches = stat(_stats_of(obj), "fetches", None)
+            if not isinstance(fetches, Mapping):
+                continue
+            found = True
+            for result, count in fetches.items():
+                totals[str(result)] = totals.get(str(result), 0.0) + float(count)
+        if not found:
+            return []
+        family = CounterMetricFamily(
+            "gatekeep_jwks_fetches", "Fetches of remote key sets (JWKS), by result.", labels=["result"]
+        )
+        for result, value in sorted(totals.items()):
+            family.add_metric([result], value)
+        return [family]
+
+    # -- breakers: per service and per instance --------------------------------
+
+    def _breakers(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "gatekeep_breaker_state",
+            "Circuit breaker state: 1 for the current one of closed, half-open, open.",
+            labels=["service", "instance", "state"],
+        )
+        found = False
+        for name, instance, breaker in self._each_breaker():
+            state = str(getattr(breaker, "state", ""))
+            found = True
+            for candidate in BREAKER_STATES:
+                family.add_metric([name, instance, candidate], 1.0 if state == candidate else 0.0)
+        return [family] if found else []
+
+    def _each_breaker(self) -> Iterator[tuple[str, str, Any]]:
+        for name, service in self.gateway.services.items():
+            breaker = getattr(service, "breaker", None)
+            if breaker is not None and hasattr(breaker, "state"):
+                yield name, "", breaker
+            breakers = getattr(service, "breakers", None)
+            if isinstance(breakers, Mapping):
+                for key, b in list(breakers.items()):
+                    if hasattr(b, "state"):
+                        yield name, _instance_label(key), b
+
+    # -- discovery: instances per service --------------------------------------
+
+    def _discovery(self) -> Iterable[Metric]:
+        discovery = self.gateway.discovery
+        family = GaugeMetricFamily(
+            "gatekeep_discovery_instances",
+            "Instances the discovery currently knows for a service.",
+            labels=["service"],
+        )
+        for name, service in self.gateway.services.items():
+            if getattr(service, "is_app", False):
+                continue
+            family.add_metric([name], float(len(discovery.instances(name))))
+        out: list[Metric] = [family]
+        stats = _stats_of(discovery)
+        errors = stat(stats, "errors", None) if stats is not None else None
+        if isinstance(errors, Mapping):
+            errors_family = CounterMetricFamily(
+                "gatekeep_discovery_errors",
+                "Failed discovery lookups (the last known instances stay in use).",
+                labels=["service"],
+            )
+            for service_name, count in sorted(errors.items()):
+                errors_family.add_metric([str(service_name)], float(count))
+            out.append(errors_family)
+        return out
+
+    # -- upstream target health (upstream_health_metrics) ----------------------
+
+    def _health(self) -> Iterable[Metric]:
+        discovery = self.gateway.discovery
+        family = GaugeMetricFamily(
+            "gatekeep_upstream_target_health",
+            "Health of each upstream target: 1 for its current state.",
+            labels=["service", "target", "state"],
+        )
+        for name, service in self.gateway.services.items():
+            if getattr(service, "is_app", False):
+                continue
+            health = getattr(service, "health", None)
+            for instance in discovery.instances(name):
+                state = _health_state(health, instance)
+                for candidate in ("healthy", "unhealthy", "healthchecks_off"):
+                    family.add_metric([name, instance.address, candidate], 1.0 if state == candidate else 0.0)
+        return [family]
+
+
+def _instance_label(key: Any) -> str:
+    address = getattr(key, "address", None)
+    if isinstance(address, str):
+        return address
+    return str(key)
+
+
+def _health_state(health: Any, instance: Any) -> str:
+    """``healthy``/``unhealthy`` from a health checker, ``healthchecks_off`` without one."""
+    if health is None:
+        return "healthchecks_off"
+    check = getattr(health, "is_healthy", None)
+    if callable(check):
+        return "healthy" if check(instance) else "unhealthy"
+    return "healthchecks_off"

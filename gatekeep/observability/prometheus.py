@@ -1,0 +1,413 @@
+"""``prometheus``: request metrics in Prometheus' format, as Kong's plugin does.
+
+Theory of operation
+-------------------
+Two kinds of metrics live in one ``CollectorRegistry`` that the gateway owns
+(created in ``bind``; prometheus-client's global one only with
+``use_global_registry``):
+
+* **Per-request metrics** (requests, latencies, bandwidth, filter errors) are
+  prometheus-client ``Counter``/``Histogram`` objects, recorded in
+  ``on_log`` after the last byte left.  Using the library's own value classes
+  is what makes multiprocess mode work: with ``PROMETHEUS_MULTIPROC_DIR`` set
+  they write to per-process mmap files that the exposition adds up.
+* **Component state** (rate-limit decisions, breaker states, upstream health,
+  discovery instances, JWKS fetches, ``gatekeep_info``) is read from the
+  components themselves at scrape time by the custom collector in
+  ``_collectors.py``; nothing is counted twice and the request path pays
+  nothing for it.
+
+The hot path: the labelled children of every metric are looked up once per
+distinct ``(route, method, status, source, consumer)`` and cached in a dict,
+so ``on_log`` does one dict lookup, a few float subtractions and the
+increments; no label strings are formatted per request.
+
+Cardinality budget: ``route`` is the route's configured name (never the
+path), every unmatched request shares ``route=""``, the method is one of the
+standard methods or ``OTHER``, and the consumer label holds at most
+``consumer_label_limit`` distinct consumers (first seen first served); the
+rest share ``other``.  The child cache itself is bounded too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+from .._errors import FilterError
+from .._filter import BaseFilter, Exchange
+from ._collectors import GatewayCollector
+from ._exposition import MetricsEndpoint
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from .._gateway import Gateway
+
+__all__ = ["PrometheusConfig", "PrometheusFilter"]
+
+# Whole requests, and time spent waiting for upstreams: 1 ms .. 60 s (the
+# default read timeout), denser where API latencies usually are.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Time spent in gatekeep itself: 100 µs .. 1 s.
+GATEWAY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+DEFAULT_ALLOW = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+# More distinct label combinations than this are still counted, just not cached.
+_CACHE_LIMIT = 20_000
+OTHER = "other"
+
+
+def _buckets(_: object, attribute: Any, value: Sequence[float]) -> None:
+    if not value:
+        raise ValueError("must list at least one bucket")
+    if any(b <= 0 for b in value):
+        raise ValueError("bucket bounds must be greater than 0")
+    if list(value) != sorted(set(value)):
+        raise ValueError("bucket bounds must be strictly increasing")
+
+
+def _networks(_: object, attribute: Any, value: Sequence[str]) -> None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP network ({exc})") from None
+
+
+def _path(_: object, attribute: Any, value: str) -> None:
+    if not value.startswith("/") or "?" in value or "#" in value:
+        raise ValueError(f"must be an absolute path, got {value!r}")
+
+
+def _port(_: object, attribute: Any, value: int | None) -> None:
+    if value is not None and not 0 <= value <= 65535:
+        raise ValueError(f"must be a TCP port (0-65535), got {value}")
+
+
+def _non_negative(_: object, attribute: Any, value: int) -> None:
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+
+
+@attrs.frozen
+class PrometheusConfig:
+    """Config of the ``prometheus`` filter.
+
+    The five flags are Kong's.  Unlike Kong (where they default to off for
+    the sake of nginx's shared dict), status, latency and bandwidth metrics
+    default to on here: they cost a few microseconds per request.
+    """
+
+    per_consumer: bool = False
+    status_code_metrics: bool = True
+    latency_metrics: bool = True
+    bandwidth_metrics: bool = True
+    upstream_health_metrics: bool = False
+    # At most this many distinct consumer label values; later ones count as "other".
+    consumer_label_limit: int = attrs.field(default=100, validator=_non_negative)
+    latency_buckets: tuple[float, ...] = attrs.field(default=LATENCY_BUCKETS, validator=_buckets)
+    gateway_latency_buckets: tuple[float, ...] = attrs.field(default=GATEWAY_BUCKETS, validator=_buckets)
+    # Exposition.
+    path: str = attrs.field(default="/metrics", validator=_path)
+    metrics_allow: tuple[str, ...] = attrs.field(default=DEFAULT_ALLOW, validator=_networks)
+    metrics_port: int | None = attrs.field(default=None, validator=_port)
+    metrics_host: str = "127.0.0.1"
+    use_global_registry: bool = False
+
+
+class _Series:
+    """The cached children for one label combination (``None`` when off)."""
+
+    __slots__ = ("egress", "gateway", "ingress", "requests", "total", "upstream")
+
+    def __init__(self) -> None:
+        self.requests: Any = None
+        self.total: Any = None
+        self.upstream: Any = None
+        self.gateway: Any = None
+        self.ingress: Any = None
+        self.egress: Any = None
+
+
+@attrs.frozen
+class _Shape:
+    """What decides the metric objects' names, labels and buckets."""
+
+    consumer_label: bool
+    latency_buckets: tuple[float, ...]
+    gateway_buckets: tuple[float, ...]
+
+
+class Metrics:
+    """The per-request metric objects of one registry."""
+
+    def __init__(self, registry: CollectorRegistry, shape: _Shape) -> None:
+        self.registry = registry
+        self.shape = shape
+        base = ["service", "route"]
+        request_labels = [*base, "method", "code", "source"]
+        bandwidth_labels = [*base, "direction"]
+        if shape.consumer_label:
+            request_labels.append("consumer")
+            bandwidth_labels.append("consumer")
+        self.requests = Counter(
+            "gatekeep_http_requests",
+            "HTTP requests answered, by who answered (source=service|gateway).",
+            request_labels,
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "gatekeep_request_duration_seconds",
+            "Time from the first byte of a request to the last byte of its answer.",
+            base,
+            buckets=shape.latency_buckets,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "gatekeep_upstream_duration_seconds",
+            "Time from sending a request upstream to the last byte of the upstream's answer.",
+            base,
+            buckets=shape.latency_buckets,
+            registry=registry,
+        )
+        self.gateway_duration = Histogram(
+            "gatekeep_gateway_duration_seconds",
+            "Time spent in gatekeep itself (request duration minus upstream duration).",
+            base,
+            buckets=shape.gateway_buckets,
+            registry=registry,
+        )
+        self.bandwidth = Counter(
+            "gatekeep_bandwidth_bytes",
+            "Body bytes received from clients (ingress) and sent to them (egress).",
+            bandwidth_labels,
+            registry=registry,
+        )
+        self.filter_errors = Counter(
+            "gatekeep_filter_errors",
+            "Requests on which a filter raised an unexpected error (answered 500).",
+            ["filter"],
+            registry=registry,
+        )
+
+    def unregister(self) -> None:
+        for metric in (
+            self.requests,
+            self.request_duration,
+            self.upstream_duration,
+            self.gateway_duration,
+            self.bandwidth,
+            self.filter_errors,
+        ):
+            self.registry.unregister(metric)
+
+
+# The metric objects and collector registered in prometheus-client's global
+# registry (``use_global_registry``): one set per process, the last bound
+# gateway's collector wins.
+_global_metrics: Metrics | None = None
+_global_collector: GatewayCollector | None = None
+
+
+class PrometheusFilter(BaseFilter):
+    """Records every request in Prometheus metrics and serves ``/metrics``."""
+
+    name: ClassVar[str] = "prometheus"
+    priority: ClassVar[int] = 13
+    Config = PrometheusConfig
+
+    def __init__(self, config: PrometheusConfig | None = None) -> None:
+        super().__init__(config)
+        c: PrometheusConfig = self.config
+        self.registry: CollectorRegistry | None = None
+        self.metrics: Metrics | None = None
+        self.collector: GatewayCollector | None = None
+        self.endpoint: MetricsEndpoint | None = None
+        # The port of the separate metrics listener once started (``metrics_port``; 0 picks one).
+        self.bound_port: int | None = None
+        self._owner = True
+        self._path = c.path
+        self._per_consumer = c.per_consumer
+        self._status = c.status_code_metrics
+        self._latency = c.latency_metrics
+        self._bandwidth = c.bandwidth_metrics
+        self._consumer_limit = c.consumer_label_limit
+        self._cache: dict[tuple[Any, ...], _Series] = {}
+        self._consumer_labels: dict[str, str] = {}
+        self._error_children: dict[str, Any] = {}
+
+    # -- config time ----------------------------------------------------------
+
+    def bind(self, gateway: Gateway) -> None:
+        """Create (or join) the gateway's registry, metrics and ``/metrics`` endpoint.
+
+        Every ``prometheus`` instance of one gateway (a global one and, say, a
+        per-service one with ``per_consumer``) shares one set of metrics; the
+        first one bound owns it and the endpoint.
+        """
+        peers = [f for f in gateway.filters if isinstance(f, PrometheusFilter)]
+        first = peers[0] if peers else self
+        if first is not self and first.metrics is not None:
+            self._owner = False
+            self.registry, self.metrics, self.collector = first.registry, first.metrics, first.collector
+            self.endpoint = first.endpoint
+            self._path = first._path
+            return
+        c: PrometheusConfig = self.config
+        shape = _Shape(
+            consumer_label=any(p.config.per_consumer for p in peers) or c.per_consumer,
+            latency_buckets=c.latency_buckets,
+            gateway_buckets=c.gateway_latency_buckets,
+        )
+        upstream_health = any(p.config.upstream_health_metrics for p in peers) or c.upstream_health_metrics
+        collector = GatewayCollector(gateway, upstream_health=upstream_health)
+        if c.use_global_registry:
+            self.metrics = _global(shape, collector)
+        else:
+            registry = CollectorRegistry(auto_describe=False)
+            self.metrics = Metrics(registry, shape)
+            registry.register(collector)
+        self.registry = self.metrics.registry
+        self.collector = collector
+        self.endpoint = MetricsEndpoint(
+            self.registry,
+            collector,
+            allow=[ipaddress.ip_network(n, strict=False) for n in c.metrics_allow],
+        )
+        if c.metrics_port is None:
+            gateway.add_endpoint(c.path, self.endpoint)
+
+    async def start(self, task_group: TaskGroup) -> None:
+        c: PrometheusConfig = self.config
+        if self._owner and c.metrics_port is not None and self.endpoint is not None:
+            self.bound_port = await self.endpoint.serve(task_group, c.metrics_host, c.metrics_port, c.path)
+
+    # -- the log phase --------------------------------------------------------
+
+    async def on_log(self, exchange: Exchange) -> None:
+        request = exchange.request
+        route = request.route
+        if route is None and request.path == self._path:
+            return  # scrapes of /metrics itself are not traffic
+        consumer = ""
+        if self._per_consumer and request.consumer is not None:
+            consumer = self._consumer_label(request.consumer)
+        key = (route, request.method, exchange.status, exchange.source, consumer)
+        series = self._cache.get(key)
+        if series is None:
+            series = self._series(key)
+        if series.requests is not None:
+            series.requests.inc()
+        if series.total is not None:
+            total = exchange.end - exchange.start
+            if total < 0.0:
+                total = 0.0
+            series.total.observe(total)
+            upstream = exchange.upstream_duration
+            if exchange.upstream_start:
+                series.upstream.observe(upstream)
+            series.gateway.observe(total - upstream if total > upstream else 0.0)
+        if series.egress is not None:
+            series.egress.inc(exchange.bytes_out)
+            bytes_in = exchange.bytes_in or _content_length(request.headers.raw)
+            if bytes_in:
+                series.ingress.inc(bytes_in)
+        error = exchange.error
+        if error is not None and isinstance(error, FilterError):
+            self._filter_error(error)
+
+    def _consumer_label(self, consumer: Any) -> str:
+        name = _consumer_name(consumer)
+        label = self._consumer_labels.get(name)
+        if label is not None:
+            return label
+        if len(self._consumer_labels) < self._consumer_limit:
+            self._consumer_labels[name] = name
+            return name
+        return OTHER
+
+    def _series(self, key: tuple[Any, ...]) -> _Series:
+        """Look up the children of one label combination (off the hot path: once per key)."""
+        route, method, status, source, consumer = key
+        metrics = self.metrics
+        series = _Series()
+        if metrics is None:  # not bound: nothing to record into
+            return series
+        service_label = route.service.name if route is not None else ""
+        route_label = route.name if route is not None else ""
+        method_label = method if method in _METHODS else "OTHER"
+        if self._status:
+            labels = [service_label, route_label, method_label, str(status), source]
+            if metrics.shape.consumer_label:
+                labels.append(consumer)
+            series.requests = metrics.requests.labels(*labels)
+        if self._latency:
+            series.total = metrics.request_duration.labels(service_label, route_label)
+            series.upstream = metrics.upstream_duration.labels(service_label, route_label)
+            series.gateway = metrics.gateway_duration.labels(service_label, route_label)
+        if self._bandwidth:
+            extra = [consumer] if metrics.shape.consumer_label else []
+            series.ingress = metrics.bandwidth.labels(service_label, route_label, "ingress", *extra)
+            series.egress = metrics.bandwidth.labels(service_label, route_label, "egress", *extra)
+        if len(self._cache) < _CACHE_LIMIT:
+            self._cache[key] = series
+        return series
+
+    def _filter_error(self, error: FilterError) -> None:
+        if self.metrics is None:
+            return
+        name = getattr(error, "filter", None)
+        label = name if isinstance(name, str) and name else "unknown"
+        child = self._error_children.get(label)
+        if child is None:
+            child = self.metrics.filter_errors.labels(label)
+            if len(self._error_children) < 1000:
+                self._error_children[label] = child
+        child.inc()
+
+
+def _consumer_name(consumer: Any) -> str:
+    if isinstance(consumer, str):
+        return consumer
+    for attr in ("username", "key", "id", "custom_id"):
+        value = getattr(consumer, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return OTHER
+
+
+def _content_length(raw: list[tuple[bytes, bytes]]) -> int:
+    for k, v in raw:
+        if k == b"content-length":
+            return int(v) if v.isdigit() else 0
+    return 0
+
+
+def _global(shape: _Shape, collector: GatewayCollector) -> Metrics:
+    """The metrics in prometheus-client's global registry (one set per process)."""
+    global _global_metrics, _global_collector
+    if _global_collector is not None:
+        REGISTRY.unregister(_global_collector)
+        _global_collector = None
+    if _global_metrics is not None and _global_metrics.shape != shape:
+        _global_metrics.unregister()
+        _global_metrics = None
+    if _global_metrics is None:
+        _global_metrics = Metrics(REGISTRY, shape)
+    REGISTRY.register(collector)
+    _global_collector = collector
+    return _global_metrics
