@@ -1,0 +1,105 @@
+"""The identity headers sent upstream (Kong's names), and stripping spoofed ones.
+
+A client must never be able to claim an identity by sending these headers
+itself, so every header whose name starts with ``x-consumer-`` or
+``x-authenticated-``, and ``x-credential-identifier`` /
+``x-anonymous-consumer``, is removed before the gateway sets its own:
+
+``X-Consumer-ID``, ``X-Consumer-Custom-ID``, ``X-Consumer-Username``
+    the consumer (when the credential maps to one);
+``X-Credential-Identifier``
+    the credential (API key id, JWT secret key, or the token's ``azp``/``client_id``);
+``X-Anonymous-Consumer: true``
+    the request runs as the ``anonymous`` consumer;
+``X-Consumer-Groups``
+    the consumer's groups and the identity's groups, comma-separated;
+``X-Authenticated-UserId``
+    the token's subject;
+``X-Authenticated-Roles`` / ``X-Authenticated-Scope``
+    comma-separated roles / space-separated scopes, sorted.
+
+Values are sanitised: characters outside visible ASCII are percent-encoded
+so that no claim can inject a header.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from .._http import Headers
+from .._protocols import Identity
+
+__all__ = ["IDENTITY_HEADERS", "is_identity_header", "set_identity_headers", "strip_identity_headers"]
+
+IDENTITY_HEADERS: Final = frozenset(
+    {
+        b"x-consumer-id",
+        b"x-consumer-custom-id",
+        b"x-consumer-username",
+        b"x-consumer-groups",
+        b"x-credential-identifier",
+        b"x-anonymous-consumer",
+        b"x-authenticated-userid",
+        b"x-authenticated-roles",
+        b"x-authenticated-scope",
+    }
+)
+_PREFIXES: Final = (b"x-consumer-", b"x-authenticated-")
+_EXACT: Final = frozenset({b"x-credential-identifier", b"x-anonymous-consumer"})
+
+
+def is_identity_header(name: bytes) -> bool:
+    """Whether ``name`` (lower-case) is reserved for the gateway's identity headers."""
+    return name in _EXACT or name.startswith(_PREFIXES)
+
+
+def strip_identity_headers(headers: Headers) -> None:
+    """Remove every identity header from ``headers`` (in place; cheap when there is none)."""
+    raw = headers.raw
+    for name, _ in raw:
+        if name in _EXACT or name.startswith(_PREFIXES):
+            headers.raw = [(k, v) for k, v in raw if not (k in _EXACT or k.startswith(_PREFIXES))]
+            return
+
+
+def _value(text: str) -> bytes:
+    data = text.encode("utf-8", "replace")
+    if all(0x20 <= b < 0x7F and b != 0x25 for b in data):
+        return data
+    return b"".join(bytes([b]) if 0x20 <= b < 0x7F and b != 0x25 else b"%%%02X" % b for b in data)
+
+
+def set_identity_headers(headers: Headers, identity: Identity | None, consumer: Any = None) -> None:
+    """Replace the identity headers of ``headers`` with those of ``identity`` and ``consumer``.
+
+    ``consumer`` is a ``ConsumerConfig`` (or anything with ``id``,
+    ``custom_id``, ``username``, ``groups``).
+    """
+    strip_identity_headers(headers)
+    add = headers.raw.append
+    if consumer is not None:
+        for name, attr in (
+            (b"x-consumer-id", "id"),
+            (b"x-consumer-custom-id", "custom_id"),
+            (b"x-consumer-username", "username"),
+        ):
+            value = getattr(consumer, attr, None)
+            if value:
+                add((name, _value(str(value))))
+    if identity is None:
+        return
+    if identity.credential:
+        add((b"x-credential-identifier", _value(identity.credential)))
+    if identity.anonymous:
+        add((b"x-anonymous-consumer", b"true"))
+    groups = set(identity.groups)
+    if consumer is not None:
+        groups.update(getattr(consumer, "groups", ()) or ())
+    if groups:
+        add((b"x-consumer-groups", _value(", ".join(sorted(groups)))))
+    if identity.subject and not identity.anonymous:
+        add((b"x-authenticated-userid", _value(identity.subject)))
+    if identity.roles:
+        add((b"x-authenticated-roles", _value(", ".join(sorted(identity.roles)))))
+    if identity.scopes:
+        add((b"x-authenticated-scope", _value(" ".join(sorted(identity.scopes)))))

@@ -1,0 +1,219 @@
+"""``jwt``: verify bearer JWTs (Kong's plugin, plus OIDC issuers, JWKS, audiences and leeway).
+
+Kong's fields: ``key_claim_name``, ``secret_is_base64``, ``claims_to_verify``,
+``maximum_expiration``, ``header_names``, ``uri_param_names``,
+``cookie_names``, ``run_on_preflight``, ``anonymous``; ours: ``issuers``,
+``keys``, ``audiences``, ``leeway``, ``required_claims``, ``typ``,
+``cache_size``, ``roles_claim``/``scopes_claim``/``groups_claim``,
+``consumer_claim``, ``hide_credentials``, ``jwks`` (cache policy).
+
+Consumer credentials are the consumers' ``jwt_secrets`` (read in ``bind``).
+On success the filter sets ``request.identity`` (a ``gatekeep.Identity``),
+``request.consumer`` (the ``ConsumerConfig`` when the token maps to one)
+and the identity headers sent upstream.  Failures are 401 problem+json with
+an RFC 6750 ``WWW-Authenticate`` challenge (``error="invalid_token"``, or no
+``error`` when there was no token at all).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import unquote_to_bytes
+
+import attrs
+
+from .._errors import AuthError
+from .._filter import BaseFilter
+from .._http import Request, Response
+from ._anonymous import already_authenticated, anonymous_identity, authenticate, resolve_anonymous
+from ._credentials import KeyConfig
+from ._errors import InvalidToken, KeysUnavailable, MissingCredentials
+from ._jwks import JWKSPolicy
+from ._jwt import Credential, IssuerConfig, JWTVerifier, VerifierConfig
+from ._keys import BadKey
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from .._gateway import Gateway
+
+__all__ = ["JWTFilter", "JWTFilterConfig"]
+
+_BEARER = re.compile(rb"^\s*[Bb][Ee][Aa][Rr][Ee][Rr]\s+([^\s]+)\s*$")
+
+
+def _non_negative(_: Any, attribute: Any, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+
+
+@attrs.frozen
+class JWTFilterConfig:
+    # Kong's fields.
+    key_claim_name: str = "iss"
+    secret_is_base64: bool = False
+    claims_to_verify: tuple[Literal["exp", "nbf"], ...] = ("exp",)
+    maximum_expiration: int = attrs.field(default=0, validator=_non_negative)
+    header_names: tuple[str, ...] = ("authorization",)
+    uri_param_names: tuple[str, ...] = ("jwt",)
+    cookie_names: tuple[str, ...] = ()
+    run_on_preflight: bool = True
+    anonymous: str | None = None
+    # Ours.
+    issuers: tuple[IssuerConfig, ...] = ()
+    keys: tuple[KeyConfig, ...] = ()
+    audiences: tuple[str, ...] = ()
+    leeway: float = attrs.field(default=0.0, validator=_non_negative)
+    required_claims: tuple[str, ...] = ()
+    typ: str | None = None
+    max_token_size: int = attrs.field(default=8192, validator=_non_negative)
+    cache_size: int = attrs.field(default=10_000, validator=_non_negative)
+    cache_ttl: float = attrs.field(default=300.0, validator=_non_negative)
+    roles_claim: tuple[str, ...] = ("roles", "realm_access.roles")
+    scopes_claim: tuple[str, ...] = ("scope", "scp")
+    groups_claim: tuple[str, ...] = ()
+    consumer_claim: tuple[str, ...] = ()
+    hide_credentials: bool = False
+    realm: str | None = None
+    jwks: JWKSPolicy = JWKSPolicy()
+
+    def __attrs_post_init__(self) -> None:
+        self.verifier_config()  # the verifier's own checks, at load time
+
+    def verifier_config(self) -> VerifierConfig:
+        return VerifierConfig(
+            issuers=self.issuers,
+            keys=self.keys,
+            audiences=self.audiences,
+            key_claim_name=self.key_claim_name,
+            claims_to_verify=self.claims_to_verify,
+            required_claims=self.required_claims,
+            leeway=self.leeway,
+            maximum_expiration=self.maximum_expiration,
+            typ=self.typ,
+            max_token_size=self.max_token_size,
+            cache_size=self.cache_size,
+            cache_ttl=self.cache_ttl,
+            roles_claim=self.roles_claim,
+            scopes_claim=self.scopes_claim,
+            groups_claim=self.groups_claim,
+            consumer_claim=self.consumer_claim,
+            jwks=self.jwks,
+        )
+
+
+class JWTFilter(BaseFilter):
+    name: ClassVar[str] = "jwt"
+    priority: ClassVar[int] = 1450
+    Config = JWTFilterConfig
+    config: JWTFilterConfig
+
+    def __init__(self, config: JWTFilterConfig | None = None, *, verifier: JWTVerifier | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        self.verifier = verifier or JWTVerifier(c.verifier_config())
+        self.headers = tuple(h.lower().encode("latin-1") for h in c.header_names)
+        self.params = tuple(p.encode("latin-1") for p in c.uri_param_names)
+        self.cookies = tuple(n.encode("latin-1") for n in c.cookie_names)
+        self.anonymous: Any = None
+        self.consumers: dict[str, Any] = {}
+
+    def bind(self, gateway: Gateway) -> None:
+        self.anonymous = resolve_anonymous(gateway, self.name, self.config.anonymous)
+        credentials: dict[str, Credential] = {}
+        errors = []
+        for ci, consumer in enumerate(gateway.config.consumers):
+            self.consumers[consumer.key] = consumer
+            for si, secret in enumerate(consumer.jwt_secrets):
+                try:
+                    key = secret.verification_key(secret_is_base64=self.config.secret_is_base64)
+                except BadKey as exc:
+                    errors.append((f"consumers[{ci}].jwt_secrets[{si}]", str(exc)))
+                    continue
+                if secret.key in credentials:
+                    errors.append((f"consumers[{ci}].jwt_secrets[{si}].key", f"duplicate key {secret.key!r}"))
+                credentials[secret.key] = Credential(
+                    key, consumer.key, secret.id or secret.key, frozenset(consumer.groups)
+                )
+        if errors:
+            from .._errors import ConfigError, FieldError
+
+            raise ConfigError([FieldError(p, m) for p, m in errors])
+        self.verifier.credentials.update(credentials)
+        if self.config.consumer_claim:
+            for name, consumer in gateway.consumers.items():
+                self.verifier.consumers[name] = (consumer.key, frozenset(consumer.groups))
+
+    async def start(self, task_group: TaskGroup) -> None:
+        await self.verifier.start(task_group)
+
+    async def stop(self) -> None:
+        await self.verifier.stop()
+
+    def token(self, request: Request) -> bytes | None:
+        """The token the request carries (query, then cookies, then headers, as Kong)."""
+        found: list[bytes] = []
+        if self.params and request.query_string:
+            for part in request.query_string.split(b"&"):
+                name, _, value = part.partition(b"=")
+                if name in self.params and value:
+                    found.append(unquote_to_bytes(value))
+        if self.cookies:
+            for header in request.headers.get_all(b"cookie"):
+                for part in header.split(b";"):
+                    name, _, value = part.strip().partition(b"=")
+                    if name in self.cookies and value:
+                        found.append(value.strip(b'"'))
+        for name in self.headers:
+            for value in request.headers.get_all(name):
+                m = _BEARER.match(value)
+                if m:
+                    found.append(m.group(1))
+                elif name != b"authorization" and value.strip():
+                    found.append(value.strip())
+        if not found:
+            return None
+        if any(t != found[0] for t in found[1:]):
+            raise InvalidToken("the request carries several different tokens", realm=self.config.realm)
+        return found[0]
+
+    async def on_request(self, request: Request) -> Response | None:
+        if request.method == "OPTIONS" and not self.config.run_on_preflight:
+            return None
+        anonymous = self.anonymous
+        if anonymous is not None and already_authenticated(request):
+            return None
+        try:
+            token = self.token(request)
+            if token is None:
+                raise MissingCredentials("no bearer token in the request", realm=self.config.realm)
+            identity = await self.verifier.verify(token)
+        except (AuthError, KeysUnavailable):
+            if anonymous is None:
+                raise
+            authenticate(request, anonymous_identity(anonymous), anonymous)
+            return None
+        consumer = self.consumers.get(identity.consumer) if identity.consumer is not None else None
+        if self.config.hide_credentials:
+            self._hide(request)
+        authenticate(request, identity, consumer)
+        return None
+
+    def _hide(self, request: Request) -> None:
+        headers = request.headers
+        for name in self.headers:
+            if name in headers:
+                headers.remove(name)
+        if self.params and request.query_string:
+            kept = [p for p in request.query_string.split(b"&") if p.partition(b"=")[0] not in self.params]
+            request.query_string = b"&".join(kept)
+        if self.cookies and b"cookie" in headers:
+            values = []
+            for header in headers.get_all(b"cookie"):
+                parts = [p for p in header.split(b";") if p.strip().partition(b"=")[0] not in self.cookies]
+                if any(p.strip() for p in parts):
+                    values.append(b";".join(parts).strip())
+            headers.remove(b"cookie")
+            for v in values:
+                headers.add(b"cookie", v)
