@@ -30,6 +30,8 @@ log = logging.getLogger("gatekeep.observability")
 
 RATELIMIT_RESULTS = ("allowed", "rejected", "fallback")
 BREAKER_STATES = ("closed", "half-open", "open")
+# Kong's target states, plus "ejected" (passive health checks took it out for a while).
+HEALTH_STATES = ("healthy", "unhealthy", "ejected", "healthchecks_off")
 
 
 def stat(stats: Any, name: str, default: Any = 0) -> Any:
@@ -186,14 +188,20 @@ class GatewayCollector:
 
     def _each_breaker(self) -> Iterator[tuple[str, str, Any]]:
         for name, service in self.gateway.services.items():
-            breaker = getattr(service, "breaker", None)
-            if breaker is not None and hasattr(breaker, "state"):
-                yield name, "", breaker
-            breakers = getattr(service, "breakers", None)
-            if isinstance(breakers, Mapping):
-                for key, b in list(breakers.items()):
-                    if hasattr(b, "state"):
-                        yield name, _instance_label(key), b
+            # The resilience stage (``Service.guard``) holds a service breaker and
+            # per-instance ones; a bare ``breaker``/``breakers`` is read the same way.
+            for holder in (getattr(service, "guard", None), service):
+                if holder is None:
+                    continue
+                breaker = getattr(holder, "breaker", None)
+                if breaker is not None and hasattr(breaker, "state"):
+                    yield name, "", breaker
+                for attr in ("instance_breakers", "breakers"):
+                    breakers = getattr(holder, attr, None)
+                    if isinstance(breakers, Mapping):
+                        for key, b in list(breakers.items()):
+                            if hasattr(b, "state"):
+                                yield name, _instance_label(key), b
 
     # -- discovery: instances per service --------------------------------------
 
@@ -234,10 +242,11 @@ class GatewayCollector:
         for name, service in self.gateway.services.items():
             if getattr(service, "is_app", False):
                 continue
-            health = getattr(service, "health", None)
+            guard = getattr(service, "guard", None)
+            health = getattr(guard, "health", None) or getattr(service, "health", None)
             for instance in discovery.instances(name):
                 state = _health_state(health, instance)
-                for candidate in ("healthy", "unhealthy", "healthchecks_off"):
+                for candidate in HEALTH_STATES:
                     family.add_metric([name, instance.address, candidate], 1.0 if state == candidate else 0.0)
         return [family]
 
@@ -250,9 +259,13 @@ def _instance_label(key: Any) -> str:
 
 
 def _health_state(health: Any, instance: Any) -> str:
-    """``healthy``/``unhealthy`` from a health checker, ``healthchecks_off`` without one."""
+    """The target's state from a health tracker (``health(instance)`` or ``is_healthy``)."""
     if health is None:
         return "healthchecks_off"
+    verdict = getattr(health, "health", None)
+    if callable(verdict):
+        state = str(verdict(instance))
+        return state if state in HEALTH_STATES else "unhealthy"
     check = getattr(health, "is_healthy", None)
     if callable(check):
         return "healthy" if check(instance) else "unhealthy"

@@ -40,7 +40,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from .._errors import FilterError
 from .._filter import BaseFilter, Exchange
-from ._collectors import GatewayCollector
+from ._collectors import BREAKER_STATES, GatewayCollector
 from ._exposition import MetricsEndpoint
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ DEFAULT_ALLOW = (
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 # More distinct label combinations than this are still counted, just not cached.
-_CACHE_LIMIT = 20_000
+_CACHE_LIMIT = 5_000
 OTHER = "other"
 
 
@@ -203,6 +203,12 @@ class Metrics:
             ["filter"],
             registry=registry,
         )
+        self.breaker_transitions = Counter(
+            "gatekeep_breaker_transitions",
+            "Circuit breaker state changes, by the state entered (closed, half-open, open).",
+            ["service", "state"],
+            registry=registry,
+        )
 
     def unregister(self) -> None:
         for metric in (
@@ -212,6 +218,7 @@ class Metrics:
             self.gateway_duration,
             self.bandwidth,
             self.filter_errors,
+            self.breaker_transitions,
         ):
             self.registry.unregister(metric)
 
@@ -290,6 +297,7 @@ class PrometheusFilter(BaseFilter):
         )
         if c.metrics_port is None:
             gateway.add_endpoint(c.path, self.endpoint)
+        _watch_breakers(gateway, self.metrics)
 
     async def start(self, task_group: TaskGroup) -> None:
         c: PrometheusConfig = self.config
@@ -306,7 +314,10 @@ class PrometheusFilter(BaseFilter):
         consumer = ""
         if self._per_consumer and request.consumer is not None:
             consumer = self._consumer_label(request.consumer)
-        key = (route, request.method, exchange.status, exchange.source, consumer)
+        method = request.method
+        if method not in _METHODS:
+            method = "OTHER"  # any token is a valid method: never a label value of its own
+        key = (route, method, exchange.status, exchange.source, consumer)
         series = self._cache.get(key)
         if series is None:
             series = self._series(key)
@@ -349,9 +360,8 @@ class PrometheusFilter(BaseFilter):
             return series
         service_label = route.service.name if route is not None else ""
         route_label = route.name if route is not None else ""
-        method_label = method if method in _METHODS else "OTHER"
         if self._status:
-            labels = [service_label, route_label, method_label, str(status), source]
+            labels = [service_label, route_label, method, str(status), source]
             if metrics.shape.consumer_label:
                 labels.append(consumer)
             series.requests = metrics.requests.labels(*labels)
@@ -378,6 +388,23 @@ class PrometheusFilter(BaseFilter):
             if len(self._error_children) < 1000:
                 self._error_children[label] = child
         child.inc()
+
+
+def _watch_breakers(gateway: Gateway, metrics: Metrics) -> None:
+    """Count breaker transitions as they happen (a scrape could miss a short open)."""
+    for name, service in gateway.services.items():
+        holder = getattr(service, "guard", None)
+        on_change = getattr(holder, "on_change", None)
+        if not callable(on_change):
+            continue
+        children = {state: metrics.breaker_transitions.labels(name, state) for state in BREAKER_STATES}
+
+        def changed(breaker: Any, old: Any, new: Any, children: dict[str, Any] = children) -> None:
+            child = children.get(str(new))
+            if child is not None:
+                child.inc()
+
+        on_change(changed)
 
 
 def _consumer_name(consumer: Any) -> str:
