@@ -1,0 +1,209 @@
+"""Redis settings, the clients made from them, and one shared limiter per settings.
+
+Every ``rate-limiting`` filter of a gateway that names the same Redis (the
+same ``RedisSettings``) shares one client -- one connection pool -- and one
+``RedisRateLimiter``, so that their decisions also share one batching queue.
+``open_store`` hands out the shared limiter and counts its users;
+``close_store`` closes the client when the last one is done.  The registry is
+per event loop (a redis.asyncio client belongs to the loop that made it).
+
+Clients are made with redis-py's own classes: ``Redis`` (optionally from a
+``url``), ``RedisCluster`` (``mode = "cluster"``) and ``Sentinel``
+(``mode = "sentinel"``).  redis-py's own retries are switched off and its socket
+timeouts set to the configured timeout: the limiter bounds every call anyway,
+and a retry inside that bound would only turn a fast failure into a slow one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import ConnectionPool, SSLConnection
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ._redis import RedisRateLimiter
+
+__all__ = ["RedisSettings", "SentinelNode", "close_store", "connect", "open_store"]
+
+
+def _port(_: object, attribute: object, value: int) -> None:
+    if not 0 < value < 65536:
+        raise ValueError(f"must be a port number (1-65535), got {value}")
+
+
+def _positive(_: object, attribute: object, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+
+
+def _non_negative(_: object, attribute: object, value: int) -> None:
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+
+
+def _prefix(_: object, attribute: object, value: str) -> None:
+    if "{" in value or "}" in value:
+        raise ValueError(f"must not hold braces (Redis Cluster hash tags), got {value!r}")
+
+
+@attrs.frozen
+class SentinelNode:
+    """One Sentinel to ask for the master (Kong's ``sentinel_nodes`` entries)."""
+
+    host: str
+    port: int = attrs.field(default=26379, validator=_port)
+
+
+@attrs.frozen
+class RedisSettings:
+    """Kong's ``redis`` table, plus ``url``, ``mode`` and ``prefix``.
+
+    ``timeout`` is in milliseconds, as Kong's: no decision waits longer.
+    ``url`` (``redis://``, ``rediss://``, ``unix://``) replaces host, port,
+    database and ssl.  ``mode = "cluster"`` uses ``RedisCluster`` with
+    ``host``/``port`` (or ``url``) as its startup node; ``mode = "sentinel"``
+    asks ``sentinel_nodes`` for ``sentinel_master``.
+    """
+
+    host: str | None = None
+    port: int = attrs.field(default=6379, validator=_port)
+    timeout: int = attrs.field(default=2000, validator=_positive)
+    username: str | None = None
+    password: str | None = None
+    database: int = attrs.field(default=0, validator=_non_negative)
+    ssl: bool = False
+    ssl_verify: bool = False
+    server_name: str | None = None
+    url: str | None = None
+    mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    sentinel_master: str | None = None
+    sentinel_nodes: tuple[SentinelNode, ...] = ()
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    prefix: str = attrs.field(default="gk:rl:", validator=_prefix)
+
+    def __attrs_post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis.url must start with redis://, rediss:// or unix://, got {self.url!r}")
+        if self.mode == "sentinel":
+            if not self.sentinel_master or not self.sentinel_nodes:
+                raise ValueError("redis.mode 'sentinel' needs sentinel_master and sentinel_nodes")
+        elif self.url is None and not self.host:
+            raise ValueError("redis needs a host (or a url)")
+        if self.mode == "cluster" and self.database != 0:
+            raise ValueError("redis.database must be 0 in cluster mode")
+
+    @property
+    def seconds(self) -> float:
+        return self.timeout / 1000
+
+
+class _SNIConnection(SSLConnection):
+    """A TLS connection that sends ``server_name`` as SNI (and checks it), not the host."""
+
+    def __init__(self, *, server_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._server_name = server_name
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        kwargs = dict(super()._connection_arguments())
+        kwargs["server_hostname"] = self._server_name
+        return kwargs
+
+
+def connect(settings: RedisSettings) -> Redis | RedisCluster:
+    """A redis-py asyncio client for ``settings`` (connections open lazily)."""
+    s = settings
+    common: dict[str, Any] = {
+        "socket_timeout": s.seconds,
+        "socket_connect_timeout": s.seconds,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if s.username is not None:
+        common["username"] = s.username
+    if s.password is not None:
+        common["password"] = s.password
+    tls: dict[str, Any] = {}
+    if s.ssl and s.url is None:
+        tls = {
+            "ssl_cert_reqs": "required" if s.ssl_verify else "none",
+            "ssl_check_hostname": s.ssl_verify,
+        }
+    if s.mode == "cluster":
+        if s.url is not None:
+            return RedisCluster.from_url(s.url, **common)
+        return RedisCluster(host=s.host, port=s.port, ssl=s.ssl, **tls, **common)
+    if s.mode == "sentinel":
+        sentinel_kwargs: dict[str, Any] = {"socket_timeout": s.seconds, "socket_connect_timeout": s.seconds}
+        if s.sentinel_username is not None:
+            sentinel_kwargs["username"] = s.sentinel_username
+        if s.sentinel_password is not None:
+            sentinel_kwargs["password"] = s.sentinel_password
+        sentinel = Sentinel(
+            [(n.host, n.port) for n in s.sentinel_nodes],
+            sentinel_kwargs=sentinel_kwargs,
+            db=s.database,
+            ssl=s.ssl,
+            **tls,
+            **common,
+        )
+        client: Redis = sentinel.master_for(s.sentinel_master or "")
+        return client
+    if s.url is not None:
+        return Redis.from_url(s.url, **common)
+    if s.ssl and s.server_name:
+        pool = ConnectionPool(
+            connection_class=_SNIConnection,
+            server_name=s.server_name,
+            host=s.host or "",
+            port=s.port,
+            db=s.database,
+            **tls,
+            **common,
+        )
+        return Redis.from_pool(pool)
+    return Redis(host=s.host or "", port=s.port, db=s.database, ssl=s.ssl, **tls, **common)
+
+
+@attrs.define(eq=False)
+class _Shared:
+    client: Any
+    limiter: RedisRateLimiter
+    users: int = 0
+
+
+_stores: dict[tuple[RedisSettings, int], _Shared] = {}
+
+
+def open_store(settings: RedisSettings) -> RedisRateLimiter:
+    """The limiter shared by every user of ``settings`` on this event loop (counted)."""
+    name = (settings, id(asyncio.get_running_loop()))
+    shared = _stores.get(name)
+    if shared is None:
+        client = connect(settings)
+        limiter = RedisRateLimiter(client, prefix=settings.prefix, timeout=settings.seconds)
+        shared = _stores[name] = _Shared(client, limiter)
+    shared.users += 1
+    return shared.limiter
+
+
+async def close_store(settings: RedisSettings) -> None:
+    """One user of ``settings`` is done; the last one closes the client."""
+    name = (settings, id(asyncio.get_running_loop()))
+    shared = _stores.get(name)
+    if shared is None:
+        return
+    shared.users -= 1
+    if shared.users > 0:
+        return
+    del _stores[name]
+    try:
+        await shared.limiter.aclose()
+    finally:
+        await shared.client.aclose()

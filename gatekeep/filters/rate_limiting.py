@@ -1,0 +1,457 @@
+"""``rate-limiting``: Kong's plugin, on token buckets decided all-or-none.
+
+Each configured window (``second`` ... ``year``) is a token bucket of ``rate``
+tokens per window (capacity ``rate``, or ``burst``); a request takes ``cost``
+tokens from every bucket of its key in one atomic step (``RateLimiter``), and
+a refused request takes nothing.  ``policy = "local"`` keeps the buckets in
+this process (``MemoryRateLimiter``); ``policy = "redis"`` shares them between
+every gateway process (``RedisRateLimiter``: one Lua call per request, or one
+per lease with ``sync_rate``).
+
+Keys.  A bucket is named by ``bucket_key(scope, kind, identifier)``: the scope
+is where this plugin instance applies (``global``, ``service:<name>``,
+``route:<name>``, or the set of routes it serves; for a consumer-scoped
+instance, the consumer), the kind is what ``limit_by`` used (``ip`` when the
+identifier was empty, as Kong falls back) -- so a header value can never
+name another client's bucket.
+
+Failure modes (``policy = "redis"``).  When Redis is unreachable, slow past
+``redis.timeout`` or answers an error: ``fault_tolerant = true`` decides with a
+per-process ``MemoryRateLimiter`` of the same limits, ``false`` answers 503.
+The outage is logged once when it starts and once when it ends, and for one
+second after a failure requests do not try Redis at all (no request waits for
+a Redis known to be down); then one request probes it, and the first success
+ends the outage.  ``stats`` counts the decisions by result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import attrs
+
+from .._errors import BadRequest, RateLimited
+from .._filter import BaseFilter
+from .._http import Request, Response
+from .._protocols import Decision, Limit
+from .._ratelimit import MemoryRateLimiter, RateLimiterUnavailable, bucket_key
+from .._ratelimit._connect import RedisSettings, SentinelNode, close_store, open_store
+from .._ratelimit._lease import LeasedRateLimiter
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from .._gateway import Gateway
+
+__all__ = [
+    "RateLimitStats",
+    "RateLimitingConfig",
+    "RateLimitingFilter",
+    "RedisSettings",
+    "RoleLimits",
+    "SentinelNode",
+]
+
+log = logging.getLogger("gatekeep.rate_limiting")
+
+WINDOWS: dict[str, float] = {
+    "second": 1.0,
+    "minute": 60.0,
+    "hour": 3600.0,
+    "day": 86400.0,
+    "month": 30 * 86400.0,
+    "year": 365 * 86400.0,
+}
+_STATE = "rate-limiting"
+# After a failure, how long requests skip Redis before one probes it again.
+PROBE_INTERVAL = 1.0
+_MAX_COST_DIGITS = 9
+
+
+def _positive(_: object, attribute: object, value: int | float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+
+
+def _burst(_: object, attribute: object, value: int | Mapping[str, int] | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"must be at least 1, got {value}")
+        return
+    for window, size in value.items():
+        if window not in WINDOWS:
+            raise ValueError(f"unknown window {window!r} (expected one of: {', '.join(WINDOWS)})")
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"{window}: must be an integer of at least 1, got {size!r}")
+
+
+def _header_name(_: object, attribute: object, value: str | None) -> None:
+    if value is not None and (not value or not all(c.isalnum() or c in "-_" for c in value)):
+        raise ValueError(f"must be a header name, got {value!r}")
+
+
+@attrs.frozen
+class RoleLimits:
+    """The windows (and burst) for identities holding one role; they replace the defaults."""
+
+    second: int | None = attrs.field(default=None, validator=_positive)
+    minute: int | None = attrs.field(default=None, validator=_positive)
+    hour: int | None = attrs.field(default=None, validator=_positive)
+    day: int | None = attrs.field(default=None, validator=_positive)
+    month: int | None = attrs.field(default=None, validator=_positive)
+    year: int | None = attrs.field(default=None, validator=_positive)
+    burst: int | Mapping[str, int] | None = attrs.field(default=None, validator=_burst)
+
+    def __attrs_post_init__(self) -> None:
+        _check_windows(self)
+
+
+def _check_windows(c: RoleLimits | RateLimitingConfig) -> None:
+    configured = [w for w in WINDOWS if getattr(c, w) is not None]
+    if not configured:
+        raise ValueError(f"set at least one of {', '.join(WINDOWS)}")
+    if isinstance(c.burst, Mapping):
+        for window in c.burst:
+            if window in WINDOWS and getattr(c, window) is None:
+                raise ValueError(f"burst.{window} is set but {window} is not")
+
+
+@attrs.frozen
+class RateLimitingConfig:
+    """Kong's ``rate-limiting`` fields, plus ``roles``, ``burst``, ``cost``, leases and IETF headers."""
+
+    second: int | None = attrs.field(default=None, validator=_positive)
+    minute: int | None = attrs.field(default=None, validator=_positive)
+    hour: int | None = attrs.field(default=None, validator=_positive)
+    day: int | None = attrs.field(default=None, validator=_positive)
+    month: int | None = attrs.field(default=None, validator=_positive)
+    year: int | None = attrs.field(default=None, validator=_positive)
+    limit_by: Literal["consumer", "credential", "ip", "service", "header", "path", "route"] = "consumer"
+    header_name: str | None = attrs.field(default=None, validator=_header_name)
+    path: str | None = None
+    policy: Literal["local", "redis"] = "local"
+    redis: RedisSettings | None = None
+    fault_tolerant: bool = True
+    hide_client_headers: bool = False
+    error_code: int = 429
+    error_message: str = "API rate limit exceeded"
+    # Ours.
+    roles: Mapping[str, RoleLimits] = attrs.field(factory=dict)
+    burst: int | Mapping[str, int] | None = attrs.field(default=None, validator=_burst)
+    cost: int = attrs.field(default=1, validator=_positive)
+    cost_header: str | None = attrs.field(default=None, validator=_header_name)
+    max_cost: int = attrs.field(default=100, validator=_positive)
+    sync_rate: float = -1.0
+    lease_size: int = attrs.field(default=10, validator=_positive)
+    ietf_headers: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        _check_windows(self)
+        if self.limit_by == "header" and not self.header_name:
+            raise ValueError("limit_by 'header' needs header_name")
+        if self.limit_by == "path" and not (self.path and self.path.startswith("/")):
+            raise ValueError("limit_by 'path' needs a path starting with '/'")
+        if self.policy == "redis" and self.redis is None:
+            raise ValueError("policy 'redis' needs a redis table (host, port ... or url)")
+        if not 400 <= self.error_code <= 599:
+            raise ValueError(f"error_code must be an HTTP error status (400-599), got {self.error_code}")
+        if self.max_cost < self.cost:
+            raise ValueError(f"max_cost ({self.max_cost}) must not be below cost ({self.cost})")
+        if self.sync_rate != -1 and not self.sync_rate > 0:
+            raise ValueError(f"sync_rate must be -1 (every request) or seconds > 0, got {self.sync_rate}")
+        if self.sync_rate > 0 and self.policy != "redis":
+            raise ValueError("sync_rate (leases) needs policy 'redis'")
+
+
+@attrs.define
+class RateLimitStats:
+    """Decisions by result, for metrics (``gatekeep_ratelimit_decisions_total{result}``).
+
+    ``allowed``/``rejected`` were decided by the configured policy;
+    ``fallback_allowed``/``fallback_rejected`` by the per-process fallback
+    during a Redis outage (``fault_tolerant``); ``unavailable`` were answered
+    503 (not fault tolerant).  ``outages`` counts outages (not requests).
+    """
+
+    allowed: int = 0
+    rejected: int = 0
+    fallback_allowed: int = 0
+    fallback_rejected: int = 0
+    unavailable: int = 0
+    outages: int = 0
+
+    @property
+    def fallback(self) -> int:
+        return self.fallback_allowed + self.fallback_rejected
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "allowed": self.allowed,
+            "rejected": self.rejected,
+            "fallback_allowed": self.fallback_allowed,
+            "fallback_rejected": self.fallback_rejected,
+            "unavailable": self.unavailable,
+        }
+
+
+class _Policy:
+    """The limits for one set of windows, and the header bytes that never change."""
+
+    __slots__ = ("limit_names", "limit_values", "limits", "policy_field", "remaining_names", "windows")
+
+    def __init__(self, source: RoleLimits | RateLimitingConfig) -> None:
+        windows = [w for w in WINDOWS if getattr(source, w) is not None]
+        burst = source.burst
+        sizes: dict[str, int] = {}
+        if isinstance(burst, int):
+            sizes[windows[0]] = burst  # the shortest window
+        elif isinstance(burst, Mapping):
+            sizes.update(burst)
+        self.windows = tuple(windows)
+        self.limits = tuple(
+            Limit(rate=getattr(source, w), period=WINDOWS[w], burst=sizes.get(w), name=w) for w in windows
+        )
+        self.limit_names = tuple([f"x-ratelimit-limit-{w}".encode() for w in windows])
+        self.remaining_names = tuple([f"x-ratelimit-remaining-{w}".encode() for w in windows])
+        self.limit_values = tuple([str(lim.rate).encode() for lim in self.limits])
+        self.policy_field = ", ".join(
+            f'"{w}";q={lim.rate};w={int(lim.period)}' for w, lim in zip(windows, self.limits, strict=True)
+        ).encode()
+
+
+_OWN_HEADERS = frozenset(
+    [f"x-ratelimit-{kind}-{w}".encode() for kind in ("limit", "remaining") for w in WINDOWS]
+    + [b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset", b"ratelimit-policy", b"ratelimit"]
+)
+
+
+class RateLimitingFilter(BaseFilter):
+    """Kong's ``rate-limiting`` (priority 910: after authentication and ACLs)."""
+
+    name: ClassVar[str] = "rate-limiting"
+    priority: ClassVar[int] = 910
+    Config = RateLimitingConfig
+
+    def __init__(self, config: RateLimitingConfig | None = None) -> None:
+        super().__init__(config)
+        c: RateLimitingConfig = self.config
+        self.stats = RateLimitStats()
+        self._default = _Policy(c)
+        self._roles = [(role, _Policy(limits)) for role, limits in c.roles.items()]
+        self._limit_by = c.limit_by
+        self._header = c.header_name.lower().encode("latin-1") if c.header_name else b""
+        self._cost_header = c.cost_header.lower().encode("latin-1") if c.cost_header else b""
+        self._scope: str | None = "global"
+        error = RateLimited
+        if c.error_code != RateLimited.status:
+            error = type("RateLimitExceeded", (RateLimited,), {"status": c.error_code})
+        self._error: type[RateLimited] = error
+        # The local policy's buckets, or the fallback's during a Redis outage.
+        self._memory = MemoryRateLimiter()
+        self._store: Any = None
+        self._down_since = 0.0
+        self._probe_at = 0.0
+
+    # -- lifespan -----------------------------------------------------------------
+
+    def bind(self, gateway: Gateway) -> None:
+        """Find where this instance applies, to scope its keys like Kong's route/service ids."""
+        routes = [r for r in gateway.routes if any(f is self for f in r.chain.filters)]
+        if len(routes) == len(gateway.routes):
+            self._scope = "global"
+        elif not routes:
+            self._scope = None  # consumer-scoped: keyed by the consumer at request time
+        else:
+            services = {r.service.name for r in routes}
+            if len(services) == 1:
+                (service,) = services
+                if len(routes) == sum(1 for r in gateway.routes if r.service.name == service):
+                    self._scope = f"service:{service}"
+                    return
+            if len(routes) == 1:
+                self._scope = f"route:{routes[0].name}"
+            else:
+                self._scope = "routes:" + ",".join(sorted(r.name for r in routes))
+
+    async def start(self, task_group: TaskGroup) -> None:
+        c: RateLimitingConfig = self.config
+        if c.policy != "redis" or c.redis is None:
+            return
+        shared = open_store(c.redis)
+        if c.sync_rate > 0:
+            self._store = LeasedRateLimiter(shared, size=c.lease_size, max_age=c.sync_rate)
+        else:
+            self._store = shared
+
+    async def stop(self) -> None:
+        c: RateLimitingConfig = self.config
+        if self._store is not None and c.redis is not None:
+            self._store = None
+            await close_store(c.redis)
+
+    # -- the request --------------------------------------------------------------
+
+    async def on_request(self, request: Request) -> Response | None:
+        policy = self._policy(request)
+        kind, identifier = self._identify(request)
+        scope = self._scope
+        if scope is None:
+            scope = "consumer:" + _consumer_key(request)
+        key = bucket_key(scope, kind, identifier)
+        cost = self._cost(request) if self._cost_header else self.config.cost
+        decision = await self._decide(key, policy.limits, cost)
+        request.state[_STATE] = (policy, decision)
+        if decision.allowed:
+            return None
+        retry = str(max(1, math.ceil(decision.retry_after - 1e-9)))
+        raise self._error(self.config.error_message, headers=[("retry-after", retry)])
+
+    async def on_response(self, request: Request, response: Response) -> Response | None:
+        found = request.state.get(_STATE)
+        if found is None or self.config.hide_client_headers:
+            return None
+        policy, decision = found
+        raw = response.headers.raw
+        if any(k in _OWN_HEADERS for k, _ in raw):
+            raw[:] = [(k, v) for k, v in raw if k not in _OWN_HEADERS]
+        remaining = decision.remaining
+        tightest = 0
+        for i, left in enumerate(remaining):
+            raw.append((policy.limit_names[i], policy.limit_values[i]))
+            raw.append((policy.remaining_names[i], str(left).encode()))
+            # Kong: the fewest remaining; on a tie, the longer window.
+            if left <= remaining[tightest]:
+                tightest = i
+        reset = _seconds(decision.reset[tightest])
+        raw.append((b"ratelimit-limit", policy.limit_values[tightest]))
+        raw.append((b"ratelimit-remaining", str(remaining[tightest]).encode()))
+        raw.append((b"ratelimit-reset", reset))
+        if self.config.ietf_headers:
+            raw.append((b"ratelimit-policy", policy.policy_field))
+            raw.append(
+                (
+                    b"ratelimit",
+                    ", ".join(
+                        f'"{w}";r={left};t={_seconds(r).decode()}'
+                        for w, left, r in zip(policy.windows, remaining, decision.reset, strict=True)
+                    ).encode(),
+                )
+            )
+        return None
+
+    def _policy(self, request: Request) -> _Policy:
+        if self._roles:
+            identity = request.identity
+            roles = getattr(identity, "roles", None)
+            if roles:
+                for role, policy in self._roles:
+                    if role in roles:
+                        return policy
+        return self._default
+
+    def _identify(self, request: Request) -> tuple[str, str]:
+        by = self._limit_by
+        identifier = ""
+        if by == "consumer":
+            identifier = _consumer_key(request)
+            if not identifier:
+                credential = getattr(request.identity, "credential", None)
+                if credential:
+                    return "credential", str(credential)
+        elif by == "credential":
+            identifier = str(getattr(request.identity, "credential", None) or "")
+        elif by == "service":
+            identifier = getattr(request.service, "name", "") or ""
+        elif by == "route":
+            identifier = getattr(request.route, "name", "") or ""
+        elif by == "header":
+            value = request.headers.get(self._header)
+            identifier = value.decode("latin-1") if value else ""
+        elif by == "path":
+            identifier = request.path if request.path == self.config.path else ""
+        if not identifier:
+            return "ip", request.client_ip
+        return by, identifier
+
+    def _cost(self, request: Request) -> int:
+        c: RateLimitingConfig = self.config
+        raw = request.headers.get(self._cost_header)
+        if raw is None:
+            return c.cost
+        raw = raw.strip()
+        if not raw.isdigit() or len(raw) > _MAX_COST_DIGITS:
+            raise BadRequest(f"{c.cost_header} must be a whole number")
+        return min(max(int(raw), c.cost), c.max_cost)
+
+    async def _decide(self, key: str, limits: Sequence[Limit], cost: int) -> Decision:
+        store = self._store
+        if store is None:
+            if self.config.policy == "redis":
+                raise RuntimeError("the rate-limiting filter (policy 'redis') was not started")
+            decision = self._memory.acquire_nowait(key, limits, cost)
+        else:
+            if self._down_since:
+                now = time.monotonic()
+                if now < self._probe_at:
+                    return self._fallback(key, limits, cost)
+                self._probe_at = now + PROBE_INTERVAL  # this request probes; the others skip
+            try:
+                decision = await store.acquire(key, limits, cost)
+            except RateLimiterUnavailable as exc:
+                self._failed(exc)
+                return self._fallback(key, limits, cost)
+            if self._down_since:
+                self._recovered()
+        if decision.allowed:
+            self.stats.allowed += 1
+        else:
+            self.stats.rejected += 1
+        return decision
+
+    def _fallback(self, key: str, limits: Sequence[Limit], cost: int) -> Decision:
+        if not self.config.fault_tolerant:
+            self.stats.unavailable += 1
+            raise RateLimiterUnavailable("rate limiting is unavailable; try again later")
+        decision = self._memory.acquire_nowait(key, limits, cost)
+        if decision.allowed:
+            self.stats.fallback_allowed += 1
+        else:
+            self.stats.fallback_rejected += 1
+        return decision
+
+    def _failed(self, exc: RateLimiterUnavailable) -> None:
+        now = time.monotonic()
+        self._probe_at = now + PROBE_INTERVAL
+        if self._down_since:
+            return
+        self._down_since = now
+        self.stats.outages += 1
+        how = "deciding per process" if self.config.fault_tolerant else "answering 503"
+        log.warning("rate-limiting: Redis is unavailable (%s); %s until it answers again", exc.detail, how)
+
+    def _recovered(self) -> None:
+        outage = time.monotonic() - self._down_since
+        self._down_since = 0.0
+        self._probe_at = 0.0
+        log.warning("rate-limiting: Redis answers again after %.1f s", outage)
+
+
+def _consumer_key(request: Request) -> str:
+    consumer = request.consumer
+    if consumer is None:
+        return str(getattr(request.identity, "consumer", None) or "")
+    if isinstance(consumer, str):
+        return consumer
+    key = getattr(consumer, "key", None)
+    return key if isinstance(key, str) else ""
+
+
+def _seconds(value: float) -> bytes:
+    """Whole seconds, rounded up (a header must never invite a client back early)."""
+    return str(max(0, math.ceil(value - 1e-9))).encode()
