@@ -116,3 +116,37 @@ def rbac_rules(draw: st.DrawFn) -> dict[str, list[str]]:
         if draw(st.integers(0, 2)) == 0:
             rule[key] = draw(st.lists(names, min_size=1, max_size=3, unique=True))
     return rule
+
+
+# -- W3C trace context (tracing filter) -----------------------------------------
+
+_LOWER_HEX = "0123456789abcdef"
+
+
+def _hex(size: int) -> st.SearchStrategy[str]:
+    return st.text(alphabet=_LOWER_HEX, min_size=size, max_size=size)
+
+
+@st.composite
+def traceparents(draw: st.DrawFn) -> tuple[bytes, str, str, int]:
+    """A valid ``traceparent`` and its trace id, parent id and flags (any version but ff,
+    later versions possibly followed by more fields)."""
+    version = draw(_hex(2).filter(lambda v: v != "ff"))
+    trace_id = draw(_hex(32).filter(lambda v: v != "0" * 32))
+    parent_id = draw(_hex(16).filter(lambda v: v != "0" * 16))
+    flags = draw(st.integers(0, 255))
+    value = f"{version}-{trace_id}-{parent_id}-{flags:02x}"
+    if version != "00" and draw(st.booleans()):
+        value += "-" + draw(st.text(alphabet=_LOWER_HEX + "-", max_size=20))
+    return value.encode(), trace_id, parent_id, flags
+
+
+# Mostly near-misses of a traceparent: valid ones with one character changed, cut or extended.
+traceparent_noise = st.one_of(
+    st.binary(max_size=80),
+    st.tuples(traceparents(), st.integers(0, 79), st.binary(min_size=1, max_size=1)).map(
+        lambda t: t[0][0][: t[1]] + t[2] + t[0][0][t[1] + 1 :]
+    ),
+    st.tuples(traceparents(), st.integers(0, 60)).map(lambda t: t[0][0][: t[1]]),
+    st.tuples(traceparents(), st.binary(min_size=1, max_size=4)).map(lambda t: t[0][0] + t[1]),
+)
