@@ -59,6 +59,8 @@ class JWTSecret:
     tags: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
+        if attrs.validators.get_disabled():
+            return  # a config with errors already reported, built for the other checks
         if self.algorithm.startswith("HS"):
             if not self.secret:
                 raise ValueError(f"{self.algorithm} needs a 'secret'")
@@ -112,6 +114,8 @@ class KeyConfig:
     issuer: str | None = None
 
     def __attrs_post_init__(self) -> None:
+        if attrs.validators.get_disabled():
+            return  # a config with errors already reported, built for the other checks
         given = [n for n in ("pem", "jwk", "secret") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError("a key needs exactly one of 'pem', 'jwk' or 'secret'")

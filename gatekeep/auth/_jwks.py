@@ -71,6 +71,8 @@ class JWKSPolicy:
     max_size: int = attrs.field(default=512 * 1024, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
+        if attrs.validators.get_disabled():
+            return  # a config with errors already reported, built for the other checks
         if self.min_ttl > self.max_ttl:
             raise ValueError("min_ttl must not be greater than max_ttl")
         if self.refresh_ahead > 1:

@@ -105,6 +105,8 @@ class IssuerConfig:
     ca_file: str | None = None
 
     def __attrs_post_init__(self) -> None:
+        if attrs.validators.get_disabled():
+            return  # a config with errors already reported, built for the other checks
         if self.jwks_uri is None and self.discovery:
             _https_or_loopback(None, None, self.issuer)
         if self.jwks_uri is None and not self.discovery and not self.keys:
@@ -141,6 +143,8 @@ class VerifierConfig:
     jwks: JWKSPolicy = JWKSPolicy()
 
     def __attrs_post_init__(self) -> None:
+        if attrs.validators.get_disabled():
+            return  # a config with errors already reported, built for the other checks
         if self.maximum_expiration > _MAX_EXPIRATION:
             raise ValueError(f"maximum_expiration must be at most {_MAX_EXPIRATION} (one year)")
         if self.maximum_expiration and "exp" not in self.claims_to_verify:

@@ -79,6 +79,8 @@ class JWTFilterConfig:
     jwks: JWKSPolicy = JWKSPolicy()
 
     def __attrs_post_init__(self) -> None:
+        if attrs.validators.get_disabled():
+            return  # a config with errors already reported, built for the other checks
         self.verifier_config()  # the verifier's own checks, at load time
 
     def verifier_config(self) -> VerifierConfig:
