@@ -139,7 +139,11 @@ async def test_the_limit_then_429_problem_json_with_headers() -> None:
 async def test_the_most_constrained_window_and_ties_go_to_the_longer_one() -> None:
     async with limited({"second": 100, "minute": 10, "hour": 10, "limit_by": "ip"}) as gw:
         r = await gw.client.get("/")
-        assert [r.header(f"x-ratelimit-remaining-{w}") for w in ("second", "minute", "hour")] == ["99", "9", "9"]
+        assert [r.header(f"x-ratelimit-remaining-{w}") for w in ("second", "minute", "hour")] == [
+            "99",
+            "9",
+            "9",
+        ]
         assert (r.header("ratelimit-limit"), r.header("ratelimit-remaining")) == ("10", "9")
         assert r.header("ratelimit-reset") == "360"  # the hour's bucket: 1 token at 10 per hour
 
@@ -306,7 +310,10 @@ async def test_a_consumer_scoped_instance() -> None:
     config = {
         "services": [{"name": "up", "url": "{upstream}", "routes": [{"name": "all", "paths": ["/"]}]}],
         "consumers": [
-            {"username": "alice", "plugins": [{"name": "rate-limiting", "config": {"hour": 1, "limit_by": "ip"}}]}
+            {
+                "username": "alice",
+                "plugins": [{"name": "rate-limiting", "config": {"hour": 1, "limit_by": "ip"}}],
+            }
         ],
     }
     async with gateway_for(config, filters=[Login()]) as gw:

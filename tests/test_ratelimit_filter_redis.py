@@ -35,7 +35,9 @@ def evalsha_calls(url: str) -> int:
 
 
 async def test_the_buckets_live_in_redis(redis_url: str) -> None:
-    async with gateway_for(plugins=[{"name": "rate-limiting", "config": redis_config(redis_url, hour=2)}]) as gw:
+    async with gateway_for(
+        plugins=[{"name": "rate-limiting", "config": redis_config(redis_url, hour=2)}]
+    ) as gw:
         seen = [await gw.client.get("/") for _ in range(3)]
         assert [r.status for r in seen] == [200, 200, 429]
         assert [r.header("x-ratelimit-remaining-hour") for r in seen] == ["1", "0", "0"]

@@ -145,7 +145,7 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
             sentinel_kwargs["username"] = s.sentinel_username
         if s.sentinel_password is not None:
             sentinel_kwargs["password"] = s.sentinel_password
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             [(n.host, n.port) for n in s.sentinel_nodes],
             sentinel_kwargs=sentinel_kwargs,
             db=s.database,

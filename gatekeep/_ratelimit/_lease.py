@@ -152,7 +152,9 @@ class LeasedRateLimiter:
                 )
             return await self._refill(name[1], key, lease, cost, now)
 
-    async def _refill(self, limits: tuple[Limit, ...], key: str, lease: _Lease, cost: int, now: float) -> Decision:
+    async def _refill(
+        self, limits: tuple[Limit, ...], key: str, lease: _Lease, cost: int, now: float
+    ) -> Decision:
         held = lease.tokens
         need = cost - held
         want = max(need, self._size - held)

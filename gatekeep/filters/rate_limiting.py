@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import attrs
 
@@ -72,7 +72,7 @@ PROBE_INTERVAL = 1.0
 _MAX_COST_DIGITS = 9
 
 
-def _positive(_: object, attribute: object, value: int | float | None) -> None:
+def _positive(_: object, attribute: object, value: Any) -> None:
     if value is not None and not value > 0:
         raise ValueError(f"must be greater than 0, got {value}")
 
@@ -248,10 +248,11 @@ class RateLimitingFilter(BaseFilter):
         self._header = c.header_name.lower().encode("latin-1") if c.header_name else b""
         self._cost_header = c.cost_header.lower().encode("latin-1") if c.cost_header else b""
         self._scope: str | None = "global"
-        error = RateLimited
+        self._error: type[RateLimited] = RateLimited
         if c.error_code != RateLimited.status:
-            error = type("RateLimitExceeded", (RateLimited,), {"status": c.error_code})
-        self._error: type[RateLimited] = error
+            self._error = cast(
+                "type[RateLimited]", type("RateLimitExceeded", (RateLimited,), {"status": c.error_code})
+            )
         # The local policy's buckets, or the fallback's during a Redis outage.
         self._memory = MemoryRateLimiter()
         self._store: Any = None
