@@ -40,13 +40,24 @@ from ._protocols import Instance
 
 __all__ = [
     "ConsistentHash",
+    "InstanceKey",
     "HashOn",
     "LeastOutstanding",
     "PowerOfTwoEWMA",
     "RoundRobin",
     "hash_key",
+    "instance_key",
     "make_balancer",
 ]
+
+# ``Instance`` holds a ``meta`` dict, so it is not hashable: per-instance
+# state is keyed by this tuple instead.
+InstanceKey = tuple[str, str, int, str]
+
+
+def instance_key(instance: Instance) -> InstanceKey:
+    """A hashable identity of ``instance``: scheme, host, port and id."""
+    return (instance.scheme, instance.host, instance.port, instance.id)
 
 
 class RoundRobin:
@@ -91,7 +102,7 @@ class LeastOutstanding:
     __slots__ = ("_inflight", "_turn")
 
     def __init__(self) -> None:
-        self._inflight: dict[Instance, int] = {}
+        self._inflight: dict[InstanceKey, int] = {}
         self._turn = 0
 
     def pick(self, instances: Sequence[Instance], request: Any = None) -> Instance:
@@ -102,22 +113,24 @@ class LeastOutstanding:
         best_load = 0.0
         for k in range(n):
             inst = instances[(self._turn + k) % n]
-            load = (inflight.get(inst, 0) + 1) / max(inst.weight, 1)
+            load = (inflight.get(instance_key(inst), 0) + 1) / max(inst.weight, 1)
             if best is None or load < best_load:
                 best, best_load = inst, load
         assert best is not None
-        inflight[best] = inflight.get(best, 0) + 1
+        key = instance_key(best)
+        inflight[key] = inflight.get(key, 0) + 1
         return best
 
     def release(self, instance: Instance) -> None:
-        left = self._inflight.get(instance, 0) - 1
+        key = instance_key(instance)
+        left = self._inflight.get(key, 0) - 1
         if left > 0:
-            self._inflight[instance] = left
+            self._inflight[key] = left
         else:
-            self._inflight.pop(instance, None)
+            self._inflight.pop(key, None)
 
     def outstanding(self, instance: Instance) -> int:
-        return self._inflight.get(instance, 0)
+        return self._inflight.get(instance_key(instance), 0)
 
 
 class PowerOfTwoEWMA:
@@ -148,17 +161,19 @@ class PowerOfTwoEWMA:
         self._clock = clock
         self._rng = rng or random.Random()
         # Per instance: [ewma seconds, last update time, in flight].
-        self._stats: dict[Instance, list[float]] = {}
+        self._stats: dict[InstanceKey, list[float]] = {}
 
     def _stat(self, instance: Instance) -> list[float]:
-        stat = self._stats.get(instance)
+        key = (instance.scheme, instance.host, instance.port, instance.id)
+        stat = self._stats.get(key)
         if stat is None:
-            stat = self._stats[instance] = [self._initial, self._clock(), 0.0]
+            stat = self._stats[key] = [self._initial, self._clock(), 0.0]
         return stat
 
     def cost(self, instance: Instance) -> float:
         ewma, _, inflight = self._stat(instance)
-        return ewma * (inflight + 1) / max(instance.weight, 1)
+        # Weight 100 is the neutral weight (the config default).
+        return ewma * (inflight + 1) * 100 / max(instance.weight, 1)
 
     def pick(self, instances: Sequence[Instance], request: Any = None) -> Instance:
         n = len(instances)
@@ -188,15 +203,15 @@ class PowerOfTwoEWMA:
         stat[1] = now
 
     def release(self, instance: Instance) -> None:
-        stat = self._stats.get(instance)
+        stat = self._stats.get(instance_key(instance))
         if stat is not None and stat[2] > 0:
             stat[2] -= 1
 
     def forget(self, keep: Sequence[Instance]) -> None:
         """Drop the figures of instances no longer in ``keep`` (after discovery changed)."""
-        alive = set(keep)
-        for inst in [i for i in self._stats if i not in alive]:
-            del self._stats[inst]
+        alive = {instance_key(i) for i in keep}
+        for key in [k for k in self._stats if k not in alive]:
+            del self._stats[key]
 
 
 HashOn = Literal["none", "consumer", "ip", "header", "cookie", "path"]
@@ -266,12 +281,12 @@ class ConsistentHash:
         self._key = key or hash_key("ip")
         self._fallback = fallback
         self._points = points
-        self._rings: dict[tuple[Instance, ...], tuple[list[int], list[Instance]]] = {}
+        self._rings: dict[tuple[InstanceKey, ...], tuple[list[int], list[Instance]]] = {}
         self._rr = RoundRobin()
 
     def ring(self, instances: Sequence[Instance]) -> tuple[list[int], list[Instance]]:
         """The sorted ring points of ``instances`` and who owns each (cached per set)."""
-        key = tuple(instances)
+        key = tuple([(i.scheme, i.host, i.port, i.id) for i in instances])
         ring = self._rings.get(key)
         if ring is None:
             pairs: list[tuple[int, Instance]] = []

@@ -118,6 +118,24 @@ def rbac_rules(draw: st.DrawFn) -> dict[str, list[str]]:
     return rule
 
 
+# -- resilience (circuit breakers) ---------------------------------------------
+
+
+@st.composite
+def breaker_configs(draw: st.DrawFn) -> object:
+    """A ``BreakerConfig`` with small thresholds, so that trips happen within a few calls."""
+    from gatekeep.resilience import BreakerConfig
+
+    return BreakerConfig(
+        consecutive_failures=draw(st.integers(0, 8)),
+        failure_rate=draw(st.sampled_from([0.1, 0.25, 0.5, 0.75, 1.0])),
+        window=draw(st.sampled_from([1.0, 10.0, 60.0])),
+        minimum_calls=draw(st.integers(1, 30)),
+        open_for=draw(st.floats(0.5, 60)),
+        half_open_probes=draw(st.integers(1, 5)),
+    )
+
+
 # -- W3C trace context (tracing filter) -----------------------------------------
 
 _LOWER_HEX = "0123456789abcdef"
@@ -149,4 +167,105 @@ traceparent_noise = st.one_of(
     ),
     st.tuples(traceparents(), st.integers(0, 60)).map(lambda t: t[0][0][: t[1]]),
     st.tuples(traceparents(), st.binary(min_size=1, max_size=4)).map(lambda t: t[0][0] + t[1]),
+)
+
+
+# -- discovery: DNS SRV records and Consul health answers -----------------------
+
+from gatekeep.discovery import SrvRecord  # noqa: E402 - this section's own import
+
+_srv_targets = st.one_of(st.sampled_from(["a.node", "b.node", "c.node", "d.node", "e.node"]), st.just("."))
+
+srv_records = st.lists(
+    st.builds(
+        SrvRecord,
+        st.integers(0, 3),
+        st.sampled_from([0, 0, 1, 2, 5, 10, 100, 65535]),
+        st.integers(1, 65535),
+        _srv_targets,
+    ),
+    max_size=8,
+)
+
+_consul_status = st.sampled_from(["passing", "warning", "critical", "maintenance"])
+_consul_names = st.text(alphabet=string.ascii_lowercase + string.digits + "-", min_size=1, max_size=8)
+_consul_addresses = st.sampled_from(["", "10.0.0.1", "10.0.0.2", "2001:db8::1", "node.example"])
+
+
+@st.composite
+def consul_health_entries(draw: st.DrawFn) -> dict[str, object]:
+    """One entry of ``/v1/health/service/<name>`` in Consul's documented shape."""
+    node = draw(_consul_names)
+    service_id = draw(_consul_names)
+    node_address = draw(_consul_addresses.filter(bool))
+    service_address = draw(_consul_addresses)
+    port = draw(st.integers(0, 65535))
+    weights = draw(
+        st.one_of(
+            st.none(),
+            st.fixed_dictionaries({"Passing": st.integers(1, 100), "Warning": st.integers(0, 100)}),
+        )
+    )
+    checks = [
+        {
+            "Node": node,
+            "CheckID": "serfHealth",
+            "Name": "Serf Health Status",
+            "Status": draw(_consul_status),
+            "Notes": "",
+            "Output": "",
+            "ServiceID": "",
+            "ServiceName": "",
+            "ServiceTags": [],
+        }
+    ]
+    checks += [
+        {
+            "Node": node,
+            "CheckID": f"service:{service_id}:{n + 1}",
+            "Name": "check",
+            "Status": draw(_consul_status),
+            "Notes": "",
+            "Output": "",
+            "ServiceID": service_id,
+            "ServiceName": "svc",
+            "ServiceTags": [],
+        }
+        for n in range(draw(st.integers(0, 3)))
+    ]
+    tagged_key = draw(st.sampled_from(["Address", "address", "ADDRESS"]))
+    service: dict[str, object] = {
+        "ID": service_id,
+        "Service": "svc",
+        "Tags": draw(st.lists(_consul_names, max_size=3)),
+        "Address": service_address,
+        "TaggedAddresses": {"wan_ipv4": {tagged_key: "192.0.2.9", "port": 7000}}
+        if draw(st.booleans())
+        else {},
+        "Meta": draw(st.dictionaries(_consul_names, _consul_names, max_size=2)),
+        "Port": port,
+    }
+    if weights is not None:
+        service["Weights"] = weights
+    return {
+        "Node": {
+            "ID": "",
+            "Node": node,
+            "Address": node_address,
+            "Datacenter": "dc1",
+            "TaggedAddresses": {"lan": node_address, "wan": node_address},
+            "Meta": {},
+        },
+        "Service": service,
+        "Checks": checks,
+    }
+
+
+# Any JSON value: what a broken proxy or a wrong endpoint might answer.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
 )

@@ -88,7 +88,7 @@ class CircuitBreaker:
         "_callbacks",
         "_clock",
         "_config",
-        "_opened_at",
+        "_reopen_at",
         "_probes",
         "_probe_successes",
         "_streak",
@@ -110,7 +110,7 @@ class CircuitBreaker:
         self.st: BreakerState = CLOSED
         self._streak = 0
         self._window = RollingCounts(config.window)  # a: calls, b: failures
-        self._opened_at = 0.0
+        self._reopen_at = 0.0  # when OPEN may turn HALF_OPEN
         self._probes = 0  # in flight while half-open
         self._probe_successes = 0
         self._callbacks: list[ChangeCallback] = []
@@ -140,7 +140,13 @@ class CircuitBreaker:
         st = self.st
         if st is CLOSED:
             self._streak = 0
-            self._window.add(self._clock(), 1, 0)
+            window = self._window
+            window.add(self._clock(), 1, 0)
+            config = self._config
+            # The rate rule holds whatever the last outcome was (a success may
+            # complete the minimum number of calls).
+            if window.a >= config.minimum_calls and window.b >= config.failure_rate * window.a:
+                self._fire(TRIP)
         elif st is HALF_OPEN:
             self._probes = max(0, self._probes - 1)
             self._probe_successes += 1
@@ -182,7 +188,7 @@ class CircuitBreaker:
         """Seconds until the breaker lets a probe through (0 unless open)."""
         if self.st is not OPEN or self._cool_if_due():
             return 0.0
-        return max(0.0, self._opened_at + self._config.open_for - self._clock())
+        return max(0.0, self._reopen_at - self._clock())
 
     def on_change(self, callback: ChangeCallback) -> None:
         """Call ``callback(breaker, old, new)`` on every state change."""
@@ -205,7 +211,7 @@ class CircuitBreaker:
     # -- internals -----------------------------------------------------------
 
     def _cool_if_due(self) -> bool:
-        if self._clock() - self._opened_at >= self._config.open_for:
+        if self._clock() >= self._reopen_at:
             self._fire(COOL)
             return True
         return False
@@ -217,7 +223,7 @@ class CircuitBreaker:
             return
         self.st = new
         if new is OPEN:
-            self._opened_at = self._clock()
+            self._reopen_at = self._clock() + self._config.open_for
         elif new is HALF_OPEN:
             self._probes = 0
             self._probe_successes = 0

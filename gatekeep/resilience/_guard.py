@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .._balancer import InstanceKey
 from .._errors import NoHealthyUpstream, UpstreamError, UpstreamTimeout
 from .._http import Request, Response
 from .._protocols import Instance
@@ -93,7 +94,9 @@ class UpstreamGuard:
         if breaker is not None and breaker.per_service:
             self.breaker = CircuitBreaker(breaker, clock=clock, name=name)
         self._per_instance = breaker is not None and breaker.per_instance
-        self.instance_breakers: dict[Instance, CircuitBreaker] = {}
+        # Per instance (``instance_key``): its breaker and the instance.
+        self.instance_breakers: dict[InstanceKey, CircuitBreaker] = {}
+        self._breaker_instances: dict[InstanceKey, Instance] = {}
         self._unclosed = 0  # instance breakers not closed now
         self.health: HealthTracker | None = None
         self.checker: ActiveChecker | None = None
@@ -118,21 +121,24 @@ class UpstreamGuard:
         """The breaker of ``instance`` (made on first use), ``None`` without per-instance breakers."""
         if not self._per_instance:
             return None
-        b = self.instance_breakers.get(instance)
+        key = (instance.scheme, instance.host, instance.port, instance.id)
+        b = self.instance_breakers.get(key)
         if b is None:
             assert self.breaker_config is not None
             b = CircuitBreaker(self.breaker_config, clock=self._clock, name=f"{self.name}/{instance.address}")
             b.on_change(self._count_unclosed)
             for callback in self._callbacks:
                 b.on_change(callback)
-            self.instance_breakers[instance] = b
+            self.instance_breakers[key] = b
+            self._breaker_instances[key] = instance
         return b
 
     def stats(self) -> dict[str, Any]:
         """Breaker states and instance health, for metrics and admin endpoints."""
         instances: dict[str, dict[str, str]] = {}
-        for inst, b in self.instance_breakers.items():
-            instances.setdefault(inst.address, {})["breaker"] = b.state
+        for key, b in self.instance_breakers.items():
+            address = self._breaker_instances[key].address
+            instances.setdefault(address, {})["breaker"] = b.state
         if self.health is not None:
             for address, health in self.health.stats().items():
                 instances.setdefault(address, {})["health"] = health

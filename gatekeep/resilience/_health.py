@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import anyio
 
+from .._balancer import InstanceKey, instance_key
 from .._errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from .._http import empty_body
 from .._protocols import Instance
@@ -72,11 +73,13 @@ class _Target:
         "active_healthy",
         "ejected_until",
         "ejections",
+        "instance",
         "passive_counts",
         "returned_at",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
         self.active_healthy = True
         self.active_counts = {OK: 0, HTTP: 0, TCP: 0, TIMEOUT: 0}
         self.passive_counts = {HTTP: 0, TCP: 0, TIMEOUT: 0}
@@ -113,9 +116,9 @@ class HealthTracker:
         self._passive_statuses = frozenset(config.passive.unhealthy.http_statuses if config.passive else ())
         self._clock = clock
         self.name = name
-        self._targets: dict[Instance, _Target] = {}
+        self._targets: dict[InstanceKey, _Target] = {}
         # Instances excluded now (ejected or actively unhealthy).
-        self._out: set[Instance] = set()
+        self._out: set[InstanceKey] = set()
         self._next_return = math.inf
         self._total = 0
         self._callbacks: list[Callable[[Instance, str, str], None]] = []
@@ -132,14 +135,14 @@ class HealthTracker:
         out = self._out
         if not out:
             return instances
-        return [i for i in instances if i not in out]
+        return [i for i in instances if (i.scheme, i.host, i.port, i.id) not in out]
 
     def health(self, instance: Instance) -> str:
         """``"healthy"``, ``"unhealthy"`` (active checks), ``"ejected"`` (passive), or
         ``"healthchecks_off"`` (Kong's states, for ``gatekeep_upstream_target_health``)."""
         if self._active is None and self._passive is None:
             return "healthchecks_off"
-        target = self._targets.get(instance)
+        target = self._targets.get(instance_key(instance))
         if target is None:
             return "healthy"
         if target.ejected_until and self._clock() < target.ejected_until:
@@ -148,7 +151,7 @@ class HealthTracker:
 
     def stats(self) -> dict[str, str]:
         """Per instance address: its ``health``."""
-        return {i.address: self.health(i) for i in self._targets}
+        return {t.instance.address: self.health(t.instance) for t in self._targets.values()}
 
     def on_change(self, callback: Callable[[Instance, str, str], None]) -> None:
         """Call ``callback(instance, old_health, new_health)`` when a verdict changes."""
@@ -163,7 +166,7 @@ class HealthTracker:
             return
         if kind == OK:
             if status not in self._passive_statuses:
-                target = self._targets.get(instance)
+                target = self._targets.get(instance_key(instance))
                 if target is not None:
                     counts = target.passive_counts
                     counts[HTTP] = counts[TCP] = counts[TIMEOUT] = 0
@@ -195,7 +198,7 @@ class HealthTracker:
         counts = target.passive_counts
         counts[HTTP] = counts[TCP] = counts[TIMEOUT] = 0
         old = "healthy" if target.active_healthy else "unhealthy"
-        self._out.add(instance)
+        self._out.add(instance_key(instance))
         self._next_return = min(self._next_return, target.ejected_until)
         log.warning(
             "service %r: ejected %s for %.0f s (ejection %d)",
@@ -209,7 +212,7 @@ class HealthTracker:
     def _return_due(self) -> None:
         now = self._clock()
         nxt = math.inf
-        for instance, target in self._targets.items():
+        for key, target in self._targets.items():
             until = target.ejected_until
             if not until:
                 continue
@@ -218,8 +221,8 @@ class HealthTracker:
                 target.returned_at = now
                 new = "healthy" if target.active_healthy else "unhealthy"
                 if target.active_healthy:
-                    self._out.discard(instance)
-                self._changed(instance, "ejected", new)
+                    self._out.discard(key)
+                self._changed(target.instance, "ejected", new)
             else:
                 nxt = min(nxt, until)
         self._next_return = nxt
@@ -239,7 +242,7 @@ class HealthTracker:
             if not target.active_healthy and counts[OK] >= active.healthy.successes:
                 target.active_healthy = True
                 if not (target.ejected_until and self._clock() < target.ejected_until):
-                    self._out.discard(instance)
+                    self._out.discard(instance_key(instance))
                     self._changed(instance, "unhealthy", "healthy")
             return
         counts[OK] = 0
@@ -249,22 +252,24 @@ class HealthTracker:
         if target.active_healthy and counts[kind] >= threshold[kind]:
             target.active_healthy = False
             counts[HTTP] = counts[TCP] = counts[TIMEOUT] = 0
-            was_out = instance in self._out
-            self._out.add(instance)
+            key = instance_key(instance)
+            was_out = key in self._out
+            self._out.add(key)
             log.warning("service %r: %s failed its health checks", self.name, instance.address)
             if not was_out:
                 self._changed(instance, "healthy", "unhealthy")
 
     def active_healthy(self, instance: Instance) -> bool:
-        target = self._targets.get(instance)
+        target = self._targets.get(instance_key(instance))
         return target is None or target.active_healthy
 
     # -- internals -------------------------------------------------------------
 
     def _target(self, instance: Instance) -> _Target:
-        target = self._targets.get(instance)
+        key = instance_key(instance)
+        target = self._targets.get(key)
         if target is None:
-            target = self._targets[instance] = _Target()
+            target = self._targets[key] = _Target(instance)
         return target
 
     def _changed(self, instance: Instance, old: str, new: str) -> None:
@@ -346,7 +351,7 @@ class ActiveChecker:
     async def run(self, pool: Any, instances: Callable[[], Sequence[Instance]]) -> None:
         """Probe until cancelled or stopped."""
         config = self.config
-        due: dict[Instance, float] = {}
+        due: dict[InstanceKey, float] = {}
         limiter = anyio.CapacityLimiter(config.concurrency)
         tracker = self.tracker
 
@@ -359,18 +364,18 @@ class ActiveChecker:
             interval = (
                 config.healthy.interval if tracker.active_healthy(instance) else config.unhealthy.interval
             )
-            due[instance] = self._clock() + interval
+            due[instance_key(instance)] = self._clock() + interval
 
         while not self._stopped:
             now = self._clock()
-            current = list(instances())
-            for gone in [i for i in due if i not in current]:
+            current = {instance_key(i): i for i in instances()}
+            for gone in [k for k in due if k not in current]:
                 del due[gone]
-            ready = [i for i in current if due.get(i, 0.0) <= now]
+            ready = [i for k, i in current.items() if due.get(k, 0.0) <= now]
             if ready:
                 async with anyio.create_task_group() as tg:
                     for instance in ready:
-                        due[instance] = math.inf  # in flight
+                        due[instance_key(instance)] = math.inf  # in flight
                         tg.start_soon(one, instance)
             now = self._clock()
             nxt = min(due.values(), default=now + config.healthy.interval)
