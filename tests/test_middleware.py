@@ -13,7 +13,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
+import shlex
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +32,7 @@ import pytest
 import gatekeep
 from gatekeep.testing import ClientResponse, TestClient, serve_asgi
 
-from ._servers import StreamUpstream, running, upstream_thread
+from ._servers import StreamUpstream, free_port, running, upstream_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -461,3 +464,61 @@ async def test_wrapped_app_failing_startup_fails_the_lifespan() -> None:
     fastapi = pytest.importorskip("fastapi")
     app = gatekeep.asgi(gatekeep.Gateway({"services": []}), app=fastapi.FastAPI(lifespan=broken))
     assert await _lifespan_messages(app) == ["lifespan.startup.failed"]
+
+
+# -- docs/embedding.md: every file and command line in it, run as written --------
+
+DOC = Path(__file__).parent.parent / "docs" / "embedding.md"
+DOC_FILES = dict(re.findall(r"<!-- file: (\S+) -->\n```\w+\n(.*?)```", DOC.read_text(), re.DOTALL))
+DOC_COMMANDS = [
+    line[2:]
+    for block in re.findall(r"```console\n(.*?)```", DOC.read_text(), re.DOTALL)
+    for line in block.splitlines()
+    if line.startswith("$ ")
+]
+
+
+def _doc_argv(command: str, port: int) -> list[str]:
+    argv = [a.replace("8000", str(port)) for a in shlex.split(command)]
+    bindir = Path(sys.executable).parent
+    argv[0] = sys.executable if argv[0] == "python" else str(bindir / argv[0])
+    return argv
+
+
+@pytest.mark.parametrize("command", DOC_COMMANDS)
+async def test_embedding_doc(command: str, tmp_path: Path, upstream: tuple[StreamUpstream, int]) -> None:
+    program = shlex.split(command)[0]
+    package = {"python": "wsgiref", "waitress-serve": "waitress"}.get(program, program)
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} cannot be imported")
+    port = free_port()
+    for name, text in DOC_FILES.items():
+        text = text.replace("127.0.0.1:9001", f"127.0.0.1:{upstream[1]}")
+        (tmp_path / name).write_text(text.replace("8000", str(port)) if name.endswith(".py") else text)
+    middleware = "fastapi_app" in command or "flask_app" in command
+    with running(program, "", app_dir=tmp_path, argv=_doc_argv(command, port), port=port) as (proc, _):
+        client = TestClient("127.0.0.1", port, timeout=20)
+        response = await client.get("/orders/1")
+        assert response.status == 200, proc.log()
+        assert response.json()["path"] == "/1"
+        if not middleware:
+            _problem(await client.get("/nowhere"), 404)
+        else:
+            hello = await client.get("/api/hello", headers={"x-request-id": "doc-1"})
+            assert hello.status == 200, proc.log()
+            assert hello.json()["request_id"] == "doc-1" and hello.json()["hello"] == "world"
+            _problem(await client.post("/api/hello", body=b"x" * (MiB + 1)), 413)
+
+
+def test_embedding_doc_is_complete() -> None:
+    assert set(DOC_FILES) == {
+        "gateway.toml",
+        "asgi_app.py",
+        "wsgi_app.py",
+        "serve_wsgiref.py",
+        "middleware.toml",
+        "fastapi_app.py",
+        "flask_app.py",
+    }
+    servers = {shlex.split(c)[0] for c in DOC_COMMANDS}
+    assert servers == {"uvicorn", "hypercorn", "granian", "gunicorn", "waitress-serve", "python"}
