@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..authz.mtls import MTLSAuthFilter
 from ..authz.rbac import RbacFilter
 from ..observability import AccessLogFilter, PrometheusFilter, TracingFilter
 from .correlation_id import CorrelationIdFilter
@@ -14,6 +15,7 @@ __all__ = [
     "BUILTIN_FILTERS",
     "AccessLogFilter",
     "CorrelationIdFilter",
+    "MTLSAuthFilter",
     "PrometheusFilter",
     "RbacFilter",
     "RequestSizeLimitingFilter",
@@ -27,4 +29,5 @@ BUILTIN_FILTERS: dict[str, Any] = {
     AccessLogFilter.name: AccessLogFilter,
     TracingFilter.name: TracingFilter,
     RbacFilter.name: RbacFilter,
+    MTLSAuthFilter.name: MTLSAuthFilter,
 }
