@@ -28,7 +28,8 @@ __all__ = ["GatewayCollector"]
 
 log = logging.getLogger("gatekeep.observability")
 
-RATELIMIT_RESULTS = ("allowed", "rejected", "fallback")
+# "unavailable": answered 503 because the store was down and fault_tolerant is off.
+RATELIMIT_RESULTS = ("allowed", "rejected", "fallback", "unavailable")
 BREAKER_STATES = ("closed", "half-open", "open")
 # Kong's target states, plus "ejected" (passive health checks took it out for a while).
 HEALTH_STATES = ("healthy", "unhealthy", "ejected", "healthchecks_off")
@@ -47,21 +48,36 @@ def has_stat(stats: Any, name: str) -> bool:
     return hasattr(stats, name)
 
 
-def _stats_of(obj: Any) -> Any:
+def stats_of(obj: Any) -> Any:
+    """``obj.stats``, or what ``obj.stats()`` returns; ``None`` when absent or failing."""
     try:
         stats = getattr(obj, "stats", None)
-    except Exception:  # a property that fails: treat as absent
-        return None
-    if stats is None or callable(stats):
+        if callable(stats):
+            stats = stats()
+    except Exception:  # a property or method that fails (or needs arguments): treat as absent
         return None
     return stats
 
 
-def components(filters: Iterable[Any]) -> Iterator[Any]:
-    """Filters and the objects they hold (one level: attributes, lists, dicts) that expose ``stats``.
+def _records(stats: Any) -> Iterator[Any]:
+    """One stats object, or each value of a mapping of them (per issuer, per service ...)."""
+    if stats is None:
+        return
+    if (
+        isinstance(stats, Mapping)
+        and stats
+        and not any(isinstance(v, int | float | str | bool) or v is None for v in stats.values())
+    ):
+        yield from stats.values()
+    else:
+        yield stats
 
-    A rate-limiting filter has ``stats`` itself; a JWT filter holds its JWKS
-    caches (``RemoteKeySet.stats``) in an attribute or a list of them.
+
+def stat_records(filters: Iterable[Any]) -> Iterator[Any]:
+    """Every stats record of the filters and of the objects they hold (one level deep).
+
+    A rate-limiting filter has ``stats`` itself; a JWT filter holds a
+    verifier whose ``stats()`` maps each issuer to its JWKS cache's stats.
     """
     seen: set[int] = set()
 
@@ -69,16 +85,15 @@ def components(filters: Iterable[Any]) -> Iterator[Any]:
         if id(obj) in seen:
             return
         seen.add(id(obj))
-        if _stats_of(obj) is not None:
-            yield obj
+        yield from _records(stats_of(obj))
 
     for f in filters:
         yield from visit(f)
         try:
-            attrs_ = vars(f)
+            members = vars(f)
         except TypeError:
             continue
-        for value in list(attrs_.values()):
+        for value in list(members.values()):
             if isinstance(value, str | bytes | int | float | bool) or value is None:
                 continue
             if isinstance(value, Mapping):
@@ -131,9 +146,8 @@ class GatewayCollector:
     def _ratelimit(self) -> Iterable[Metric]:
         totals = dict.fromkeys(RATELIMIT_RESULTS, 0.0)
         found = False
-        for obj in components(self.gateway.filters):
-            stats = _stats_of(obj)
-            if not has_stat(stats, "rejected"):
+        for stats in stat_records(self.gateway.filters):
+            if not (has_stat(stats, "allowed") and has_stat(stats, "rejected")):
                 continue
             found = True
             for result in RATELIMIT_RESULTS:
@@ -142,7 +156,8 @@ class GatewayCollector:
             return []
         family = CounterMetricFamily(
             "gatekeep_ratelimit_decisions",
-            "Rate-limit decisions: allowed, rejected (429), or fallback (store down, let through).",
+            "Rate-limit decisions: allowed, rejected (429), fallback (decided per process while the store"
+            " was down), unavailable (503: store down, not fault tolerant).",
             labels=["result"],
         )
         for result, value in totals.items():
@@ -154,8 +169,8 @@ class GatewayCollector:
     def _jwks(self) -> Iterable[Metric]:
         totals: dict[str, float] = {}
         found = False
-        for obj in components(self.gateway.filters):
-            fetches = stat(_stats_of(obj), "fetches", None)
+        for stats in stat_records(self.gateway.filters):
+            fetches = stat(stats, "fetches", None)
             if not isinstance(fetches, Mapping):
                 continue
             found = True
@@ -217,17 +232,23 @@ class GatewayCollector:
                 continue
             family.add_metric([name], float(len(discovery.instances(name))))
         out: list[Metric] = [family]
-        stats = _stats_of(discovery)
-        errors = stat(stats, "errors", None) if stats is not None else None
-        if isinstance(errors, Mapping):
-            errors_family = CounterMetricFamily(
+        watchers = stats_of(discovery)  # {service: DiscoveryStats} for Consul/DNS watchers
+        if isinstance(watchers, Mapping) and watchers:
+            errors = CounterMetricFamily(
                 "gatekeep_discovery_errors",
                 "Failed discovery lookups (the last known instances stay in use).",
-                labels=["service"],
+                labels=["service", "source"],
             )
-            for service_name, count in sorted(errors.items()):
-                errors_family.add_metric([str(service_name)], float(count))
-            out.append(errors_family)
+            up = GaugeMetricFamily(
+                "gatekeep_discovery_up",
+                "1 when the last discovery lookup of a service succeeded, else 0.",
+                labels=["service", "source"],
+            )
+            for service_name, record in sorted(watchers.items()):
+                source = str(stat(record, "source", ""))
+                errors.add_metric([str(service_name), source], float(stat(record, "errors", 0)))
+                up.add_metric([str(service_name), source], 1.0 if stat(record, "healthy", False) else 0.0)
+            out += [errors, up]
         return out
 
     # -- upstream target health (upstream_health_metrics) ----------------------
