@@ -89,10 +89,10 @@ def next_index(held: int, returned: int | None) -> int:
     """
     if returned is None:
         return 0
-    if returned < held:
-        return 0  # went backwards (snapshot restore, leader change): restart the loop
     if returned <= 0:
         return 1  # a Consul bug; blocking on 0 would spin, 1 is always safe
+    if returned < held:
+        return 0  # went backwards (snapshot restore, leader change): restart the loop
     return returned
 
 

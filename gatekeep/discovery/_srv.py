@@ -8,8 +8,9 @@ random in proportion to their weights.  RFC 2782 spells the draw out: put the
 weight-0 records first, compute the running sum of the weights, draw a
 uniform integer in ``[0, total]`` and take the first record whose running sum
 is at least the draw; remove it and repeat for the rest of that priority.
-(Weight-0 records thus have a small chance only when the draw is 0, and an
-equal chance when every weight is 0.)
+The list is shuffled before the weight-0 records are moved to its front (the
+RFC allows any order), so weight-0 records have a small chance only when the
+draw is 0, and every record an equal chance when all weights are 0.
 
 ``order`` returns the whole try-order that algorithm produces; ``select`` is
 the first element of it (one draw, no list building).  A single record whose
@@ -70,11 +71,20 @@ def _draw(group: Sequence[SrvRecord], rng: random.Random) -> int:
     raise AssertionError("unreachable: the last running sum equals the total")  # pragma: no cover
 
 
+def _arrange(group: Sequence[SrvRecord], rng: random.Random) -> list[SrvRecord]:
+    # "In any order, except that all those with weight 0 are placed at the beginning":
+    # shuffled, so that ties (all weights 0, or the draw of 0) favour no record.
+    items = list(group)
+    rng.shuffle(items)
+    items.sort(key=lambda r: r.weight != 0)
+    return items
+
+
 def order(records: Iterable[SrvRecord], rng: random.Random) -> list[SrvRecord]:
     """Every usable record, in the order a client should try them."""
     out: list[SrvRecord] = []
     for group in by_priority(records):
-        left = list(group)
+        left = _arrange(group, rng)
         while left:
             out.append(left.pop(_draw(left, rng)))
     return out
@@ -85,5 +95,5 @@ def select(records: Iterable[SrvRecord], rng: random.Random) -> SrvRecord | None
     groups = by_priority(records)
     if not groups:
         return None
-    group = groups[0]
+    group = _arrange(groups[0], rng)
     return group[_draw(group, rng)]
