@@ -22,12 +22,12 @@ from .._errors import ConfigError, FieldError
 from .._http import Request
 from .._protocols import Identity
 from .._structure import join
-from ._identity_headers import set_identity_headers
+from ._identity_headers import identity_header_pairs, set_identity_headers
 
 if TYPE_CHECKING:
     from .._gateway import Gateway
 
-__all__ = ["already_authenticated", "anonymous_identity", "authenticate", "resolve_anonymous"]
+__all__ = ["HeaderCache", "already_authenticated", "anonymous_identity", "authenticate", "resolve_anonymous"]
 
 
 def _plugin_paths(config: Any) -> Iterator[tuple[str, Any]]:
@@ -82,8 +82,35 @@ def anonymous_identity(consumer: Any) -> Identity:
     )
 
 
-def authenticate(request: Request, identity: Identity, consumer: Any) -> None:
+class HeaderCache:
+    """Identity header pairs per (identity, consumer), for identities the verifier caches.
+
+    Keyed by object id, checked by identity, bounded by clearing when full.
+    """
+
+    __slots__ = ("_entries", "_size")
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._entries: dict[tuple[int, int], tuple[Identity, Any, list[tuple[bytes, bytes]]]] = {}
+        self._size = size
+
+    def pairs(self, identity: Identity, consumer: Any) -> list[tuple[bytes, bytes]]:
+        key = (id(identity), id(consumer))
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is identity and entry[1] is consumer:
+            return entry[2]
+        pairs = identity_header_pairs(identity, consumer)
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[key] = (identity, consumer, pairs)
+        return pairs
+
+
+def authenticate(
+    request: Request, identity: Identity, consumer: Any, cache: HeaderCache | None = None
+) -> None:
     """Record who made the request and send it upstream in the identity headers."""
     request.identity = identity
     request.consumer = consumer
-    set_identity_headers(request.headers, identity, consumer)
+    pairs = cache.pairs(identity, consumer) if cache is not None else None
+    set_identity_headers(request.headers, identity, consumer, pairs)

@@ -24,12 +24,19 @@ so that no claim can inject a header.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from .._http import Headers
 from .._protocols import Identity
 
-__all__ = ["IDENTITY_HEADERS", "is_identity_header", "set_identity_headers", "strip_identity_headers"]
+__all__ = [
+    "IDENTITY_HEADERS",
+    "identity_header_pairs",
+    "is_identity_header",
+    "set_identity_headers",
+    "strip_identity_headers",
+]
 
 IDENTITY_HEADERS: Final = frozenset(
     {
@@ -62,21 +69,20 @@ def strip_identity_headers(headers: Headers) -> None:
             return
 
 
+_SAFE = re.compile(r"[\x20-\x24\x26-\x7e]*")
+
+
 def _value(text: str) -> bytes:
+    if _SAFE.fullmatch(text):
+        return text.encode("ascii")
     data = text.encode("utf-8", "replace")
-    if all(0x20 <= b < 0x7F and b != 0x25 for b in data):
-        return data
     return b"".join(bytes([b]) if 0x20 <= b < 0x7F and b != 0x25 else b"%%%02X" % b for b in data)
 
 
-def set_identity_headers(headers: Headers, identity: Identity | None, consumer: Any = None) -> None:
-    """Replace the identity headers of ``headers`` with those of ``identity`` and ``consumer``.
-
-    ``consumer`` is a ``ConsumerConfig`` (or anything with ``id``,
-    ``custom_id``, ``username``, ``groups``).
-    """
-    strip_identity_headers(headers)
-    add = headers.raw.append
+def identity_header_pairs(identity: Identity | None, consumer: Any = None) -> list[tuple[bytes, bytes]]:
+    """The identity headers for ``identity`` and ``consumer`` (a ``ConsumerConfig`` or alike)."""
+    out: list[tuple[bytes, bytes]] = []
+    add = out.append
     if consumer is not None:
         for name, attr in (
             (b"x-consumer-id", "id"),
@@ -87,7 +93,7 @@ def set_identity_headers(headers: Headers, identity: Identity | None, consumer: 
             if value:
                 add((name, _value(str(value))))
     if identity is None:
-        return
+        return out
     if identity.credential:
         add((b"x-credential-identifier", _value(identity.credential)))
     if identity.anonymous:
@@ -103,3 +109,18 @@ def set_identity_headers(headers: Headers, identity: Identity | None, consumer: 
         add((b"x-authenticated-roles", _value(", ".join(sorted(identity.roles)))))
     if identity.scopes:
         add((b"x-authenticated-scope", _value(" ".join(sorted(identity.scopes)))))
+    return out
+
+
+def set_identity_headers(
+    headers: Headers,
+    identity: Identity | None,
+    consumer: Any = None,
+    pairs: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Replace the identity headers of ``headers`` with those of ``identity`` and ``consumer``.
+
+    ``pairs`` may pass ``identity_header_pairs(identity, consumer)`` computed earlier.
+    """
+    strip_identity_headers(headers)
+    headers.raw.extend(identity_header_pairs(identity, consumer) if pairs is None else pairs)

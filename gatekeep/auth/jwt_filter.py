@@ -26,7 +26,13 @@ import attrs
 from .._errors import AuthError
 from .._filter import BaseFilter
 from .._http import Request, Response
-from ._anonymous import already_authenticated, anonymous_identity, authenticate, resolve_anonymous
+from ._anonymous import (
+    HeaderCache,
+    already_authenticated,
+    anonymous_identity,
+    authenticate,
+    resolve_anonymous,
+)
 from ._credentials import KeyConfig
 from ._errors import InvalidToken, KeysUnavailable, MissingCredentials
 from ._jwks import JWKSPolicy
@@ -120,6 +126,7 @@ class JWTFilter(BaseFilter):
         self.cookies = tuple(n.encode("latin-1") for n in c.cookie_names)
         self.anonymous: Any = None
         self.consumers: dict[str, Any] = {}
+        self.header_cache = HeaderCache(max(c.cache_size, 1))
 
     def bind(self, gateway: Gateway) -> None:
         self.anonymous = resolve_anonymous(gateway, self.name, self.config.anonymous)
@@ -167,8 +174,14 @@ class JWTFilter(BaseFilter):
                     name, _, value = part.strip().partition(b"=")
                     if name in self.cookies and value:
                         found.append(value.strip(b'"'))
+        raw = request.headers.raw
         for name in self.headers:
-            for value in request.headers.get_all(name):
+            for k, value in raw:
+                if k != name:
+                    continue
+                if value[:7].lower() == b"bearer " and b" " not in value[7:]:
+                    found.append(value[7:])
+                    continue
                 m = _BEARER.match(value)
                 if m:
                     found.append(m.group(1))
@@ -199,7 +212,7 @@ class JWTFilter(BaseFilter):
         consumer = self.consumers.get(identity.consumer) if identity.consumer is not None else None
         if self.config.hide_credentials:
             self._hide(request)
-        authenticate(request, identity, consumer)
+        authenticate(request, identity, consumer, self.header_cache)
         return None
 
     def _hide(self, request: Request) -> None:

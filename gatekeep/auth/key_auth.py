@@ -27,7 +27,13 @@ from .._errors import AuthError, ConfigError, FieldError
 from .._filter import BaseFilter
 from .._http import Request, Response
 from .._protocols import Identity
-from ._anonymous import already_authenticated, anonymous_identity, authenticate, resolve_anonymous
+from ._anonymous import (
+    HeaderCache,
+    already_authenticated,
+    anonymous_identity,
+    authenticate,
+    resolve_anonymous,
+)
 from ._errors import InvalidCredentials, MissingCredentials
 
 if TYPE_CHECKING:
@@ -79,6 +85,7 @@ class KeyAuthFilter(BaseFilter):
         # sha256(key) -> (consumer config, identity without per-request state)
         self.keys: dict[bytes, tuple[Any, Identity]] = {}
         self.anonymous: Any = None
+        self.header_cache = HeaderCache()
 
     def bind(self, gateway: Gateway) -> None:
         self.anonymous = resolve_anonymous(gateway, self.name, self.config.anonymous)
@@ -164,7 +171,7 @@ class KeyAuthFilter(BaseFilter):
         consumer, identity = found
         if c.hide_credentials:
             self._hide(request)
-        authenticate(request, identity, consumer)
+        authenticate(request, identity, consumer, self.header_cache)
         return None
 
     def _hide(self, request: Request) -> None:
