@@ -237,3 +237,43 @@ class BreakerMachine(RuleBasedStateMachine):
 
 TestBreakerMachine = BreakerMachine.TestCase
 TestBreakerMachine.settings = settings(max_examples=50, stateful_step_count=40, deadline=None)
+
+
+# -- through a real gateway --------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_open_service_breaker_fails_fast_with_503_and_retry_after() -> None:
+    from tests._resilience_servers import cluster
+
+    breaker = {"consecutive_failures": 2, "open_for": 30, "per_instance": False}
+    async with cluster(1, retries=0, breaker=breaker) as c:
+        c.instances[0].status = 500
+        assert (await c.client.get("/")).status == 500
+        assert (await c.client.get("/")).status == 500
+        response = await c.client.get("/")
+        assert response.status == 503
+        assert response.header("content-type") == "application/problem+json"
+        assert response.json()["type"].endswith("circuit-open")
+        assert 29 <= int(response.header("retry-after") or 0) <= 30
+        assert c.instances[0].requests == 2  # failed fast: the upstream was spared
+
+
+@pytest.mark.anyio
+async def test_an_open_instance_breaker_takes_the_instance_out_of_the_pick_set() -> None:
+    from tests._resilience_servers import cluster
+
+    breaker = {"consecutive_failures": 2, "open_for": 30, "per_service": False}
+    async with cluster(2, retries=0, breaker=breaker) as c:
+        guard = c.gateway.services["svc"].guard
+        assert guard is not None
+        changes: list[str] = []
+        guard.on_change(lambda b, old, new: changes.append(f"{b.name}:{old}->{new}"))
+        c.instances[0].status = 500
+        for _ in range(4):
+            await c.client.get("/")
+        assert c.instances[0].requests == 2
+        for _ in range(6):
+            assert (await c.client.get("/")).body == b"i1"
+        assert changes == [f"svc/127.0.0.1:{c.ports[0]}:closed->open"]
+        assert guard.stats()["instances"][f"127.0.0.1:{c.ports[0]}"]["breaker"] == "open"
