@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import anyio
 from anyio.abc import TaskGroup
@@ -332,7 +332,7 @@ class _AppCaller:
             "http_version": request.http_version,
             "method": request.method,
             "scheme": request.scheme,
-            "path": path,
+            "path": unquote(path),  # ASGI: decoded; the normalised path has no %2F to confuse
             "raw_path": path.encode("latin-1"),
             "query_string": request.query_string,
             "root_path": "",

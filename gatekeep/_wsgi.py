@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import anyio
 import anyio.abc
@@ -312,7 +312,8 @@ class _WSGIAppCaller:
             {
                 "REQUEST_METHOD": request.method,
                 "SCRIPT_NAME": "",
-                "PATH_INFO": request.path.encode("utf-8").decode("latin-1"),
+                # PEP 3333: decoded, as bytes in latin-1 (the normalised path has no %2F).
+                "PATH_INFO": unquote_to_bytes(request.path).decode("latin-1"),
                 "QUERY_STRING": request.query_string.decode("latin-1"),
                 "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
                 "wsgi.url_scheme": request.scheme,

@@ -113,7 +113,7 @@ async def fastapi_echo(request: Request):
     body = await request.body()
     probe("fastapi " + request.url.path)
     greeting = getattr(request.state, "greeting", None)
-    return describe(request.url.path, request.headers, request.scope, body, greeting=greeting)
+    return describe(request.scope["path"], request.headers, request.scope, body, greeting=greeting)
 
 
 @api.get("/bulk/stream")
@@ -342,6 +342,12 @@ async def test_app_route_reaches_the_app_through_its_filters(served: Served) -> 
     assert seen["identity"] == {"sub": "alice"} and seen["consumer"] == "alice"
     if served.kind == "fastapi":
         assert seen["greeting"] == "hello from lifespan"  # the app's lifespan state reached its request
+
+
+async def test_app_sees_the_decoded_path(served: Served) -> None:
+    response = await served.client.get("/app/caf%C3%A9%20au%20lait")
+    assert response.status == 200, response.text
+    assert response.json()["path"] == "/app/café au lait"
 
 
 async def test_size_limit_answers_413_and_the_app_is_never_called(served: Served) -> None:
