@@ -31,6 +31,7 @@ import attrs
 
 from ._errors import ConfigError
 from ._structure import Errors, join, structure
+from .auth._credentials import JWTSecret, KeyAuthCredential
 
 __all__ = [
     "ConsumerConfig",
@@ -143,8 +144,8 @@ class ConsumerConfig:
     custom_id: str | None = None
     groups: tuple[str, ...] = ()
     plugins: tuple[PluginConfig, ...] = ()
-    jwt_secrets: tuple[Mapping[str, Any], ...] = ()
-    keyauth_credentials: tuple[Mapping[str, Any], ...] = ()
+    jwt_secrets: tuple[JWTSecret, ...] = ()
+    keyauth_credentials: tuple[KeyAuthCredential, ...] = ()
 
     @property
     def key(self) -> str:

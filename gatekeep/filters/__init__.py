@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..auth import JWTFilter, KeyAuthFilter
 from ..authz.mtls import MTLSAuthFilter
 from ..authz.rbac import RbacFilter
 from ..observability import AccessLogFilter, PrometheusFilter, TracingFilter
@@ -15,6 +16,8 @@ __all__ = [
     "BUILTIN_FILTERS",
     "AccessLogFilter",
     "CorrelationIdFilter",
+    "JWTFilter",
+    "KeyAuthFilter",
     "MTLSAuthFilter",
     "PrometheusFilter",
     "RbacFilter",
@@ -29,5 +32,7 @@ BUILTIN_FILTERS: dict[str, Any] = {
     AccessLogFilter.name: AccessLogFilter,
     TracingFilter.name: TracingFilter,
     RbacFilter.name: RbacFilter,
+    JWTFilter.name: JWTFilter,
+    KeyAuthFilter.name: KeyAuthFilter,
     MTLSAuthFilter.name: MTLSAuthFilter,
 }
