@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import attrs
 
@@ -300,8 +300,7 @@ class _PathPattern:
         return True
 
 
-@attrs.frozen
-class Grants:
+class Grants(NamedTuple):
     """What the rules look at: the roles and scopes a request holds."""
 
     roles: frozenset[str] = frozenset()
