@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,15 @@ async def test_request_id_is_echoed(served: Served) -> None:
     assert len(generated.header("x-request-id") or "") == 32
 
 
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _probe_lines(path: Path, count: int, timeout: float = 10.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -235,6 +244,7 @@ async def test_cli_serve_with_two_workers(tmp_path: Path, upstream: tuple[Stream
             assert response.status == 200, proc.log()
             assert response.json()["path"] == "/cli"
         _problem(await client.get("/nope"), 404)
+        assert _wait_for(lambda: proc.log().count("Application startup complete") == 2), proc.log()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None, reason="uvicorn cannot be imported")
