@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -119,12 +120,11 @@ def test_jwks_keys_are_filtered() -> None:
             {**public_jwk(RSA, "RS256", "enc"), "use": "enc", "alg": "RSA-OAEP"},
             {**public_jwk(RSA, "RS256", "ops"), "key_ops": ["encrypt"]},
             public_jwk(ec, "ES256", "ec"),
-            {**public_jwk(RSA, "RS256", "noalg"), "alg": None},
+            {k: v for k, v in public_jwk(RSA, "RS256", "noalg").items() if k != "alg"},
             {"kty": "RSA", "kid": "broken", "n": "AA", "e": "AQAB", "alg": "RS256"},
             "not an object",
         ]
     }
-    doc["keys"][4].pop("alg")  # type: ignore[union-attr]
     keys = parse_jwks(json.dumps(doc).encode(), ["RS256", "PS256"])
     assert sorted((k.kid or "", k.algorithm) for k in keys) == [
         ("noalg", "PS256"),
@@ -177,7 +177,7 @@ def test_state_machine_invariants(steps: list[tuple[str, float]]) -> None:
 # -- a real issuer on loopback --------------------------------------------------
 
 
-def verifier(server: JWKSServer, *, discovery: bool = False, **policy: float) -> JWTVerifier:
+def verifier(server: JWKSServer, *, discovery: bool = False, **policy: Any) -> JWTVerifier:
     issuer = IssuerConfig(
         issuer=server.issuer,
         jwks_uri=None if discovery else server.jwks_uri,

@@ -35,11 +35,10 @@ SECRET = "s3cret-s3cret-s3cret-s3cret-0123"
 
 
 def pem(private_key: Any) -> str:
-    return (
-        private_key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
+    data: bytes = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return data.decode()
 
 
 def claims(**extra: Any) -> dict[str, Any]:
@@ -265,7 +264,7 @@ async def test_consumer_credentials_by_key_claim() -> None:
     }
     v = JWTVerifier(VerifierConfig(), credentials=creds)
     a = await v.verify(mint(SECRET, "HS256", claims(iss="issuer-a")))
-    assert (a.consumer, a.credential, a.groups) == ("alice-consumer", "cred-a", {"g"})
+    assert (a.consumer, a.credential, a.groups) == ("alice-consumer", "cred-a", frozenset({"g"}))
     b = await v.verify(mint(RSA, "RS256", claims(iss="issuer-b")))
     assert b.consumer == "bob-consumer"
     # The credential decides the algorithm: an RS256 credential refuses an HS256 token.
