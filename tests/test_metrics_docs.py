@@ -21,7 +21,7 @@ import pytest
 
 from gatekeep import load_config
 from tests._servers import free_port, running
-from tests.test_metrics_multiprocess import get
+from tests.test_metrics_multiprocess import get, prometheus_ready
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 DOC = DOCS / "observability.md"
@@ -147,6 +147,7 @@ def test_prometheus_accepts_every_dashboard_query(tmp_path: Path) -> None:
         f"--web.listen-address=127.0.0.1:{port}",
     ]
     with running("prometheus", "", app_dir=tmp_path, argv=argv, port=port):
+        prometheus_ready(port)
         dashboard = json.loads((GRAFANA / "gatekeep-dashboard.json").read_text())
         exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
         assert len(exprs) >= 15

@@ -29,6 +29,14 @@ def get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def prometheus_ready(port: int, timeout: float = 30.0) -> None:
+    """Prometheus listens before it is ready (503 until its storage is up)."""
+    deadline = time.monotonic() + timeout
+    while get(port, "/-/ready")[0] != 200:
+        assert time.monotonic() < deadline, "prometheus not ready"
+        time.sleep(0.1)
+
+
 def counted(text: str) -> float:
     return sum(
         s.value
@@ -131,6 +139,7 @@ scrape_configs:
         running("gatekeep", "", app_dir=tmp_path, argv=argv, port=gateway_port),
         running("prometheus", "", app_dir=tmp_path, argv=prom_argv, port=prom_port) as (prom, _),
     ):
+        prometheus_ready(prom_port)
         for i in range(5):
             assert get(gateway_port, f"/x/{i}")[0] == 200
         query = "/api/v1/query?" + urllib.parse.urlencode(
