@@ -90,3 +90,17 @@ async def test_dev_issuer_token_endpoint() -> None:
         discovery = (await client.get("/.well-known/openid-configuration")).json()
         assert discovery["jwks_uri"] == idp.issuer + "/jwks"
         assert (await client.get("/jwks")).json()["keys"][0]["kid"] == idp.kid
+
+
+def test_dev_issuer_key_file_is_shared(tmp_path: Path) -> None:
+    import jwt as pyjwt
+
+    from gatekeep.auth.devissuer import DevIssuer
+
+    first = DevIssuer("http://127.0.0.1:1", key_file=tmp_path / "dev.pem")
+    second = DevIssuer("http://127.0.0.1:1", key_file=tmp_path / "dev.pem")
+    assert first.kid == second.kid and (tmp_path / "dev.pem").stat().st_mode & 0o777 == 0o600
+    token = second.mint("alice", roles=["user"])
+    key = pyjwt.PyJWK(first.jwk)
+    assert pyjwt.decode(token, key, algorithms=["RS256"], audience="gatekeep-demo")["roles"] == ["user"]
+    assert DevIssuer().kid != first.kid

@@ -16,22 +16,27 @@ Demo clients: ``alice`` (secret ``alice-secret``, role ``user``) and ``bob``
         issuer.issuer = f"http://127.0.0.1:{port}"
         token = issuer.mint("alice", roles=["user"])
 
-The key is generated at start; ``mint`` signs tokens directly (for
-``gatekeep token`` and tests).
+The key is generated at start, or kept in ``key_file`` (created with mode
+0600 when missing) so that another process (``gatekeep token``) signs with
+the same key; ``mint`` signs tokens directly.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 import secrets
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = ["DEMO_CLIENTS", "DevClient", "DevIssuer"]
@@ -58,13 +63,17 @@ class DevIssuer:
         audience: str = "gatekeep-demo",
         clients: Mapping[str, DevClient] = DEMO_CLIENTS,
         lifetime: int = 300,
+        key_file: str | Path | None = None,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
         self.clients = dict(clients)
         self.lifetime = lifetime
-        self.kid = secrets.token_hex(8)
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._key = _load_or_create_key(Path(key_file) if key_file is not None else None)
+        public = self._key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.kid = hashlib.sha256(public).hexdigest()[:16]
         jwk: dict[str, Any] = json.loads(jwt.get_algorithm_by_name("RS256").to_jwk(self._key.public_key()))
         jwk.update({"kid": self.kid, "alg": "RS256", "use": "sig"})
         self.jwk = jwk
@@ -145,6 +154,24 @@ class DevIssuer:
         assert client_id is not None
         token = self.mint(client_id, roles=client.roles, scope=form.get("scope") or client.scope)
         return 200, {"access_token": token, "token_type": "Bearer", "expires_in": self.lifetime}
+
+
+def _load_or_create_key(path: Path | None) -> rsa.RSAPrivateKey:
+    if path is not None and path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{path} does not hold an RSA private key")
+        return key
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if path is not None:
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+    return key
 
 
 async def _json(send: Any, status: int, doc: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
