@@ -40,10 +40,10 @@ from typing import Final, Literal
 
 import anyio
 import anyio.abc
-from anyio.abc import SocketAttribute
 
 from .._errors import BadRequest, GatekeepError, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from ._codec import END_OF_RESPONSE, NEED_DATA, Codec, ResponseHead
+from ._transport import AnyioTransport, Transport, open_transport
 
 __all__ = ["BodySource", "UpstreamConnection", "open_connection"]
 
@@ -208,22 +208,12 @@ async def open_connection(
     """
     try:
         with anyio.fail_after(connect_timeout):
-            if ssl_context is None:
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
-            else:
-                stream = await anyio.connect_tcp(
-                    host,
-                    port,
-                    ssl_context=ssl_context,
-                    tls_hostname=server_name or host,
-                    # HTTP frames its messages; a missing close_notify is no truncation.
-                    tls_standard_compatible=False,
-                )
+            transport = await open_transport(host, port, ssl_context=ssl_context, server_name=server_name)
     except TimeoutError as exc:
         raise UpstreamTimeout(_timeout_text(_CONNECT, label, connect_timeout)) from exc
     except Exception as exc:
         raise translate(exc, _CONNECT, label, None) from exc
-    return UpstreamConnection(stream, codec, label)
+    return UpstreamConnection(transport, codec, label)
 
 
 class UpstreamConnection:
@@ -231,8 +221,7 @@ class UpstreamConnection:
 
     __slots__ = (
         "_errors",
-        "_raw",
-        "_stream",
+        "_transport",
         "closed",
         "closed_by_peer",
         "codec",
@@ -245,12 +234,13 @@ class UpstreamConnection:
         "response_started",
     )
 
-    def __init__(self, stream: anyio.abc.ByteStream, codec: Codec, label: str) -> None:
-        self._stream = stream
+    def __init__(self, transport: Transport | anyio.abc.ByteStream, codec: Codec, label: str) -> None:
+        if isinstance(transport, anyio.abc.ByteStream):
+            transport = AnyioTransport(transport)
+        self._transport: Transport = transport
         self.codec = codec
         self.label = label
         self._errors = _ErrorBoundary(self)
-        self._raw: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
         self.phase = _WRITE
         self.cycles = 0  # completed request/response cycles
         self.idle_since = 0.0
@@ -266,32 +256,8 @@ class UpstreamConnection:
     # -- pool bookkeeping ----------------------------------------------------
 
     def is_stale(self) -> bool:
-        """Did the upstream close (or write to) this idle connection?  Never blocks.
-
-        Peeks at the socket: EOF, a reset, or unsolicited bytes all mean the
-        connection must not carry another request.  (anyio pauses reading
-        between receives, so whatever arrived is still in the kernel buffer.)
-        """
-        if self.closed:
-            return True
-        if self._raw is None:
-            return False
-        fileno = self._raw.fileno()
-        if fileno < 0:
-            return True
-        try:
-            sock = socket.socket(fileno=fileno)
-        except OSError:
-            return True
-        try:
-            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            sock.detach()  # the fd belongs to the stream
-        return True
+        """Did the upstream close (or write to) this idle connection?  Never blocks."""
+        return self.closed or self._transport.is_stale()
 
     @property
     def is_reusable(self) -> bool:
@@ -305,31 +271,28 @@ class UpstreamConnection:
         """Close at once (no graceful TLS shutdown); idempotent; safe when cancelled."""
         if not self.closed:
             self.closed = True
-            await anyio.aclose_forcefully(self._stream)
+            transport = self._transport
+            transport.abort()
+            aclose = getattr(transport, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     # -- I/O steps, each inside the error boundary ---------------------------
 
     async def _write(self, data: bytes, within: float | None) -> None:
         self.request_sent = True
-        if within is None:
-            await self._stream.send(data)
-            return
-        with anyio.CancelScope(deadline=anyio.current_time() + within) as scope:
-            await self._stream.send(data)
-        if scope.cancelled_caught:
+        try:
+            await self._transport.send(data, within)
+        except TimeoutError:
             self.must_close = True  # a partial write may have gone out
-            raise UpstreamTimeout(_timeout_text(_WRITE, self.label, within))
+            raise UpstreamTimeout(_timeout_text(_WRITE, self.label, within)) from None
 
     async def _read(self, within: float | None) -> bytes:
         try:
-            if within is None:
-                data = await self._stream.receive(_RECEIVE_SIZE)
-            else:
-                with anyio.CancelScope(deadline=anyio.current_time() + within) as scope:
-                    data = await self._stream.receive(_RECEIVE_SIZE)
-                if scope.cancelled_caught:
-                    raise UpstreamTimeout(_timeout_text(_READ, self.label, within))
-        except anyio.EndOfStream:
+            data = await self._transport.receive(within)
+        except TimeoutError:
+            raise UpstreamTimeout(_timeout_text(_READ, self.label, within)) from None
+        if not data:
             self.closed_by_peer = True
             return b""
         self.response_started = True
