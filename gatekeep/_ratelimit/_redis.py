@@ -36,6 +36,19 @@ the next deadline, so under steady load it fires about once per ``timeout``.
 With ``batch=False`` calls run concurrently and each keeps its own
 ``asyncio.timeout``.
 
+A lean wire.  With a plain ``Redis`` client (also what Sentinel's
+``master_for`` gives), the round trips of a batched limiter never overlap, so
+the limiter keeps one connection of the client's pool checked out and writes
+its commands packed on it, reading the replies itself: redis-py's per-command
+machinery (pool checkout with its bookkeeping, retry wrapper, pipeline
+objects, response callbacks) is skipped, which is most of a decision's
+client-side cost.  Any failure on that connection disconnects it (its replies
+cannot be trusted any more) and hands it back to the pool; a failure on a
+reused connection before any reply was read -- a server that restarted since
+-- is retried once on a fresh connection, as redis-py itself would.
+``RedisCluster`` clients (keys of one batch live on several nodes) and
+unbatched limiters go through redis-py's ``execute_command``/``pipeline``.
+
 NOSCRIPT (after a Redis restart, a failover or SCRIPT FLUSH) means the script
 did not run, so it is safe to send the same call again with EVAL, which also
 puts the script back in the server's cache.
@@ -48,10 +61,11 @@ import hashlib
 import math
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from .._protocols import Decision, Limit
 from ._bucket import check_limit
@@ -78,7 +92,7 @@ class _Plan:
 
     __slots__ = ("args", "suffixes")
 
-    def __init__(self, limits: Sequence[Limit]) -> None:
+    def __init__(self, limits: tuple[Limit, ...]) -> None:
         for limit in limits:
             check_limit(limit)
         # The limit's parameters name its bucket; a changed limit starts afresh.
@@ -118,6 +132,8 @@ def _hash_tag(key: str) -> str:
 
 
 def _decision(reply: Reply) -> Decision:
+    if len(reply) == 5:  # one limit: the common case, without slicing
+        return Decision(reply[0] == 1, (reply[3],), reply[1] / 1000, (reply[4] / 1000,))
     return Decision(
         allowed=reply[0] == 1,
         remaining=tuple(reply[3::2]),
@@ -167,6 +183,10 @@ class RedisRateLimiter:
         self._timeout = timeout
         self._batch = batch
         self._plans: dict[tuple[Limit, ...], _Plan] = {}
+        # Callers pass the same tuple of limits again and again (a filter's are
+        # built once): find its plan by identity before hashing every Limit.
+        # The entry keeps its tuple alive, so an id is never reused while cached.
+        self._plans_by_id: dict[int, tuple[Sequence[Limit], _Plan]] = {}
         self._queue: list[_Pending] = []
         # The batch the flusher has sent (its calls keep their own deadlines).
         self._sent: list[_Pending] = []
@@ -177,6 +197,9 @@ class RedisRateLimiter:
         self._trip_deadline = 0.0
         self._expired: asyncio.Task[Any] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        # The connection of the lean wire (plain clients, batched limiters).
+        self._direct = batch and isinstance(client, Redis)
+        self._conn: Any = None
 
     @property
     def timeout(self) -> float:
@@ -216,6 +239,9 @@ class RedisRateLimiter:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._client.connection_pool.release(conn)
 
     async def __aenter__(self) -> RedisRateLimiter:
         return self
@@ -223,19 +249,24 @@ class RedisRateLimiter:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def _plan(self, limits: tuple[Limit, ...]) -> _Plan:
-        if len(self._plans) >= _MAX_PLANS:
-            self._plans.clear()
-        plan = self._plans[limits] = _Plan(limits)
-        return plan
-
-    async def _call(self, key: str, limits: Sequence[Limit], need: int, want: int) -> Reply:
+    def _plan(self, limits: Sequence[Limit]) -> _Plan:
         lims = limits if type(limits) is tuple else tuple(limits)
         plan = self._plans.get(lims)
         if plan is None:
-            plan = self._plan(lims)
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[lims] = _Plan(lims)
+        if len(self._plans_by_id) >= _MAX_PLANS:  # callers passing a new list each time
+            self._plans_by_id.clear()
+        self._plans_by_id[id(limits)] = (limits, plan)
+        return plan
+
+    async def _call(self, key: str, limits: Sequence[Limit], need: int, want: int) -> Reply:
+        known = self._plans_by_id.get(id(limits))
+        plan = known[1] if known is not None and known[0] is limits else self._plan(limits)
         head = f"{self._prefix}{{{_hash_tag(key)}}}:"
-        keys = [head + suffix for suffix in plan.suffixes]
+        suffixes = plan.suffixes
+        keys = [head + suffixes[0]] if len(suffixes) == 1 else [head + suffix for suffix in suffixes]
         args = (need, want, *plan.args)
         if not self._batch:
             return await self._send_alone(keys, args)
@@ -374,26 +405,68 @@ class RedisRateLimiter:
             self._flusher = None
 
     async def _eval(self, keys: list[str], args: tuple[int, ...]) -> Reply:
+        if self._direct:
+            reply = (await self._roundtrip([("EVALSHA", _SHA, len(keys), *keys, *args)]))[0]
+            if isinstance(reply, NoScriptError):
+                reply = (await self._roundtrip([("EVAL", SCRIPT, len(keys), *keys, *args)]))[0]
+            if isinstance(reply, BaseException):
+                raise reply
+            return reply
         client = self._client
         try:
-            reply: Reply = await client.execute_command("EVALSHA", _SHA, len(keys), *keys, *args)
+            reply = await client.execute_command("EVALSHA", _SHA, len(keys), *keys, *args)
         except NoScriptError:
             reply = await client.execute_command("EVAL", SCRIPT, len(keys), *keys, *args)
-        return reply
+        return cast(Reply, reply)
 
     async def _eval_many(self, batch: list[_Pending]) -> list[_Outcome]:
         if len(batch) == 1:
             return [await self._eval(batch[0].keys, batch[0].args)]
-        pipe = self._client.pipeline(transaction=False)
-        for p in batch:
-            pipe.execute_command("EVALSHA", _SHA, len(p.keys), *p.keys, *p.args)
-        outcomes: list[_Outcome] = await pipe.execute(raise_on_error=False)
+        if self._direct:
+            outcomes = await self._roundtrip(
+                [("EVALSHA", _SHA, len(p.keys), *p.keys, *p.args) for p in batch]
+            )
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for p in batch:
+                pipe.execute_command("EVALSHA", _SHA, len(p.keys), *p.keys, *p.args)
+            outcomes = await pipe.execute(raise_on_error=False)
         missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
         if missing:
-            pipe = self._client.pipeline(transaction=False)
-            for i in missing:
-                p = batch[i]
-                pipe.execute_command("EVAL", SCRIPT, len(p.keys), *p.keys, *p.args)
-            for i, outcome in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+            again = [("EVAL", SCRIPT, len(batch[i].keys), *batch[i].keys, *batch[i].args) for i in missing]
+            if self._direct:
+                replies = await self._roundtrip(again)
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for command in again:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+            for i, outcome in zip(missing, replies, strict=True):
                 outcomes[i] = outcome
         return outcomes
+
+    async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[_Outcome]:
+        """Write ``commands`` packed on the limiter's connection; every reply, errors as values."""
+        pool = self._client.connection_pool
+        for attempt in (1, 2):
+            conn = self._conn
+            reused = conn is not None
+            if conn is None:
+                conn = self._conn = await pool.get_connection()
+            replies: list[_Outcome] = []
+            try:
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:  # one script's error; the stream stays in step
+                        replies.append(exc)
+                return replies
+            except BaseException as exc:
+                self._conn = None
+                await conn.disconnect(nowait=True)
+                await pool.release(conn)
+                if attempt == 1 and reused and not replies and isinstance(exc, RedisConnectionError):
+                    continue  # nothing reached a live server on a stale connection: once more
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
