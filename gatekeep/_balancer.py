@@ -179,6 +179,7 @@ class PowerOfTwoEWMA:
         n = len(instances)
         if n == 1:
             best = instances[0]
+            stat = self._stat(best)
         else:
             rng = self._rng.random
             i = int(rng() * n)
@@ -186,8 +187,13 @@ class PowerOfTwoEWMA:
             if j >= i:
                 j += 1
             a, b = instances[i], instances[j]
-            best = a if self.cost(a) <= self.cost(b) else b
-        self._stat(best)[2] += 1
+            sa, sb = self._stat(a), self._stat(b)
+            # cost() inlined: ewma x (in flight + 1) / weight, compared cross-multiplied.
+            if sa[0] * (sa[2] + 1) * max(b.weight, 1) <= sb[0] * (sb[2] + 1) * max(a.weight, 1):
+                best, stat = a, sa
+            else:
+                best, stat = b, sb
+        stat[2] += 1
         return best
 
     def observe(self, instance: Instance, seconds: float, ok: bool) -> None:

@@ -277,3 +277,31 @@ async def test_an_open_instance_breaker_takes_the_instance_out_of_the_pick_set()
             assert (await c.client.get("/")).body == b"i1"
         assert changes == [f"svc/127.0.0.1:{c.ports[0]}:closed->open"]
         assert guard.stats()["instances"][f"127.0.0.1:{c.ports[0]}"]["breaker"] == "open"
+
+
+def test_bad_resilience_config_is_refused_with_every_path() -> None:
+    from gatekeep import ConfigError, load_config
+
+    service = {
+        "name": "s",
+        "url": "http://127.0.0.1:1",
+        "routes": [{"paths": ["/"]}],
+        "retries": -1,
+        "breaker": {"failure_rate": 2, "open_for": 0},
+        "healthchecks": {"active": {"http_path": "health"}, "passive": {"max_ejection_percent": 120}},
+        "retry_policy": {"statuses": [700]},
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config({"services": [service]})
+    paths = {e.path for e in info.value.errors}
+    assert paths == {
+        "services[0].retries",
+        "services[0].breaker.failure_rate",
+        "services[0].breaker.open_for",
+        "services[0].healthchecks.active.http_path",
+        "services[0].healthchecks.passive.max_ejection_percent",
+        "services[0].retry_policy.statuses",
+    }
+    hashing = {"name": "s", "url": "http://127.0.0.1:1", "routes": [{"paths": ["/"]}]}
+    with pytest.raises(ConfigError, match="hash_on_header"):
+        load_config({"services": [{**hashing, "balancer": "consistent-hashing", "hash_on": "header"}]})

