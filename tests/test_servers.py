@@ -206,11 +206,11 @@ def test_lifespan_enters_and_leaves_the_gateway(
     env = write_app(tmp_path, upstream[1])
     probe = tmp_path / "probe.log"
     with running(name, "gk_app:asgi_app", app_dir=tmp_path, env=env) as (proc, _):
-        [started] = _probe_lines(probe, 1)
-        assert started.startswith("start "), proc.log()
-        worker = started.split()[1]  # hypercorn and granian serve from a child process
-        code = proc.stop()
-    assert _probe_lines(probe, 2, timeout=1) == [f"start {worker}", f"stop {worker}"], proc.log()
+        started = _probe_lines(probe, 1, timeout=20)
+        assert len(started) == 1 and started[0].startswith("start "), proc.log()
+        worker = started[0].split()[1]  # hypercorn and granian serve from a child process
+        code = proc.stop(timeout=20)
+    assert _probe_lines(probe, 2, timeout=5) == [f"start {worker}", f"stop {worker}"], proc.log()
     assert code in (0, -signal.SIGTERM), proc.log()  # uvicorn re-raises the signal once done
 
 
@@ -224,11 +224,12 @@ def test_wsgi_portal_starts_the_gateway_and_stops_it_at_exit(
         assert not probe.exists()  # the portal starts on the first request
         response = anyio.run(TestClient("127.0.0.1", port).get, "/api/x")
         assert response.status == 200
-        [started] = _probe_lines(probe, 1)
-        worker = started.split()[1]
+        started = _probe_lines(probe, 1, timeout=20)
+        assert len(started) == 1, proc.log()
+        worker = started[0].split()[1]
         # waitress leaves at once on SIGTERM, without atexit: stop it with Ctrl+C.
-        proc.stop(sig=signal.SIGINT if name == "waitress" else signal.SIGTERM)
-    assert _probe_lines(probe, 2, timeout=1) == [f"start {worker}", f"stop {worker}"], proc.log()
+        proc.stop(timeout=20, sig=signal.SIGINT if name == "waitress" else signal.SIGTERM)
+    assert _probe_lines(probe, 2, timeout=5) == [f"start {worker}", f"stop {worker}"], proc.log()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None, reason="uvicorn cannot be imported")
