@@ -6,9 +6,11 @@ It turns an ASGI ``http`` scope into a ``Request`` whose body pulls from
 filters and background tasks start with the server and stop with it.
 
 Client disconnects: ASGI servers report them only through ``receive``, and
-uvicorn silently drops ``send`` calls after one.  Once the request body is
-fully read, a watcher task waits on ``receive`` and cancels the request's
-work when ``http.disconnect`` arrives, which closes the upstream connection.
+uvicorn silently drops ``send`` calls after one.  A request that is still
+running after ``WATCH_AFTER`` seconds gets a watcher task (on the gateway's
+lifespan task group) that waits on ``receive`` once the body is read and
+cancels the request's work when ``http.disconnect`` arrives, which closes the
+upstream connection.  Short requests never pay for a task.
 
 Middleware mode: ``gatekeep.asgi(gateway, app=other_asgi_app)`` puts the
 gateway's filters in front of ``other_asgi_app``; routes whose service has
@@ -19,6 +21,7 @@ in ``scope["gatekeep.identity"]`` and ``scope["gatekeep.consumer"]``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -43,6 +46,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+# A request still running after this many seconds starts watching for its
+# client's disconnect (see ``_DisconnectWatch``).
+WATCH_AFTER = 0.05
+
+
 class ClientDisconnected(Exception):
     """The client went away before its request body was read."""
 
@@ -55,12 +63,13 @@ def asgi(gateway: Gateway, app: ASGI | None = None) -> ASGIApp:
 class _Body:
     """The request body, pulled from ``receive`` on demand."""
 
-    __slots__ = ("done", "on_done", "receive")
+    __slots__ = ("done", "on_done", "receive", "received")
 
     def __init__(self, receive: Receive, on_done: Callable[[], None] | None) -> None:
         self.receive = receive
         self.done = False
         self.on_done = on_done
+        self.received = 0
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iter()
@@ -77,6 +86,7 @@ class _Body:
                 if not more:
                     self._finish()
                 if chunk:
+                    self.received += len(chunk)
                     yield chunk
                 if not more:
                     return
@@ -180,6 +190,8 @@ class ASGIApp:
             server = scope.get("server") or ("", None)
             host = server[0] or ""
         client = scope.get("client")
+        extensions = scope.get("extensions")
+        tls = extensions.get("tls") if extensions else None
         return Request(
             method=scope["method"],
             path="",
@@ -192,26 +204,24 @@ class ASGIApp:
             client=(client[0], client[1]) if client else None,
             server=scope.get("server"),
             http_version=scope.get("http_version", "1.1"),
+            state={"tls": tls} if tls is not None else {},
         )
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        disconnected: list[bool] = []
-        async with anyio.create_task_group() as tg:
-            cancel = tg.cancel_scope
-
-            def watch() -> None:
-                tg.start_soon(_watch_disconnect, receive, cancel, disconnected)
-
-            has_body = _has_body(scope["headers"])
-            body = _Body(receive, watch if has_body else None)
-            if not has_body:
-                body.done = True
-                watch()
-            request = self.request_from_scope(scope, body)
-            exchange = Exchange(request)
-            await self._serve(request, exchange, send)
-            cancel.cancel()
-        if disconnected and not exchange.end:
+        has_body = _has_body(scope["headers"])
+        body = _Body(receive, None)
+        if not has_body:
+            body.done = True
+        request = self.request_from_scope(scope, body)
+        exchange = Exchange(request)
+        with anyio.CancelScope() as cancel:
+            watch = _DisconnectWatch(receive, cancel, body, self.gateway.task_group)
+            try:
+                await self._serve(request, exchange, send)
+            finally:
+                watch.disarm()
+        exchange.bytes_in = body.received
+        if watch.disconnected and not exchange.end:
             exchange.end = time.perf_counter()
             exchange.error = exchange.error or ClientDisconnected("client disconnected")
         await self.gateway.log(exchange)
@@ -227,13 +237,71 @@ class ASGIApp:
                 exchange.end = time.perf_counter()
 
 
-async def _watch_disconnect(receive: Receive, cancel: anyio.CancelScope, disconnected: list[bool]) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            disconnected.append(True)
-            cancel.cancel()
+class _DisconnectWatch:
+    """Cancels a request's work when its client goes away (see module doc).
+
+    Most requests finish in a few milliseconds, and a watcher task per
+    request would cost more than the rest of the proxy path.  So the watch
+    is lazy: a timer fires after ``WATCH_AFTER`` seconds, and only then is a
+    watcher started, on the gateway's lifespan task group, once the request
+    body has been read (``receive`` then only reports the disconnect).
+    Without a running asyncio loop (trio) the watcher starts at once.
+    """
+
+    __slots__ = ("body", "cancel", "disconnected", "finished", "receive", "task_group", "timer", "watcher")
+
+    def __init__(
+        self, receive: Receive, cancel: anyio.CancelScope, body: _Body, task_group: TaskGroup | None
+    ):
+        self.receive = receive
+        self.cancel = cancel
+        self.body = body
+        self.task_group = task_group
+        self.disconnected = False
+        self.finished = False
+        self.watcher: anyio.CancelScope | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        if task_group is None:
+            return  # no lifespan: nothing can own a watcher task
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._due()
+        else:
+            self.timer = loop.call_later(WATCH_AFTER, self._due)
+
+    def _due(self) -> None:
+        self.timer = None
+        if self.finished:
             return
+        if self.body.done:
+            self._start()
+        else:
+            self.body.on_done = self._start
+
+    def _start(self) -> None:
+        if not self.finished and self.task_group is not None:
+            self.task_group.start_soon(self._run)
+
+    async def _run(self) -> None:
+        with anyio.CancelScope() as scope:
+            self.watcher = scope
+            while not self.finished:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    if not self.finished:
+                        self.disconnected = True
+                        self.cancel.cancel()
+                    return
+
+    def disarm(self) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.body.on_done = None
+        if self.watcher is not None:
+            self.watcher.cancel()
 
 
 async def send_response(response: Response, send: Send, exchange: Exchange) -> None:
