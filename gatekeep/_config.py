@@ -32,6 +32,8 @@ import attrs
 from ._errors import ConfigError
 from ._structure import Errors, join, structure
 from .auth._credentials import JWTSecret, KeyAuthCredential
+from .discovery._config import DiscoveryConfig
+from .resilience._config import BreakerConfig, HealthchecksConfig, RetryConfig
 
 __all__ = [
     "ConsumerConfig",
@@ -124,15 +126,43 @@ class ServiceConfig:
     name: str = attrs.field(validator=_name)
     url: str | None = None
     targets: tuple[TargetConfig, ...] = ()
+    # Instances from Consul or DNS SRV instead of url/targets (see docs/discovery.md).
+    discovery: DiscoveryConfig | None = None
     protocol: Literal["http", "https"] = "http"
     path: str = ""
-    balancer: Literal["round-robin", "least-outstanding"] = "round-robin"
+    # Kong's names: "least-connections" = "least-outstanding", "latency" = "p2c-ewma".
+    balancer: Literal[
+        "round-robin",
+        "least-outstanding",
+        "least-connections",
+        "p2c-ewma",
+        "latency",
+        "consistent-hashing",
+    ] = "round-robin"
+    # Consistent hashing: what to hash on, and on what when that is missing (Kong's fields).
+    hash_on: Literal["none", "consumer", "ip", "header", "cookie", "path"] = "none"
+    hash_fallback: Literal["none", "consumer", "ip", "header", "cookie", "path"] = "none"
+    hash_on_header: str | None = None
+    hash_fallback_header: str | None = None
+    hash_on_cookie: str | None = None
     connect_timeout: int = attrs.field(default=60_000, validator=_positive)
     read_timeout: int = attrs.field(default=60_000, validator=_positive)
     write_timeout: int = attrs.field(default=60_000, validator=_positive)
+    # Extra tries after a failed one (Kong's field; Kong defaults to 5). See docs/resilience.md.
+    retries: int = attrs.field(default=2, validator=_non_negative)
+    retry_policy: RetryConfig = RetryConfig()
+    breaker: BreakerConfig | None = None
+    healthchecks: HealthchecksConfig = HealthchecksConfig()
     tls: TLSConfig = TLSConfig()
     routes: tuple[RouteConfig, ...] = ()
     plugins: tuple[PluginConfig, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        for field, header in (("hash_on", self.hash_on_header), ("hash_fallback", self.hash_fallback_header)):
+            if getattr(self, field) == "header" and not header:
+                raise ValueError(f"{field} = 'header' needs {field}_header")
+        if "cookie" in (self.hash_on, self.hash_fallback) and not self.hash_on_cookie:
+            raise ValueError("hashing on 'cookie' needs hash_on_cookie")
 
 
 @attrs.frozen
@@ -275,8 +305,10 @@ def check(config: GatewayConfig, errors: Errors) -> None:
         if service.name in service_names:
             errors.add(join(spath, "name"), f"duplicate service name {service.name!r}")
         service_names[service.name] = si
-        if service.url is None and not service.targets:
-            errors.add(spath, "needs a 'url' or 'targets'")
+        if service.url is None and not service.targets and service.discovery is None:
+            errors.add(spath, "needs a 'url', 'targets' or 'discovery'")
+        if service.discovery is not None and (service.url is not None or service.targets):
+            errors.add(join(spath, "discovery"), "a service has 'discovery' or 'url'/'targets', not both")
         if service.url is not None and service.targets:
             errors.add(spath, "has both 'url' and 'targets'; keep one")
         if service.url is not None:

@@ -23,6 +23,7 @@ timeouts and target paths.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -35,7 +36,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._balancer import LeastOutstanding, RoundRobin
+from ._balancer import make_balancer
 from ._config import (
     ConsumerConfig,
     GatewayConfig,
@@ -46,7 +47,6 @@ from ._config import (
     parse_target,
     plugin_config,
 )
-from ._discovery import StaticDiscovery
 from ._errors import (
     FilterError,
     GatekeepError,
@@ -62,6 +62,8 @@ from ._normalise import normalise_path
 from ._protocols import Discovery, Instance
 from ._router import CompiledRouter, RouteMatch, RouteRule
 from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool
+from .discovery import build_discovery
+from .resilience import UpstreamGuard
 
 __all__ = ["Gateway"]
 
@@ -83,6 +85,8 @@ class Service:
     tls: TLSSettings | None
     balancer: Any
     is_app: bool = False
+    # Breakers, health checks and retries around the balancer (see gatekeep.resilience).
+    guard: UpstreamGuard | None = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -170,7 +174,7 @@ class Gateway:
         for sc in self.config.services:
             self.services[sc.name] = self._compile_service(sc)
             static[sc.name] = self._static_instances(sc)
-        self.discovery: Discovery = discovery or StaticDiscovery(static)
+        self.discovery: Discovery = discovery or build_discovery(self.config, static)
         self.routes: list[Route] = []
         rules: list[RouteRule] = []
         for sc in self.config.services:
@@ -275,7 +279,17 @@ class Gateway:
                 key_file=t.key_file,
                 server_name=t.server_name,
             )
-        balancer: Any = LeastOutstanding() if sc.balancer == "least-outstanding" else RoundRobin()
+        balancer: Any = make_balancer(sc)
+        guard = UpstreamGuard(
+            sc.name,
+            balancer,
+            retries=sc.retries,
+            retry=sc.retry_policy,
+            breaker=sc.breaker,
+            healthchecks=sc.healthchecks,
+            scheme=scheme,
+            tls=tls,
+        )
         return Service(
             name=sc.name,
             config=sc,
@@ -289,6 +303,7 @@ class Gateway:
             tls=tls,
             balancer=balancer,
             is_app=is_app,
+            guard=guard,
         )
 
     @staticmethod
@@ -314,11 +329,19 @@ class Gateway:
         self._task_group = await self._tg_cm.__aenter__()
         self._started = []
         try:
+            # Discovery watchers first: each returns after its first lookup.
+            start = getattr(self.discovery, "start", None)
+            if start is not None:
+                await start(self._task_group)
             for f in self.filters:
                 start = getattr(f, "start", None)
                 if start is not None:
                     await start(self._task_group)
                 self._started.append(f)
+            for service in self.services.values():
+                if service.guard is not None:  # active health checks
+                    instances = functools.partial(self.discovery.instances, service.name)
+                    await service.guard.start(self._task_group, self.pool, instances)
         except BaseException:
             # A filter failed to start: stop the ones that did, end the task group.
             await self.__aexit__(None, None, None)
@@ -336,6 +359,13 @@ class Gateway:
                         except Exception:
                             log.exception("filter %r failed to stop", getattr(f, "name", f))
             self._started = []
+            for service in self.services.values():
+                if service.guard is not None:
+                    service.guard.stop()
+            stop = getattr(self.discovery, "stop", None)
+            if stop is not None:
+                with anyio.CancelScope(shield=True):
+                    await stop()
             with anyio.CancelScope(shield=True):
                 await self.pool.aclose()
         finally:
@@ -512,18 +542,21 @@ class Gateway:
         instances = self.discovery.instances(service.name)
         if not instances:
             raise NoHealthyUpstream(f"service {service.name!r} has no available instance")
-        balancer = service.balancer
-        instance = balancer.pick(instances, request)
-        exchange.instance = instance
-        if route.preserve_host and request.host:
-            host_header = request.headers.get(b"host") or instance.address.encode()
-        else:
-            host_header = _host_header(instance)
-        headers = upstream_request_headers(request, host_header=host_header, via=self.via)
         target = self.upstream_target(route, match, request)
-        exchange.upstream_start = time.perf_counter()
-        try:
-            response = await self.pool.send(
+        preserve_host = route.preserve_host and bool(request.host)
+        pool = self.pool
+        via = self.via
+        retry_safe = request.method in _IDEMPOTENT
+
+        async def send(instance: Instance) -> Response:
+            # One try; the guard picks the instance and decides about retries.
+            exchange.instance = instance
+            if preserve_host:
+                host_header = request.headers.get(b"host") or instance.address.encode()
+            else:
+                host_header = _host_header(instance)
+            headers = upstream_request_headers(request, host_header=host_header, via=via)
+            return await pool.send(
                 instance,
                 request.method,
                 target,
@@ -531,10 +564,16 @@ class Gateway:
                 request.body,
                 timeouts=service.timeouts,
                 tls=service.tls,
-                retry_safe=request.method in _IDEMPOTENT,
+                retry_safe=retry_safe,
             )
+
+        guard = service.guard
+        if guard is None:
+            guard = service.guard = UpstreamGuard(service.name, service.balancer)
+        exchange.upstream_start = time.perf_counter()
+        try:
+            response = await guard.call(instances, request, send)
         except BaseException:
-            balancer.release(instance)
             exchange.upstream_end = time.perf_counter()
             raise
         exchange.upstream_head = time.perf_counter()
@@ -543,7 +582,6 @@ class Gateway:
 
         async def close() -> None:
             exchange.upstream_end = exchange.upstream_end or time.perf_counter()
-            balancer.release(instance)
             if upstream_close is not None:
                 await upstream_close()
 
