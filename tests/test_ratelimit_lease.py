@@ -201,3 +201,9 @@ async def test_concurrent_requests_wait_for_the_refill_in_flight() -> None:
             tg.start_soon(one)
     assert verdicts == [True] * 20
     assert store.calls == 2
+
+
+def test_a_lease_needs_a_positive_cost() -> None:
+    node = LeasedRateLimiter(MemoryRateLimiter(), size=3, max_age=60)
+    with pytest.raises(ValueError, match="at least 1"):
+        run(node.acquire("k", (Limit(rate=1, period=1.0),), cost=0))

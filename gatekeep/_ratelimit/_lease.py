@@ -116,9 +116,14 @@ class LeasedRateLimiter:
         return sum(lease.tokens for lease in self._leases.values() if now < lease.expires)
 
     async def acquire(self, key: str, limits: Sequence[Limit], cost: int = 1) -> Decision:
-        """Take ``cost`` tokens for ``key`` from this node's lease, refilling it when short."""
-        if cost < 0:
-            raise ValueError(f"cost must not be negative, got {cost}")
+        """Take ``cost`` tokens for ``key`` from this node's lease, refilling it when short.
+
+        Raises:
+            ValueError: ``cost`` is below 1 (a lease cannot report without taking).
+            RateLimiterUnavailable: from the store, when a refill fails.
+        """
+        if cost < 1:
+            raise ValueError(f"cost must be at least 1 with leases, got {cost}")
         name = (key, limits if type(limits) is tuple else tuple(limits))
         leases = self._leases
         while True:
