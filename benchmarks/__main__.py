@@ -15,6 +15,7 @@ BENCHMARKS = {
     "router": ("benchmarks.router", "route match cost, 10 → 10 000 routes"),
     "ratelimit": ("benchmarks.ratelimit", "rate limiter decisions, memory and Redis"),
     "upstream": ("benchmarks.upstream_pool", "the upstream connection pool"),
+    "jwt": ("benchmarks.jwt", "JWT verifications per second, cold vs cached"),
 }
 
 

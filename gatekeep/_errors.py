@@ -117,11 +117,18 @@ class RateLimited(GatekeepError):
 
 
 class FilterError(GatekeepError):
-    """A filter raised something that is not a GatekeepError (a bug in it)."""
+    """A filter raised something that is not a GatekeepError (a bug in it).
+
+    ``filter`` names the filter (for logs and ``gatekeep_filter_errors_total``).
+    """
 
     status = 500
     title = "Internal Server Error"
     slug = "filter-error"
+
+    def __init__(self, detail: str = "", *, filter: str = "unknown") -> None:  # noqa: A002
+        super().__init__(detail)
+        self.filter = filter
 
 
 class ServiceUnavailable(GatekeepError):

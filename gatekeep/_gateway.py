@@ -62,6 +62,7 @@ from ._normalise import normalise_path
 from ._protocols import Discovery, Instance
 from ._router import CompiledRouter, RouteMatch, RouteRule
 from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool
+from .auth._identity_headers import strip_identity_headers
 from .discovery import build_discovery
 from .resilience import UpstreamGuard
 
@@ -203,7 +204,7 @@ class Gateway:
         self.global_chain = self._chain(None, None, None)
         self._consumers_with_plugins = {e.consumer for e in self._entries if e.consumer is not None}
         self.consumers: dict[str, ConsumerConfig] = {}
-        self.endpoints: dict[str, Callable[[Request], Awaitable[Response]]] = {}
+        self.endpoints: dict[str, tuple[Callable[[Request], Awaitable[Response]], bool]] = {}
         for cc in self.config.consumers:
             for key in (cc.id, cc.username, cc.custom_id):
                 if key:
@@ -398,6 +399,8 @@ class Gateway:
             exchange = Exchange(request)
         if not request.request_id:
             request.request_id = self.new_request_id(request)
+        # Identity headers come only from the gateway's own auth filters.
+        strip_identity_headers(request.headers)
         chain: Chain | None = None
         try:
             chain, response = await self._run(request, exchange)
@@ -429,13 +432,21 @@ class Gateway:
         chain: Chain = self.chain_for(route, _consumer_key(request.consumer))
         return chain
 
-    def add_endpoint(self, path: str, handler: Callable[[Request], Awaitable[Response]]) -> None:
+    def add_endpoint(
+        self,
+        path: str,
+        handler: Callable[[Request], Awaitable[Response]],
+        *,
+        run_global_filters: bool = True,
+    ) -> None:
         """Answer ``path`` (exact, normalised) with ``handler`` before routing.
 
         For the gateway's own endpoints (``/metrics`` ...); filters call it
-        from ``bind``.  Global request filters still run first.
+        from ``bind``.  Global request filters run first unless
+        ``run_global_filters`` is false (a scrape should not need a token or
+        count against a rate limit).
         """
-        self.endpoints[path] = handler
+        self.endpoints[path] = (handler, run_global_filters)
 
     async def _run(self, request: Request, exchange: Exchange) -> tuple[Chain | None, Response]:
         if not request.path:
@@ -443,9 +454,12 @@ class Gateway:
         if self.endpoints:
             endpoint = self.endpoints.get(request.path)
             if endpoint is not None:
+                handler, run_global = endpoint
+                if not run_global:
+                    return _NO_FILTERS, await handler(request)
                 chain = self.global_chain
                 early = await self._request_phase(chain, request)
-                return chain, early if early is not None else await endpoint(request)
+                return chain, early if early is not None else await handler(request)
         match: RouteMatch | None = self.router.match(
             request.method, request.host, request.path, request.headers
         )
@@ -610,6 +624,9 @@ class Gateway:
                 log.exception("log filter failed")
 
 
+_NO_FILTERS = Chain([])
+
+
 def _consumer_key(consumer: Any) -> str | None:
     if consumer is None:
         return None
@@ -634,7 +651,7 @@ def _owner(phase: Any) -> Any:
 def _filter_failed(f: Any, exc: BaseException) -> FilterError:
     name = getattr(f, "name", type(f).__name__)
     log.error("filter %r failed", name, exc_info=exc)
-    return FilterError(f"filter {name!r} failed; see the gateway's log")
+    return FilterError(f"filter {name!r} failed; see the gateway's log", filter=str(name))
 
 
 async def _close_replaced(old: Response, new: Response) -> None:

@@ -42,7 +42,7 @@ class Instance:
     scheme: str = "http"
     weight: int = 100
     id: str = ""
-    meta: Mapping[str, str] = attrs.field(factory=dict)
+    meta: Mapping[str, str] = attrs.field(factory=dict, hash=False, eq=False)
 
     @property
     def origin(self) -> tuple[str, str, int]:

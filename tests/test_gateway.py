@@ -396,3 +396,44 @@ async def test_filters_can_add_gateway_endpoints_that_no_route_shadows() -> None
         assert gw.upstream.requests == []
         assert (await gw.client.get("/_status/x")).status == 200  # only the exact path
         assert len(gw.upstream.requests) == 1
+
+
+async def test_client_sent_identity_headers_never_reach_the_upstream() -> None:
+    spoofed = [
+        ("x-consumer-username", "admin"),
+        ("x-consumer-id", "1"),
+        ("x-authenticated-roles", "admin"),
+        ("x-credential-identifier", "k"),
+        ("x-anonymous-consumer", "false"),
+    ]
+    async with gateway_for() as gw:  # a route with no auth filter at all
+        assert (await gw.client.get("/", headers=spoofed)).status == 200
+        seen = gw.upstream.requests[-1].headers
+        assert not [
+            name for name in seen if name.startswith(("x-consumer", "x-authenticated", "x-credential"))
+        ]
+        assert "x-anonymous-consumer" not in seen
+
+
+class GuardEverything(BaseFilter):
+    name: ClassVar[str] = "guard-everything"
+    priority: ClassVar[int] = 100
+
+    async def on_request(self, request: Request) -> Response | None:
+        raise gatekeep.AuthError("no token")
+
+
+class OpenEndpoint(BaseFilter):
+    name: ClassVar[str] = "open-endpoint"
+
+    def bind(self, gateway: gatekeep.Gateway) -> None:
+        async def ping(request: Request) -> Response:
+            return Response.text("pong")
+
+        gateway.add_endpoint("/_ping", ping, run_global_filters=False)
+
+
+async def test_an_endpoint_may_skip_global_filters() -> None:
+    async with gateway_for(filters=[GuardEverything(), OpenEndpoint()]) as gw:
+        assert (await gw.client.get("/_ping")).text == "pong"
+        assert (await gw.client.get("/other")).status == 401

@@ -296,7 +296,7 @@ class PrometheusFilter(BaseFilter):
             allow=[ipaddress.ip_network(n, strict=False) for n in c.metrics_allow],
         )
         if c.metrics_port is None:
-            gateway.add_endpoint(c.path, self.endpoint)
+            gateway.add_endpoint(c.path, self.endpoint, run_global_filters=False)
         _watch_breakers(gateway, self.metrics)
 
     async def start(self, task_group: TaskGroup) -> None:
