@@ -10,6 +10,7 @@ from ..authz.mtls import MTLSAuthFilter
 from ..authz.rbac import RbacFilter
 from ..observability import AccessLogFilter, PrometheusFilter, TracingFilter
 from .correlation_id import CorrelationIdFilter
+from .rate_limiting import RateLimitingFilter
 from .request_size_limiting import RequestSizeLimitingFilter
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "KeyAuthFilter",
     "MTLSAuthFilter",
     "PrometheusFilter",
+    "RateLimitingFilter",
     "RbacFilter",
     "RequestSizeLimitingFilter",
     "TracingFilter",
@@ -28,6 +30,7 @@ __all__ = [
 BUILTIN_FILTERS: dict[str, Any] = {
     CorrelationIdFilter.name: CorrelationIdFilter,
     RequestSizeLimitingFilter.name: RequestSizeLimitingFilter,
+    RateLimitingFilter.name: RateLimitingFilter,
     PrometheusFilter.name: PrometheusFilter,
     AccessLogFilter.name: AccessLogFilter,
     TracingFilter.name: TracingFilter,
