@@ -48,7 +48,7 @@ ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # A request still running after this many seconds starts watching for its
 # client's disconnect (see ``_DisconnectWatch``).
-WATCH_AFTER = 0.05
+WATCH_AFTER = 0.5
 
 
 class ClientDisconnected(Exception):

@@ -200,6 +200,8 @@ class GatewaySettings:
     trusted_proxies: tuple[str, ...] = ()
     # Middleware mode: a request no route matches goes to the wrapped app.
     fallthrough: bool = True
+    # HTTP/1.1 codec to upstreams: httptools when installed ("auto"), else h11.
+    http_codec: Literal["auto", "h11", "httptools"] = "auto"
     pool: PoolSettings = PoolSettings()
 
 

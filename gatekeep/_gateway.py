@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,8 @@ from ._config import (
     plugin_config,
 )
 from ._errors import (
+    ConfigError,
+    FieldError,
     FilterError,
     GatekeepError,
     MethodNotAllowed,
@@ -61,7 +64,7 @@ from ._http import Headers, Request, Response, problem_response
 from ._normalise import normalise_path
 from ._protocols import Discovery, Instance
 from ._router import CompiledRouter, RouteMatch, RouteRule
-from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool
+from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool, codec_for
 from .auth._identity_headers import strip_identity_headers
 from .discovery import build_discovery
 from .resilience import UpstreamGuard
@@ -157,12 +160,20 @@ class Gateway:
         self.echo_request_id = settings.echo_request_id
         self.fallthrough = settings.fallthrough
         pool = settings.pool
+        try:
+            # "auto" leaves the choice to the pool's default (httptools when installed).
+            codec = None if settings.http_codec == "auto" else codec_for(settings.http_codec)
+        except ImportError as exc:
+            raise ConfigError(
+                [FieldError("gateway.http_codec", "httptools is not installed (pip install httptools)")]
+            ) from exc
         self.pool = UpstreamPool(
             PoolLimits(
                 max_connections=pool.max_connections,
                 max_idle=pool.max_idle,
                 idle_timeout=pool.idle_timeout,
-            )
+            ),
+            codec_factory=codec,
         )
         self._pool_timeout = pool.pool_timeout
         self.app: AppCall | None = None
@@ -387,7 +398,7 @@ class Gateway:
         rid = request.headers.get(self.request_id_header)
         if rid and len(rid) <= 200 and all(32 < c < 127 for c in rid):
             return rid.decode("ascii")
-        new = os.urandom(16).hex()
+        new = f"{_ids.getrandbits(128):032x}"
         if rid is not None:
             request.headers.remove(self.request_id_header)
         request.headers.raw.append((self.request_id_header, new.encode("ascii")))
@@ -625,6 +636,11 @@ class Gateway:
 
 
 _NO_FILTERS = Chain([])
+# Request ids need to be unique, not secret: a PRNG seeded from the OS per
+# process avoids a getrandom system call per request.
+_ids = random.Random(os.urandom(32))
+# Forked workers (gunicorn, uvicorn --workers) must not share a sequence.
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def _consumer_key(consumer: Any) -> str | None:

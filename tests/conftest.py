@@ -10,3 +10,11 @@ pytest_plugins: list[str] = ["tests._redis_fixture", "tests._redis_cluster"]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(params=["h11", "httptools"])
+def each_codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once per upstream codec (pools built without an explicit one)."""
+    codec: str = request.param
+    monkeypatch.setattr("gatekeep._upstream._pool.DEFAULT_CODEC", codec)
+    return codec

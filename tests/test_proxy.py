@@ -16,7 +16,8 @@ import trustme
 
 from gatekeep.testing import gateway_for, serve_asgi
 
-pytestmark = pytest.mark.anyio
+# Every test runs once per HTTP/1.1 codec (see tests/conftest.py).
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("each_codec")]
 
 MiB = 1024 * 1024
 

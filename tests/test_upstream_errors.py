@@ -15,7 +15,8 @@ from gatekeep._upstream import PoolLimits, Timeouts, UpstreamPool, request_sent
 
 from ._upstream_servers import ok, raw_server, read_body, read_head
 
-pytestmark = pytest.mark.anyio
+# Every test runs once per HTTP/1.1 codec (see tests/conftest.py).
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("each_codec")]
 
 FAST = Timeouts(connect=2, read=2, write=2, pool=2)
 

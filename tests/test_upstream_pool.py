@@ -14,7 +14,8 @@ from gatekeep._upstream import PoolLimits, Timeouts, UpstreamPool, request_sent
 
 from ._upstream_servers import header_value, ok, raw_server, read_body, read_head, uvicorn_process
 
-pytestmark = pytest.mark.anyio
+# Every test runs once per HTTP/1.1 codec (see tests/conftest.py).
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("each_codec")]
 
 FAST = Timeouts(connect=5, read=5, write=5, pool=5)
 

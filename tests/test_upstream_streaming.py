@@ -13,7 +13,8 @@ from gatekeep._upstream import Timeouts, UpstreamPool
 
 from ._upstream_servers import uvicorn_process
 
-pytestmark = pytest.mark.anyio
+# Every test runs once per HTTP/1.1 codec (see tests/conftest.py).
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("each_codec")]
 
 SIZE = 64 << 20
 LIMIT = 16 << 20  # bounded buffering: far below the 64 MiB that passes through

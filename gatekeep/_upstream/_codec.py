@@ -28,12 +28,16 @@ A codec reports framing errors as the exception types it lists in
 (the request could not be framed, e.g. a body longer than its
 ``content-length``); the connection maps them at its one error boundary.
 
-``H11Codec`` is the default.  A faster parser (httptools) can implement the
-same protocol and be passed to ``UpstreamPool(codec_factory=...)``.
+``H11Codec`` needs nothing beyond gatekeep's own dependencies;
+``HttptoolsCodec`` (``_httptools_codec.py``) implements the same protocol on
+llhttp and is several times cheaper per cycle.  ``codec_for`` picks one by
+name; ``"auto"`` (the default, as in uvicorn's ``--http auto``) takes
+httptools when it can be imported, else h11.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Final, Protocol
 
 import h11
@@ -45,6 +49,7 @@ __all__ = [
     "CodecEvent",
     "H11Codec",
     "ResponseHead",
+    "codec_for",
 ]
 
 
@@ -195,3 +200,20 @@ class H11Codec:
 
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()
+
+
+def codec_for(name: str) -> Callable[[], Codec]:
+    """The codec class for ``http_codec`` = ``"auto"`` | ``"h11"`` | ``"httptools"``.
+
+    Raises:
+        ImportError: ``"httptools"`` was asked for and is not installed.
+    """
+    if name == "h11":
+        return H11Codec
+    try:
+        from ._httptools_codec import HttptoolsCodec
+    except ImportError:
+        if name == "httptools":
+            raise
+        return H11Codec
+    return HttptoolsCodec

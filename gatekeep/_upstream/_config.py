@@ -70,5 +70,5 @@ class PoolLimits:
     """
 
     max_connections: int = attrs.field(default=100, validator=attrs.validators.ge(1))
-    max_idle: int = attrs.field(default=32, validator=attrs.validators.ge(0))
+    max_idle: int = attrs.field(default=100, validator=attrs.validators.ge(0))
     idle_timeout: float = attrs.field(default=4.0, validator=_positive)

@@ -36,7 +36,7 @@ import anyio
 from .._errors import BadRequest, GatekeepError, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from .._http import Body, Headers, Response, is_replayable
 from .._protocols import Instance
-from ._codec import NEED_DATA, Codec, H11Codec
+from ._codec import NEED_DATA, Codec, codec_for
 from ._config import PoolLimits, Timeouts, TLSSettings
 from ._connection import BodySource, UpstreamConnection, open_connection, translate
 from ._tls import make_ssl_context
@@ -82,13 +82,18 @@ class _Origin:
         self.slots = anyio.Semaphore(limit, fast_acquire=True)
 
 
+# The codec a pool uses when none is given: "auto", "h11" or "httptools".
+DEFAULT_CODEC = "auto"
+
+
 class UpstreamPool:
     """Streams requests to upstream instances over pooled HTTP/1.1 connections.
 
     Args:
         limits: per-origin connection limits.
         clock: a monotonic clock, for idle timeouts.
-        codec_factory: makes the HTTP/1.1 codec of each new connection.
+        codec_factory: makes the HTTP/1.1 codec of each new connection
+            (default: ``codec_for(DEFAULT_CODEC)``, httptools when installed).
     """
 
     def __init__(
@@ -96,11 +101,11 @@ class UpstreamPool:
         limits: PoolLimits = _DEFAULT_LIMITS,
         *,
         clock: Callable[[], float] = time.monotonic,
-        codec_factory: Callable[[], Codec] = H11Codec,
+        codec_factory: Callable[[], Codec] | None = None,
     ) -> None:
         self._limits = limits
         self._clock = clock
-        self._codec_factory = codec_factory
+        self._codec_factory = codec_factory or codec_for(DEFAULT_CODEC)
         self._origins: dict[tuple[str, str, int, TLSSettings | None], _Origin] = {}
         self._ssl_contexts: dict[TLSSettings, ssl.SSLContext] = {}
         self._closed = False
@@ -203,6 +208,10 @@ class UpstreamPool:
                     continue
                 exc.request_sent = sent  # type: ignore[attr-defined]
                 raise
+            if stream.complete:
+                # The whole body came with the head and the connection is back
+                # in the pool: hand it over as bytes (one send to the client).
+                return Response(head.status, Headers(head.headers), stream.pending or b"", "service")
             return Response(head.status, Headers(head.headers), stream, "service", stream.aclose)
 
     async def aclose(self) -> None:
@@ -320,6 +329,15 @@ class _ResponseStream:
             size += len(event)
         if chunks:
             self._pending = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @property
+    def complete(self) -> bool:
+        """The body ended and the connection was released: nothing left to read."""
+        return self._conn is None
+
+    @property
+    def pending(self) -> bytes | None:
+        return self._pending
 
     def __aiter__(self) -> _ResponseStream:
         return self

@@ -1,0 +1,243 @@
+"""A faster codec: responses parsed by httptools (llhttp), requests framed here.
+
+Theory of operation
+-------------------
+It implements the same sans-IO ``Codec`` protocol as ``H11Codec``.  The
+response side feeds bytes to llhttp, whose callbacks queue events
+(``ResponseHead``, body chunks, ``END_OF_RESPONSE``) that ``next_event``
+hands out.  llhttp does not know the request method, so two cases are
+handled here: the answer to a ``HEAD`` ends with its head, and a body with
+neither ``content-length`` nor chunked coding ends at EOF (llhttp's own
+end-of-input call is not exposed by httptools).  1xx responses are skipped;
+``101`` is refused.  Anything after the end of the response, before the next
+request, makes the connection not reusable.
+
+The request side writes the request line and headers itself, after checking
+every name is an HTTP token and no value carries CR, LF or NUL (so a filter
+can never smuggle a second request), and frames the body as the headers
+declare: ``content-length`` (exactly that many bytes) or chunked.
+
+httptools is optional (it comes with ``uvicorn[standard]``);
+``codec_for("auto")`` picks it when it can be imported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any, ClassVar, Final
+
+import httptools
+
+from ._codec import END_OF_RESPONSE, NEED_DATA, CodecEvent, ResponseHead
+
+__all__ = ["HttptoolsCodec", "LocalFramingError", "RemoteFramingError"]
+
+
+class RemoteFramingError(Exception):
+    """The upstream's response broke HTTP/1.1."""
+
+
+class LocalFramingError(Exception):
+    """The request cannot be framed as its headers declare."""
+
+
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+_BAD_VALUE: Final = re.compile(rb"[\r\n\x00]").search
+_TARGET: Final = re.compile(rb"[\x21-\x7e]+").fullmatch
+_METHOD: Final = _TOKEN
+
+
+class HttptoolsCodec:
+    """Codec on httptools' response parser (see module doc)."""
+
+    __slots__ = (
+        "_chunked",
+        "_close_delimited",
+        "_complete",
+        "_eof",
+        "_events",
+        "_head",
+        "_headers",
+        "_is_head",
+        "_keep_alive",
+        "_left",
+        "_parser",
+        "_request_close",
+        "_request_done",
+        "_skipping",
+        "_unexpected",
+    )
+
+    remote_errors: ClassVar[tuple[type[Exception], ...]] = (httptools.HttpParserError, RemoteFramingError)
+    local_errors: ClassVar[tuple[type[Exception], ...]] = (LocalFramingError,)
+
+    def __init__(self) -> None:
+        self._events: deque[CodecEvent] = deque()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._parser: Any = httptools.HttpResponseParser(self)
+        self._events.clear()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head: ResponseHead | None = None
+        self._complete = False
+        self._eof = False
+        self._skipping = False
+        self._unexpected = False
+        self._close_delimited = False
+        self._is_head = False
+        self._keep_alive = False
+        self._request_done = False
+        self._request_close = False
+        self._chunked = False
+        self._left: int | None = 0
+
+    # -- request side ------------------------------------------------------
+
+    def send_request_head(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        if not _METHOD(method):
+            raise LocalFramingError(f"invalid method {method!r}")
+        if not _TARGET(target):
+            raise LocalFramingError("invalid request target")
+        self._is_head = method == b"HEAD"
+        length: int | None = None
+        chunked = False
+        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+        append = parts.append
+        for name, value in headers:
+            if not _TOKEN(name):
+                raise LocalFramingError(f"invalid header name {name!r}")
+            if _BAD_VALUE(value):
+                raise LocalFramingError(f"invalid value for header {name.decode('latin-1')!r}")
+            lower = name.lower()
+            if lower == b"content-length":
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    raise LocalFramingError("invalid content-length")
+                length = int(value)
+            elif lower == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    raise LocalFramingError("only chunked transfer-encoding can be forwarded")
+                chunked = True
+            elif lower == b"connection" and b"close" in value.lower():
+                self._request_close = True
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        if chunked and length is not None:
+            raise LocalFramingError("both content-length and transfer-encoding")
+        append(b"\r\n")
+        self._chunked = chunked
+        self._left = None if chunked else (length or 0)
+        return b"".join(parts)
+
+    def send_body(self, data: bytes) -> bytes:
+        if self._chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        left = self._left or 0
+        if len(data) > left:
+            raise LocalFramingError("Too much data for declared Content-Length")
+        self._left = left - len(data)
+        return data
+
+    def end_request(self) -> bytes:
+        self._request_done = True
+        if self._chunked:
+            return b"0\r\n\r\n"
+        if self._left:
+            raise LocalFramingError("Too little data for declared Content-Length")
+        return b""
+
+    # -- response side -----------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+            if self._head is not None and not self._complete and self._close_delimited:
+                self._complete = True
+                self._events.append(END_OF_RESPONSE)
+            return
+        if self._complete:
+            self._unexpected = True  # bytes nobody asked for: never reuse
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            raise RemoteFramingError("unexpected protocol upgrade") from exc
+
+    def next_event(self) -> CodecEvent:
+        events = self._events
+        if events:
+            return events.popleft()
+        if self._eof and not self._complete:
+            where = "head" if self._head is None else "body"
+            raise RemoteFramingError(f"connection closed in the response {where}")
+        return NEED_DATA
+
+    @property
+    def is_reusable(self) -> bool:
+        return (
+            self._complete
+            and self._request_done
+            and not self._eof
+            and not self._unexpected
+            and not self._request_close
+            and not self._close_delimited
+            and self._keep_alive
+        )
+
+    def start_next_cycle(self) -> None:
+        self._reset()
+
+    # -- llhttp callbacks --------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            self._unexpected = True
+        self._headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                raise RemoteFramingError("unexpected 101 Switching Protocols")
+            self._skipping = True  # 100 Continue, 103 Early Hints: not forwarded
+            return
+        headers = self._headers
+        # Read it now: llhttp forgets it once the message is complete.
+        self._keep_alive = bool(parser.should_keep_alive())
+        head = ResponseHead(status, headers, b"", parser.get_http_version().encode("ascii"))
+        self._head = head
+        self._events.append(head)
+        if self._is_head:
+            # The answer to HEAD has no body, whatever its content-length says.
+            self._finish()
+            return
+        if status in (204, 304):
+            return  # llhttp ends these itself
+        framed = False
+        for name, value in headers:
+            if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
+                framed = True
+                break
+        self._close_delimited = not framed
+
+    def on_body(self, body: bytes) -> None:
+        if not self._complete and not self._skipping:
+            self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._skipping:
+            self._skipping = False
+            return
+        if not self._complete:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._events.append(END_OF_RESPONSE)
