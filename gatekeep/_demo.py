@@ -1,29 +1,55 @@
 """``gatekeep demo``: Order, Payment and Inventory services behind one gateway.
 
-Everything runs on loopback in one process: the three services on gatekeep's
-small h11 server, the gateway on uvicorn when it is installed (the ``serve``
-extra), otherwise on the same small server.  No Redis, no Consul.
+Everything runs on loopback in one process: the three services and a
+development OIDC issuer (``gatekeep.auth.devissuer``) on gatekeep's small h11
+server, the gateway on uvicorn when it is installed (the ``serve`` extra),
+otherwise on the same small server.  No Redis (unless ``--redis URL``), no
+Consul, no auth server of yours.
+
+The gateway shows every built-in concern at once: ``jwt`` trusting the dev
+issuer through OIDC discovery and JWKS, ``rbac`` on the Order service,
+``rate-limiting`` per consumer (Kong's reference ``second = 5, hour = 1000``;
+``carol``, a trial client, has a consumer-scoped ``second = 3``),
+``prometheus`` with ``/metrics``, ``tracing`` and, on request, ``access-log``.
+
 ``--tour`` sends a scripted set of requests, prints each request and answer,
+compares the movement of ``gatekeep_http_requests_total`` with what it sent,
 and exits 0 only when every answer is what the tour expects.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
 import attrs
+from prometheus_client.parser import text_string_to_metric_families
 
 from ._asgi import asgi
 from ._gateway import Gateway
 from ._miniserver import serve_asgi
+from .auth.devissuer import DEMO_CLIENTS, DevClient, DevIssuer
 from .testing import ClientResponse, TestClient
 
-__all__ = ["demo_config", "run_demo"]
+__all__ = ["DEMO_AUDIENCE", "demo_clients", "demo_config", "run_demo", "run_tour"]
+
+DEMO_AUDIENCE = "gatekeep-demo"
+# Kong's reference rate limit, per consumer, on the Order and Payment services.
+REFERENCE_LIMITS = {"second": 5, "hour": 1000}
+# carol is a trial client: a consumer-scoped rate-limiting plugin overrides the services' one.
+TRIAL_LIMITS = {"second": 3, "hour": 1000}
+
+
+def demo_clients() -> dict[str, DevClient]:
+    """The dev issuer's clients: alice (user), bob (admin) and carol (user, on a trial rate limit)."""
+    return {**DEMO_CLIENTS, "carol": DevClient("carol-secret", ("user",), "orders")}
 
 
 # -- the three demo services --------------------------------------------------
@@ -52,6 +78,17 @@ async def _answer(send: Callable[[Any], Awaitable[None]], status: int, payload: 
     await send({"type": "http.response.body", "body": data})
 
 
+# What a demo service echoes of the headers it received (when present), so the
+# tour can show what crossed the gateway: who called, and the trace context.
+_ECHOED = {
+    "x-request-id": "request_id",
+    "x-forwarded-for": "forwarded_for",
+    "x-consumer-username": "consumer",
+    "x-authenticated-roles": "roles",
+    "traceparent": "traceparent",
+}
+
+
 class _Service:
     """A tiny JSON service keeping its records in memory."""
 
@@ -64,13 +101,11 @@ class _Service:
         method = scope["method"]
         parts = [p for p in scope["path"].split("/") if p]
         body = await _read_body(receive)
-        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        seen = {
-            "service": self.name,
-            "path": scope["path"],
-            "request_id": headers.get("x-request-id"),
-            "forwarded_for": headers.get("x-forwarded-for"),
-        }
+        seen: dict[str, Any] = {"service": self.name, "path": scope["path"]}
+        for k, v in scope["headers"]:
+            key = _ECHOED.get(k.decode("latin-1"))
+            if key is not None:
+                seen[key] = v.decode("latin-1")
         if parts[:1] != [self.collection]:
             return await _answer(send, 404, {"error": "not found", **seen})
         if len(parts) == 1 and method == "GET":
@@ -103,8 +138,45 @@ def demo_services() -> dict[str, _Service]:
     }
 
 
-def demo_config(ports: Mapping[str, int]) -> dict[str, Any]:
-    """The demo gateway's config (Kong's shape), given where each service listens."""
+def demo_config(
+    ports: Mapping[str, int],
+    issuer: str,
+    *,
+    redis: str | None = None,
+    access_log: bool = False,
+) -> dict[str, Any]:
+    """The demo gateway's config (Kong's shape).
+
+    Args:
+        ports: where each service listens on loopback.
+        issuer: the dev issuer's URL; the ``jwt`` filter reads its discovery document and JWKS.
+        redis: a Redis URL for ``policy = "redis"``; ``None`` keeps the limits in memory.
+        access_log: add the ``access-log`` filter.
+    """
+    jwt = {
+        "name": "jwt",
+        "config": {
+            "issuers": [{"issuer": issuer, "audiences": [DEMO_AUDIENCE], "algorithms": ["RS256"]}],
+            "typ": "at+jwt",
+            # The token's client_id names the consumer, so consumer-scoped plugins and
+            # X-Consumer-Username apply to it.
+            "consumer_claim": ["client_id"],
+        },
+    }
+
+    def rate_limiting(limits: Mapping[str, int]) -> dict[str, Any]:
+        policy: dict[str, Any] = (
+            {"policy": "redis", "redis": {"url": redis}} if redis else {"policy": "local"}
+        )
+        return {"name": "rate-limiting", "config": {**limits, "limit_by": "consumer", **policy}}
+
+    plugins: list[dict[str, Any]] = [
+        {"name": "correlation-id", "config": {"echo_downstream": True}},
+        {"name": "tracing"},
+        {"name": "prometheus", "config": {"per_consumer": True}},
+    ]
+    if access_log:
+        plugins.append({"name": "access-log"})
     return {
         "_format_version": "3.0",
         "services": [
@@ -112,6 +184,20 @@ def demo_config(ports: Mapping[str, int]) -> dict[str, Any]:
                 "name": "order-service",
                 "url": f"http://127.0.0.1:{ports['order-service']}",
                 "routes": [{"name": "orders", "paths": ["/orders"], "strip_path": False}],
+                "plugins": [
+                    jwt,
+                    {
+                        "name": "rbac",
+                        "config": {
+                            "hierarchy": {"admin": ["user"]},
+                            "rules": [
+                                {"methods": ["GET"], "any_of": ["admin"]},
+                                {"methods": ["POST"], "any_of": ["user"]},
+                            ],
+                        },
+                    },
+                    rate_limiting(REFERENCE_LIMITS),
+                ],
             },
             {
                 "name": "payment-service",
@@ -125,10 +211,12 @@ def demo_config(ports: Mapping[str, int]) -> dict[str, Any]:
                     }
                 ],
                 "plugins": [
+                    jwt,
+                    rate_limiting(REFERENCE_LIMITS),
                     {
                         "name": "request-size-limiting",
                         "config": {"allowed_payload_size": 1, "size_unit": "kilobytes"},
-                    }
+                    },
                 ],
             },
             {
@@ -137,11 +225,29 @@ def demo_config(ports: Mapping[str, int]) -> dict[str, Any]:
                 "routes": [{"name": "inventory", "paths": ["/inventory"], "methods": ["GET"]}],
             },
         ],
-        "plugins": [{"name": "correlation-id", "config": {"echo_downstream": True}}],
+        "plugins": plugins,
+        "consumers": [
+            {"username": "alice"},
+            {"username": "bob"},
+            {"username": "carol", "plugins": [rate_limiting(TRIAL_LIMITS)]},
+        ],
     }
 
 
 # -- the tour -----------------------------------------------------------------
+
+Check = Callable[[ClientResponse], "str | None"]
+
+# A traceparent the tour sends, as an upstream caller would (W3C's example ids).
+_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+_TRACEPARENT = f"00-{_TRACE_ID}-00f067aa0ba902b7-01"
+_RATE_HEADERS = (
+    "x-ratelimit-limit-second",
+    "x-ratelimit-remaining-second",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+)
 
 
 @attrs.frozen
@@ -152,17 +258,48 @@ class Step:
     method: str
     path: str
     status: int
+    # The route label the gateway's metrics count this request under ("" when no route matched).
+    route: str = ""
+    # Whose token to send: a client of the dev issuer, or ``ALICE_AS_ADMIN`` (tampered).
+    token: str | None = None
     body: bytes = b""
     headers: Sequence[tuple[str, str]] = ()
-    check: Callable[[ClientResponse], str | None] | None = None
+    # Response headers worth printing.
+    show: Sequence[str] = ()
+    check: Check | None = None
+    # Send up to this many times, stopping at the first answer with ``status``.
+    burst: int = 0
+    # What the service echoed that this step is about (others are left out of the printout).
+    echo: Sequence[str] = ()
 
 
-def _json_has(key: str, value: Any = None) -> Callable[[ClientResponse], str | None]:
+ALICE_AS_ADMIN = "alice-edited"
+
+
+def _all(*checks: Check) -> Check:
     def check(r: ClientResponse) -> str | None:
-        try:
-            doc = r.json()
-        except ValueError:
-            return "answer is not JSON"
+        for c in checks:
+            found = c(r)
+            if found:
+                return found
+        return None
+
+    return check
+
+
+def _doc(r: ClientResponse) -> dict[str, Any] | None:
+    try:
+        doc = r.json()
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _json_has(key: str, value: Any = None) -> Check:
+    def check(r: ClientResponse) -> str | None:
+        doc = _doc(r)
+        if doc is None:
+            return "answer is not a JSON object"
         if key not in doc:
             return f"answer has no {key!r}"
         if value is not None and doc[key] != value:
@@ -172,54 +309,184 @@ def _json_has(key: str, value: Any = None) -> Callable[[ClientResponse], str | N
     return check
 
 
-def _problem(status: int) -> Callable[[ClientResponse], str | None]:
+def _json_lacks(key: str) -> Check:
+    def check(r: ClientResponse) -> str | None:
+        doc = _doc(r)
+        return None if doc is not None and key not in doc else f"the service saw {key!r}"
+
+    return check
+
+
+def _problem(status: int, detail: str | None = None) -> Check:
     def check(r: ClientResponse) -> str | None:
         if r.header("content-type") != "application/problem+json":
             return f"content-type is {r.header('content-type')!r}, expected application/problem+json"
-        doc = r.json()
+        doc = _doc(r) or {}
         if doc.get("status") != status or not doc.get("request_id"):
             return "problem document lacks status or request_id"
+        if detail is not None and detail not in str(doc.get("detail")):
+            return f"detail is {doc.get('detail')!r}, expected it to say {detail!r}"
         return None
 
     return check
 
 
-def _allow(expected: str) -> Callable[[ClientResponse], str | None]:
+def _header(name: str, expected: str | None = None, *, prefix: bool = False) -> Check:
     def check(r: ClientResponse) -> str | None:
-        return (
-            None
-            if r.header("allow") == expected
-            else f"Allow is {r.header('allow')!r}, expected {expected!r}"
-        )
+        value = r.header(name)
+        if value is None:
+            return f"no {name} header"
+        if expected is not None and not (value.startswith(expected) if prefix else value == expected):
+            return f"{name} is {value!r}, expected {expected!r}{' ...' if prefix else ''}"
+        return None
 
     return check
 
 
+def _trace_continued(r: ClientResponse) -> str | None:
+    got = str((_doc(r) or {}).get("traceparent"))
+    parts = got.split("-")
+    if len(parts) != 4 or parts[1] != _TRACE_ID:
+        return f"upstream got traceparent {got!r}, expected trace id {_TRACE_ID}"
+    if parts[2] == _TRACEPARENT.split("-")[2]:
+        return "the gateway did not start its own span (same parent id)"
+    return None
+
+
+def _rate_limited(limit: int) -> Check:
+    def retry_after(r: ClientResponse) -> str | None:
+        value = r.header("retry-after") or ""
+        return None if value.isdigit() and int(value) >= 1 else f"Retry-After is {value!r}"
+
+    return _all(
+        _problem(429, "API rate limit exceeded"),
+        _header("x-ratelimit-limit-second", str(limit)),
+        _header("x-ratelimit-remaining-second", "0"),
+        _header("ratelimit-limit"),
+        _header("ratelimit-remaining", "0"),
+        _header("ratelimit-reset"),
+        retry_after,
+    )
+
+
+def _allow(expected: str) -> Check:
+    return _header("allow", expected)
+
+
 def tour_steps() -> list[Step]:
+    json_body = [("content-type", "application/json")]
     return [
-        Step("list orders through the gateway", "GET", "/orders", 200, check=_json_has("orders")),
         Step(
-            "create an order (POST streams to the Order service)",
-            "POST",
-            "/orders",
-            201,
-            body=b'{"item": "lamp", "qty": 2}',
-            headers=[("content-type", "application/json")],
-            check=_json_has("created"),
-        ),
-        Step(
-            "strip_path: /inventory/42 reaches the Inventory service as /items/42",
+            "Inventory is open (GET only, no token): /inventory/42 reaches the service as /items/42",
             "GET",
             "/inventory/42",
             200,
+            route="inventory",
+            echo=["path"],
             check=_json_has("path", "/items/42"),
+        ),
+        Step(
+            "tracing: the service gets your trace id with the gateway's own span as parent",
+            "GET",
+            "/inventory/43",
+            200,
+            route="inventory",
+            headers=[("traceparent", _TRACEPARENT)],
+            echo=["traceparent"],
+            check=_trace_continued,
+        ),
+        Step(
+            "a spoofed identity header never reaches a service",
+            "GET",
+            "/inventory/42",
+            200,
+            route="inventory",
+            headers=[("x-consumer-username", "bob"), ("x-authenticated-roles", "admin")],
+            check=_all(_json_lacks("consumer"), _json_lacks("roles")),
+        ),
+        Step(
+            "Orders need a token: none sent, 401 with a Bearer challenge",
+            "GET",
+            "/orders",
+            401,
+            route="orders",
+            show=["www-authenticate"],
+            check=_all(_problem(401), _header("www-authenticate", "Bearer", prefix=True)),
+        ),
+        Step(
+            "rbac: alice (role user) may not list orders, GET /orders is admin only",
+            "GET",
+            "/orders",
+            403,
+            route="orders",
+            token="alice",
+            check=_problem(403, "'admin'"),
+        ),
+        Step(
+            "rbac: alice (user) may create an order",
+            "POST",
+            "/orders",
+            201,
+            route="orders",
+            token="alice",
+            body=b'{"item": "lamp", "qty": 2}',
+            headers=json_body,
+            show=["x-ratelimit-limit-second", "x-ratelimit-remaining-second"],
+            check=_all(_json_has("created"), _json_has("consumer", "alice")),
+        ),
+        Step(
+            "rbac: bob (admin) lists orders",
+            "GET",
+            "/orders",
+            200,
+            route="orders",
+            token="bob",
+            check=_all(_json_has("orders"), _json_has("consumer", "bob"), _json_has("roles", "admin")),
+        ),
+        Step(
+            "rbac hierarchy: admin includes user, so bob may create an order too",
+            "POST",
+            "/orders",
+            201,
+            route="orders",
+            token="bob",
+            body=b'{"item": "desk", "qty": 1}',
+            headers=json_body,
+            check=_json_has("created"),
+        ),
+        Step(
+            "alice edits her token to say roles: [admin]; the signature no longer matches",
+            "GET",
+            "/orders",
+            401,
+            route="orders",
+            token=ALICE_AS_ADMIN,
+            show=["www-authenticate"],
+            check=_all(
+                _problem(401), _header("www-authenticate", 'Bearer error="invalid_token"', prefix=True)
+            ),
+        ),
+        Step(
+            "alice claims to be bob in X-Consumer-Username: the service still sees alice",
+            "POST",
+            "/orders",
+            201,
+            route="orders",
+            token="alice",
+            body=b'{"item": "chair", "qty": 1}',
+            headers=[*json_body, ("x-consumer-username", "bob")],
+            check=_json_has("consumer", "alice"),
         ),
         Step(
             "your X-Request-ID is kept, sent upstream and echoed",
             "GET",
             "/payments",
             200,
+            route="payments",
+            token="bob",
             headers=[("x-request-id", "tour-123")],
+            show=["x-request-id"],
+            echo=["request_id"],
             check=_json_has("request_id", "tour-123"),
         ),
         Step(
@@ -227,6 +494,9 @@ def tour_steps() -> list[Step]:
             "GET",
             "/%6Frders",
             200,
+            route="orders",
+            token="bob",
+            echo=["path"],
             check=_json_has("service", "order-service"),
         ),
         Step(
@@ -241,24 +511,140 @@ def tour_steps() -> list[Step]:
             "DELETE",
             "/payments",
             405,
-            check=_allow("GET, POST"),
+            show=["allow"],
+            check=_all(_problem(405), _allow("GET, POST")),
         ),
         Step(
-            "request-size-limiting on the Payment service: 2 KiB body is refused",
+            "request-size-limiting on the Payment service: a 2 KiB body is refused",
             "POST",
             "/payments",
             413,
+            route="payments",
+            token="bob",
             body=b"x" * 2048,
             check=_problem(413),
         ),
         Step("an unknown path answers 404 problem+json", "GET", "/nowhere", 404, check=_problem(404)),
+        Step(
+            "rate-limiting: carol (trial, 3/s) bursts on /payments until 429",
+            "GET",
+            "/payments",
+            429,
+            route="payments",
+            token="carol",
+            burst=8,
+            show=[*_RATE_HEADERS, "retry-after"],
+            check=_rate_limited(TRIAL_LIMITS["second"]),
+        ),
     ]
 
 
-async def run_tour(client: TestClient, out: Any = sys.stdout) -> bool:
-    ok = True
+async def _fetch_tokens(issuer: TestClient, out: Any) -> tuple[dict[str, str], list[str]]:
+    """Client-credentials tokens for each demo client, plus alice's token edited to claim admin."""
+    tokens: dict[str, str] = {}
+    problems: list[str] = []
+    for name, client in demo_clients().items():
+        basic = base64.b64encode(f"{name}:{client.secret}".encode()).decode()
+        try:
+            answer = await issuer.post(
+                "/token",
+                body=b"grant_type=client_credentials",
+                headers={
+                    "authorization": f"Basic {basic}",
+                    "content-type": "application/x-www-form-urlencoded",
+                },
+            )
+            token = str((_doc(answer) or {})["access_token"])
+        except (OSError, KeyError, TimeoutError) as exc:
+            problems.append(f"no token for {name}: {type(exc).__name__} {exc}")
+            token = "not-a-token"
+        tokens[name] = token
+    tokens[ALICE_AS_ADMIN] = _edit_claims(tokens["alice"], roles=["admin"])
+    mark = "ok " if not problems else "FAIL"
+    print(f"\n[{mark}] 0. tokens from the dev issuer (client-credentials grant, RS256, typ at+jwt)", file=out)
+    print(f"  > POST {issuer.host}:{issuer.port}/token  grant_type=client_credentials", file=out)
+    for name, client in demo_clients().items():
+        print(f"  < {name} ({', '.join(client.roles)}): {_short(tokens[name], 40)}", file=out)
+    for p in problems:
+        print(f"  !! {p}", file=out)
+    return tokens, problems
+
+
+def _edit_claims(token: str, **claims: Any) -> str:
+    """The token with its payload changed and its signature kept (a forgery)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return token + "x"
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return token + "x"
+    payload.update(claims)
+    edited = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    return ".".join([parts[0], edited, parts[2]])
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# Echoed by every service answer (or every problem document): noise unless a step is about them.
+_NOISE = ("request_id", "traceparent", "forwarded_for", "path")
+
+
+def _body_line(r: ClientResponse, echo: Sequence[str]) -> str:
+    doc = _doc(r)
+    if doc is None:
+        return _short(r.text, 200)
+    shown = {
+        k: (f"[{len(v)} records]" if isinstance(v, list) and len(v) > 1 else v)
+        for k, v in doc.items()
+        if k not in _NOISE or k in echo
+    }
+    return _short(json.dumps(shown), 240)
+
+
+def _source(status: int) -> str:
+    # Every answer the demo services give is 2xx; every refusal comes from the gateway.
+    return "service" if status < 400 else "gateway"
+
+
+async def _requests_total(client: TestClient) -> Counter[tuple[str, str, str]] | str:
+    """``gatekeep_http_requests_total`` summed by (route, code, source), or what went wrong."""
+    try:
+        answer = await client.get("/metrics")
+    except OSError as exc:
+        return f"/metrics: {exc}"
+    if answer.status != 200:
+        return f"/metrics answered {answer.status}"
+    totals: Counter[tuple[str, str, str]] = Counter()
+    try:
+        for family in text_string_to_metric_families(answer.text):
+            for s in family.samples:
+                if s.name == "gatekeep_http_requests_total":
+                    totals[(s.labels["route"], s.labels["code"], s.labels["source"])] += int(s.value)
+    except (ValueError, KeyError) as exc:
+        return f"/metrics is not Prometheus' text format: {exc}"
+    return totals
+
+
+async def run_tour(client: TestClient, issuer: TestClient, out: Any = sys.stdout) -> bool:
+    """Send the tour's requests through the gateway at ``client``; print them; True when all pass."""
+    before = await _requests_total(client)
+    tokens, token_problems = await _fetch_tokens(issuer, out)
+    ok = not token_problems
+    sent: Counter[tuple[str, str, str]] = Counter()
     for n, step in enumerate(tour_steps(), 1):
-        response = await client.request(step.method, step.path, headers=step.headers, body=step.body)
+        headers = list(step.headers)
+        if step.token is not None:
+            headers.append(("authorization", f"Bearer {tokens[step.token]}"))
+        tries: list[ClientResponse] = []
+        for _ in range(max(step.burst, 1)):
+            response = await client.request(step.method, step.path, headers=headers, body=step.body)
+            tries.append(response)
+            sent[(step.route, str(response.status), _source(response.status))] += 1
+            if response.status == step.status:
+                break
         problems = []
         if response.status != step.status:
             problems.append(f"status {response.status}, expected {step.status}")
@@ -268,23 +654,80 @@ async def run_tour(client: TestClient, out: Any = sys.stdout) -> bool:
                 problems.append(found)
         mark = "ok " if not problems else "FAIL"
         print(f"\n[{mark}] {n}. {step.says}", file=out)
-        print(
-            f"  > {step.method} {step.path}" + (f"  ({len(step.body)} byte body)" if step.body else ""),
-            file=out,
-        )
-        shown = response.text if len(response.body) < 400 else response.text[:400] + "..."
-        rid = response.header("x-request-id")
-        print(f"  < {response.status}  x-request-id: {rid}", file=out)
-        print(f"  < {shown}", file=out)
+        extra = [f"{k}: {v}" for k, v in step.headers if k != "content-type"]
+        if step.token is not None:
+            who = "alice's token, edited" if step.token == ALICE_AS_ADMIN else f"{step.token}'s token"
+            extra.append(f"authorization: Bearer <{who}>")
+        if step.body:
+            extra.append(f"({len(step.body)} byte body)")
+        print(f"  > {step.method} {step.path}" + "".join(f"  {e}" for e in extra), file=out)
+        if len(tries) > 1:
+            line = ", ".join(
+                f"{r.status} (remaining {r.header('x-ratelimit-remaining-second')})" for r in tries
+            )
+            print(f"  < {len(tries)} requests: {line}", file=out)
+        shown = [f"{h}: {response.header(h)}" for h in step.show if response.header(h) is not None]
+        print(f"  < {response.status}" + "".join(f"\n  < {s}" for s in shown), file=out)
+        print(f"  < {_body_line(response, step.echo)}", file=out)
         for p in problems:
             ok = False
             print(f"  !! {p}", file=out)
+    ok = await _check_metrics(client, before, sent, len(tour_steps()) + 1, out) and ok
     print(f"\ntour {'passed' if ok else 'FAILED'}", file=out)
     return ok
 
 
+async def _check_metrics(
+    client: TestClient,
+    before: Counter[tuple[str, str, str]] | str,
+    sent: Counter[tuple[str, str, str]],
+    n: int,
+    out: Any,
+) -> bool:
+    """Compare the movement of ``gatekeep_http_requests_total`` with what the tour sent."""
+    moved: Counter[tuple[str, str, str]] | str = "not read"
+    # The log phase runs after the last byte left, so the latest count may land a moment after
+    # the client had its answer: read again for a little while before calling it a mismatch.
+    with anyio.move_on_after(2.0):
+        while True:
+            after = await _requests_total(client)
+            if isinstance(before, str) or isinstance(after, str):
+                moved = before if isinstance(before, str) else str(after)
+                break
+            moved = Counter({k: v - before[k] for k, v in after.items() if v != before[k]})
+            if moved == sent:
+                break
+            await anyio.sleep(0.05)
+    ok = moved == sent
+    says = "/metrics: gatekeep_http_requests_total moved by what the tour sent"
+    print(f"\n[{'ok ' if ok else 'FAIL'}] {n}. {says}", file=out)
+    print("  > GET /metrics  (before and after the tour, parsed with prometheus_client.parser)", file=out)
+    if isinstance(moved, str):
+        print(f"  !! {moved}", file=out)
+        return False
+    print(f"  < {'route':<10} {'code':<5} {'source':<8} {'moved':>5}  {'sent':>4}", file=out)
+    for key in sorted(set(moved) | set(sent), key=lambda k: (k[2], k[0], k[1])):
+        route, code, source = key
+        print(
+            f"  < {route or '(none)':<10} {code:<5} {source:<8} {'+' + str(moved[key]):>5}  {sent[key]:>4}",
+            file=out,
+        )
+    if not ok:
+        print("  !! the counters did not move by what the tour sent", file=out)
+    return ok
+
+
+# -- running it ---------------------------------------------------------------
+
+
 async def run_demo(
-    host: str = "127.0.0.1", port: int = 8000, tour: bool = False, out: Any = sys.stdout
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tour: bool = False,
+    out: Any = sys.stdout,
+    *,
+    redis: str | None = None,
+    access_log: bool = False,
 ) -> int:
     """Run the demo; with ``tour``, run the tour and return its exit code."""
     services = demo_services()
@@ -292,47 +735,114 @@ async def run_demo(
         ports: dict[str, int] = {}
         for name, app in services.items():
             ports[name] = await stack.enter_async_context(serve_asgi(app, host))
-        gateway = Gateway(demo_config(ports))
-        gateway_port = await _serve_gateway(stack, gateway, host, port)
-        base = f"http://{host}:{gateway_port}"
-        print("gatekeep demo: three services behind one gateway", file=out)
-        for name, p in ports.items():
-            print(f"  {name:<18} http://{host}:{p}", file=out)
-        print(f"  {'gateway':<18} {base}\n", file=out)
-        print("try:", file=out)
-        print(f"  curl -i {base}/orders", file=out)
-        print(
-            f"  curl -i -X POST {base}/orders -H 'content-type: application/json'"
-            " -d '{\"item\": \"lamp\"}'",
-            file=out,
-        )
-        print(f"  curl -i {base}/inventory/42", file=out)
-        print(f"  curl -i -X DELETE {base}/payments", file=out)
-        print(f"  curl -i --path-as-is {base}/orders/../admin", file=out)
+        idp = DevIssuer(audience=DEMO_AUDIENCE, clients=demo_clients(), lifetime=3600)
+        idp_port = await stack.enter_async_context(serve_asgi(idp, host))
+        loopback = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        idp.issuer = f"http://{loopback}:{idp_port}"
+        if access_log:
+            _log_access_to_stderr(stack)
+        gateway = Gateway(demo_config(ports, idp.issuer, redis=redis, access_log=access_log))
+        gateway_port, stopped = await _serve_gateway(stack, gateway, host, port)
+        _print_banner(out, host, ports, idp.issuer, f"http://{loopback}:{gateway_port}", redis)
         if tour:
-            ok = await run_tour(TestClient(host, gateway_port), out)
+            ok = await run_tour(TestClient(loopback, gateway_port), TestClient(loopback, idp_port), out)
             return 0 if ok else 1
         print("\nCtrl-C to stop.", file=out)
-        await anyio.sleep_forever()
+        # uvicorn stops on SIGINT/SIGTERM (and raises the signal again once it has): stop with it.
+        await stopped.wait()
     return 0
 
 
-async def _serve_gateway(stack: AsyncExitStack, gateway: Gateway, host: str, port: int) -> int:
+def _print_banner(
+    out: Any, host: str, ports: Mapping[str, int], issuer: str, base: str, redis: str | None
+) -> None:
+    limits = f"rate limits in Redis ({redis})" if redis else "rate limits in memory"
+    parts = [
+        ("order-service", f"http://{host}:{ports['order-service']}"),
+        ("", "/orders: token; GET admin only, POST user or admin; 5/s, 1000/h per consumer"),
+        ("payment-service", f"http://{host}:{ports['payment-service']}"),
+        ("", "/payments: token (any role); 5/s, 1000/h per consumer; bodies up to 1 KiB"),
+        ("inventory-service", f"http://{host}:{ports['inventory-service']}"),
+        ("", "/inventory: open, GET only, no token"),
+        ("dev issuer", f"{issuer}  (OIDC discovery, JWKS, POST /token)"),
+        ("", "clients alice:alice-secret (user), bob:bob-secret (admin), carol:carol-secret (user, 3/s)"),
+        ("gateway", f"{base}  (/metrics from loopback; {limits})"),
+    ]
+    bearer = '-H "authorization: Bearer $TOKEN"'
+    tries = [
+        (f"curl -i {base}/inventory/42", "open: reaches /items/42"),
+        (f"curl -i {base}/orders", "401: needs a token"),
+        (f"curl -s -u bob:bob-secret -d grant_type=client_credentials {issuer}/token", "a token for bob"),
+        (f"TOKEN=$(gatekeep token --user bob --issuer {issuer})", "the same, just the token"),
+        (f"curl -i {base}/orders {bearer}", "bob is admin: 200"),
+        (
+            f"curl -i -X POST {base}/orders {bearer} -H 'content-type: application/json'"
+            """ -d '{"item": "lamp"}'""",
+            "201",
+        ),
+        (f"TOKEN=$(gatekeep token --user alice --issuer {issuer})", ""),
+        (f"curl -i {base}/orders {bearer}", "alice is user: 403"),
+        (
+            "for i in 1 2 3 4 5 6; do"
+            f" curl -s -o /dev/null -w '%{{http_code}} ' {base}/payments {bearer}; done",
+            "429 after 5 in a second",
+        ),
+        (f"curl -i -X DELETE {base}/payments", "405 problem+json with Allow"),
+        (f"curl -i --path-as-is {base}/orders/../admin", "normalised to /admin: 404"),
+        (f"curl -s {base}/metrics | grep gatekeep_http_requests_total", ""),
+    ]
+    print("gatekeep demo: three services, a dev OIDC issuer and one gateway", file=out)
+    for name, what in parts:
+        print(f"  {name:<18} {what}", file=out)
+    print("\ntry:", file=out)
+    for line, comment in tries:
+        print(f"  {line}" + (f"   # {comment}" if comment else ""), file=out)
+
+
+def _log_access_to_stderr(stack: AsyncExitStack) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("gatekeep.access")
+    previous = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(previous[0])
+        logger.propagate = previous[1]
+
+    stack.callback(restore)
+
+
+async def _serve_gateway(
+    stack: AsyncExitStack, gateway: Gateway, host: str, port: int
+) -> tuple[int, anyio.Event]:
+    """Serve the gateway; its port, and an event set when the server stopped (on a signal)."""
     app = asgi(gateway)
+    stopped = anyio.Event()
     try:
         import uvicorn
     except ImportError:
         await stack.enter_async_context(gateway)
-        return await stack.enter_async_context(serve_asgi(app, host, port))
+        return await stack.enter_async_context(serve_asgi(app, host, port)), stopped
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        finally:
+            stopped.set()
+
     tg = await stack.enter_async_context(anyio.create_task_group())
     stack.callback(lambda: setattr(server, "should_exit", True))
-    tg.start_soon(server.serve)
+    tg.start_soon(serve)
     while not server.started:
-        if server.should_exit:
+        if server.should_exit or stopped.is_set():
             raise OSError(f"could not start the gateway on {host}:{port}")
         await anyio.sleep(0.01)
     sockets = [s for srv in server.servers for s in srv.sockets]
     bound: int = sockets[0].getsockname()[1] if sockets else port
-    return bound
+    return bound, stopped

@@ -1,11 +1,16 @@
-"""The ``gatekeep`` command: ``demo``, ``serve CONFIG`` and ``check CONFIG``."""
+"""The ``gatekeep`` command: ``demo``, ``serve CONFIG``, ``check CONFIG`` and ``token``."""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from functools import partial
 
 import anyio
 
@@ -23,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
     demo.add_argument("--tour", action="store_true", help="send the tour's requests, print them, and exit")
+    demo.add_argument(
+        "--redis", metavar="URL", help="keep the rate limits in Redis (policy 'redis') instead of in memory"
+    )
+    demo.add_argument(
+        "--access-log", action="store_true", help="write one JSON access-log line per request to stderr"
+    )
 
     serve = sub.add_parser("serve", help="serve a config on uvicorn")
     serve.add_argument("config", help="TOML config file")
@@ -33,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config; print every error with its path")
     check.add_argument("config", help="TOML config file")
+
+    token = sub.add_parser(
+        "token", help="get an access token from the demo's dev issuer (client credentials)"
+    )
+    token.add_argument("--user", default="alice", help="the demo client: alice (user), bob (admin), carol")
+    token.add_argument("--secret", help="the client's secret (default: <user>-secret, as in the demo)")
+    token.add_argument(
+        "--issuer",
+        default=os.environ.get("GATEKEEP_ISSUER"),
+        help="the issuer's URL, as the demo prints it (default: $GATEKEEP_ISSUER)",
+    )
     return parser
 
 
@@ -42,10 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "token":
+        return _token(args.issuer, args.user, args.secret)
     from ._demo import run_demo
 
+    demo = partial(run_demo, args.host, args.port, args.tour, redis=args.redis, access_log=args.access_log)
     try:
-        return anyio.run(run_demo, args.host, args.port, args.tour)
+        return anyio.run(demo)
     except KeyboardInterrupt:
         return 0
 
@@ -62,6 +87,37 @@ def _check(path: str) -> int:
     print(
         f"{path}: ok ({len(config.services)} services, {routes} routes, {len(config.plugins)} global plugins)"
     )
+    return 0
+
+
+def _token(issuer: str | None, user: str, secret: str | None) -> int:
+    """The client-credentials grant at ``issuer``; prints the access token alone."""
+    if not issuer:
+        print(
+            "gatekeep token: give --issuer URL (gatekeep demo prints it) or set GATEKEEP_ISSUER",
+            file=sys.stderr,
+        )
+        return 2
+    basic = base64.b64encode(f"{user}:{secret or user + '-secret'}".encode()).decode()
+    request = urllib.request.Request(
+        issuer.rstrip("/") + "/token",
+        data=b"grant_type=client_credentials",
+        headers={"authorization": f"Basic {basic}", "content-type": "application/x-www-form-urlencoded"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            token = json.load(answer)["access_token"]
+    except urllib.error.HTTPError as exc:
+        print(
+            f"gatekeep token: {issuer} answered {exc.code}: {exc.read().decode(errors='replace')}",
+            file=sys.stderr,
+        )
+        return 1
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"gatekeep token: no token from {issuer}: {exc}", file=sys.stderr)
+        return 1
+    print(token)
     return 0
 
 
