@@ -11,7 +11,7 @@ app = gatekeep.asgi(gateway, app=my_fastapi_app)   # middleware mode
 from __future__ import annotations
 
 from ._asgi import ASGIApp, asgi
-from ._balancer import LeastOutstanding, RoundRobin
+from ._balancer import ConsistentHash, LeastOutstanding, PowerOfTwoEWMA, RoundRobin
 from ._config import (
     ConsumerConfig,
     GatewayConfig,
@@ -62,8 +62,12 @@ from ._protocols import (
     RateLimiter,
     Router,
 )
+from ._ratelimit import MemoryRateLimiter, RateLimiterUnavailable, RedisRateLimiter
 from ._router import CompiledRouter, RouteMatch, RouteRule
 from ._wsgi import WSGIApp, wsgi
+from .auth import JWTVerifier
+from .discovery import CompositeDiscovery, ConsulDiscovery, DnsDiscovery
+from .resilience import CircuitBreaker
 
 __version__ = "0.1.0"
 
@@ -77,12 +81,17 @@ __all__ = [
     "BaseFilter",
     "Breaker",
     "Chain",
+    "CircuitBreaker",
     "CircuitOpen",
     "CompiledRouter",
+    "CompositeDiscovery",
     "ConfigError",
+    "ConsistentHash",
+    "ConsulDiscovery",
     "ConsumerConfig",
     "Decision",
     "Discovery",
+    "DnsDiscovery",
     "Exchange",
     "FieldError",
     "Filter",
@@ -95,16 +104,21 @@ __all__ = [
     "Headers",
     "Identity",
     "Instance",
+    "JWTVerifier",
     "LeastOutstanding",
     "Limit",
+    "MemoryRateLimiter",
     "MethodNotAllowed",
     "NoConfig",
     "NoHealthyUpstream",
     "NotFound",
     "PayloadTooLarge",
     "PluginConfig",
+    "PowerOfTwoEWMA",
     "RateLimited",
     "RateLimiter",
+    "RateLimiterUnavailable",
+    "RedisRateLimiter",
     "Request",
     "Response",
     "RoundRobin",

@@ -390,6 +390,7 @@ class _AppCaller:
     def __init__(self, app: ASGI, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
+        self._warned = False
         self.state: dict[str, Any] = {}
 
     def scope_for(self, request: Request) -> Scope:
@@ -421,6 +422,12 @@ class _AppCaller:
 
     async def _buffered(self, request: Request) -> Response:
         # No lifespan ran (no task group to stream from): collect the answer.
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "the ASGI lifespan did not run (e.g. uvicorn --lifespan off): the wrapped app's "
+                "answers are buffered whole and filters were not started; enable the lifespan"
+            )
         messages: list[Message] = []
         receive = _app_receive(request)
 

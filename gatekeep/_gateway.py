@@ -430,7 +430,12 @@ class Gateway:
         if chain is not None and chain.response:
             response = await self._respond(chain, request, response, exchange)
         if self.echo_request_id:
-            response.headers.raw.append((self.request_id_header, request.request_id.encode("latin-1")))
+            rid = request.request_id.encode("latin-1")
+            headers = response.headers
+            if headers.get(self.request_id_header) is None:
+                headers.raw.append((self.request_id_header, rid))
+            elif headers.get_all(self.request_id_header) != [rid]:
+                headers.set(self.request_id_header, rid)
         exchange.status = response.status
         exchange.source = response.source
         exchange.response_headers = response.headers

@@ -246,7 +246,9 @@ class _ResponseIterator:
         if self._closed:
             return
         self._closed = True
-        portal = self.owner.portal
+        portal = self.owner._portal
+        if portal is None:
+            return  # the app was closed meanwhile: nothing is left to release
         try:
             portal.call(self.response.aclose)
         finally:

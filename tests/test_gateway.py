@@ -437,3 +437,13 @@ async def test_an_endpoint_may_skip_global_filters() -> None:
     async with gateway_for(filters=[GuardEverything(), OpenEndpoint()]) as gw:
         assert (await gw.client.get("/_ping")).text == "pong"
         assert (await gw.client.get("/other")).status == 401
+
+
+async def test_the_request_id_is_echoed_exactly_once() -> None:
+    echoing = EchoUpstream(extra_headers=[("x-request-id", "upstream-made-this-up")])
+    async with gateway_for(upstream=echoing) as gw:
+        response = await gw.client.get("/", headers={"x-request-id": "mine"})
+        assert response.header_all("x-request-id") == ["mine"]
+        problem = await gw.client.get("/%zz")
+        assert problem.status == 400
+        assert len(problem.header_all("x-request-id")) == 1
