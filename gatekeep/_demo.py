@@ -836,8 +836,15 @@ async def _serve_gateway(
         finally:
             stopped.set()
 
+    async def shut_down() -> None:
+        # Before the task group exits: with an exception in flight it would cancel uvicorn
+        # mid-shutdown (its lifespan task then fails noisily); let it stop on its own instead.
+        server.should_exit = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await stopped.wait()
+
     tg = await stack.enter_async_context(anyio.create_task_group())
-    stack.callback(lambda: setattr(server, "should_exit", True))
+    stack.push_async_callback(shut_down)
     tg.start_soon(serve)
     while not server.started:
         if server.should_exit or stopped.is_set():

@@ -9,7 +9,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import anyio
@@ -70,9 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = partial(run_demo, args.host, args.port, args.tour, redis=args.redis, access_log=args.access_log)
     try:
-        return anyio.run(demo)
+        return _run_demo(demo)
     except KeyboardInterrupt:
         return 0
+
+
+def _run_demo(demo: Callable[[], Awaitable[int]]) -> int:
+    try:
+        return anyio.run(demo)
+    except* BrokenPipeError:
+        # The reader went away (``gatekeep demo --tour | head``): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def _check(path: str) -> int:
