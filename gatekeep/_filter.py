@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from ._gateway import Gateway
-
     from ._protocols import Instance
 
 __all__ = [

@@ -35,7 +35,7 @@ BUILTIN_FILTERS: dict[str, Any] = {
     AccessLogFilter.name: AccessLogFilter,
     TracingFilter.name: TracingFilter,
     RbacFilter.name: RbacFilter,
+    MTLSAuthFilter.name: MTLSAuthFilter,
     JWTFilter.name: JWTFilter,
     KeyAuthFilter.name: KeyAuthFilter,
-    MTLSAuthFilter.name: MTLSAuthFilter,
 }
