@@ -65,11 +65,12 @@ _STATUS_LINES = {s.value: _reason(s.value) for s in http.HTTPStatus}
 class _InputBody:
     """The request body read from ``wsgi.input`` off the event loop."""
 
-    __slots__ = ("remaining", "stream")
+    __slots__ = ("received", "remaining", "stream")
 
     def __init__(self, stream: Any, length: int | None) -> None:
         self.stream = stream
         self.remaining = length
+        self.received = 0
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iter()
@@ -82,6 +83,7 @@ class _InputBody:
                 return
             if self.remaining is not None:
                 self.remaining -= len(chunk)
+            self.received += len(chunk)
             yield chunk
 
 
@@ -167,6 +169,7 @@ class WSGIApp:
         else:
             length = 0
         headers = Headers(raw)
+        body = _InputBody(environ["wsgi.input"], length)
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         if raw_uri:
             raw_path = raw_uri.split("?", 1)[0].encode("latin-1")
@@ -184,14 +187,14 @@ class WSGIApp:
             path="",
             query_string=environ.get("QUERY_STRING", "").encode("latin-1"),
             headers=headers,
-            body=_InputBody(environ["wsgi.input"], length),
+            body=body,
             scheme=environ.get("wsgi.url_scheme", "http"),
             host=host.lower(),
             raw_path=raw_path,
             client=client,
             server=(environ.get("SERVER_NAME", ""), int(server_port) if server_port else None),
             http_version=environ.get("SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1",
-            state={"wsgi.environ": environ},
+            state={"wsgi.environ": environ, "wsgi.input.body": body},
         )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -252,6 +255,9 @@ class _ResponseIterator:
         try:
             portal.call(self.response.aclose)
         finally:
+            body = self.exchange.request.state.get("wsgi.input.body")
+            if body is not None:
+                self.exchange.bytes_in = body.received
             portal.call(self.owner.gateway.log, self.exchange)
 
 
