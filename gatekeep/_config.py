@@ -68,6 +68,16 @@ def _name(_: Any, attribute: Any, value: Any) -> None:
         raise ValueError(f"must be a non-empty name of letters, digits, '-', '_', '.' or '~', got {value!r}")
 
 
+def _networks(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
+    import ipaddress
+
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"expected an IP address or CIDR, got {item!r}") from None
+
+
 @attrs.frozen
 class PluginConfig:
     """A filter attached to a scope; ``config`` is checked against the filter's ``Config``."""
@@ -197,7 +207,8 @@ class GatewaySettings:
     via: str = "gatekeep"
     request_id_header: str = "x-request-id"
     echo_request_id: bool = True
-    trusted_proxies: tuple[str, ...] = ()
+    # Peers (addresses or CIDRs) whose X-Forwarded-Proto/-Host are kept.
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
     # Middleware mode: a request no route matches goes to the wrapped app.
     fallthrough: bool = True
     # HTTP/1.1 codec to upstreams: httptools when installed ("auto"), else h11.

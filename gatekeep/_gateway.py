@@ -24,6 +24,7 @@ timeouts and target paths.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import os
 import random
@@ -158,6 +159,7 @@ class Gateway:
         self.via = f"1.1 {settings.via}".encode()
         self.request_id_header = settings.request_id_header.lower().encode("latin-1")
         self.echo_request_id = settings.echo_request_id
+        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies)
         self.fallthrough = settings.fallthrough
         pool = settings.pool
         try:
@@ -577,6 +579,7 @@ class Gateway:
         pool = self.pool
         via = self.via
         retry_safe = request.method in _IDEMPOTENT
+        trusted = bool(self._trusted) and _is_trusted(request.client_ip, self._trusted)
 
         async def send(instance: Instance) -> Response:
             # One try; the guard picks the instance and decides about retries.
@@ -585,7 +588,7 @@ class Gateway:
                 host_header = request.headers.get(b"host") or instance.address.encode()
             else:
                 host_header = _host_header(instance)
-            headers = upstream_request_headers(request, host_header=host_header, via=via)
+            headers = upstream_request_headers(request, host_header=host_header, via=via, trusted=trusted)
             return await pool.send(
                 instance,
                 request.method,
@@ -646,6 +649,14 @@ _NO_FILTERS = Chain([])
 _ids = random.Random(os.urandom(32))
 # Forked workers (gunicorn, uvicorn --workers) must not share a sequence.
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
+def _is_trusted(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 
 
 def _consumer_key(consumer: Any) -> str | None:

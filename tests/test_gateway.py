@@ -447,3 +447,26 @@ async def test_the_request_id_is_echoed_exactly_once() -> None:
         problem = await gw.client.get("/%zz")
         assert problem.status == 400
         assert len(problem.header_all("x-request-id")) == 1
+
+
+@pytest.mark.parametrize("trusted", [["127.0.0.0/8"], ["10.0.0.1"]])
+async def test_forwarded_proto_and_host_are_kept_only_from_trusted_proxies(trusted: list[str]) -> None:
+    config = {
+        "gateway": {"trusted_proxies": trusted},
+        "services": [{"name": "up", "url": "{upstream}", "routes": [{"paths": ["/"]}]}],
+    }
+    async with gateway_for(config) as gw:
+        await gw.client.get("/", headers={"x-forwarded-proto": "https", "x-forwarded-host": "shop.example"})
+        seen = gw.upstream.requests[-1].headers
+        if trusted == ["127.0.0.0/8"]:  # the test client is on loopback: a trusted proxy
+            assert (seen["x-forwarded-proto"], seen["x-forwarded-host"]) == ("https", "shop.example")
+        else:
+            assert seen["x-forwarded-proto"] == "http"
+            assert seen["x-forwarded-host"] != "shop.example"
+
+
+def test_trusted_proxies_must_be_addresses() -> None:
+    with pytest.raises(
+        gatekeep.ConfigError, match=r"gateway.trusted_proxies: expected an IP address or CIDR"
+    ):
+        gatekeep.Gateway({"gateway": {"trusted_proxies": ["nope"]}, "services": []})
