@@ -6,12 +6,14 @@ yields a ``JWKSServer`` whose behaviour the test changes while it runs:
 answer normally (``"ok"``), fail (``"error"``: 500), return garbage
 (``"garbage"``) or stall (``"slow"``: ``delay`` seconds before answering).
 ``fetches`` counts the JWKS requests; ``mint(...)`` signs a token with one
-of the server's keys.
+of the server's keys.  With ``ssl_context`` it is served over TLS
+(``https://127.0.0.1:<port>``, discovery naming an ``https`` ``jwks_uri``).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -19,8 +21,11 @@ from typing import Any
 
 import anyio
 import jwt
+from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSListener, TLSStream
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from gatekeep._miniserver import ASGI, _connection
 from gatekeep.testing import serve_asgi
 
 _ALGS = {"RS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}
@@ -148,8 +153,33 @@ async def _answer(
 
 
 @asynccontextmanager
-async def jwks_server(alg: str = "RS256") -> AsyncIterator[JWKSServer]:
+async def serve_tls(app: ASGI, context: ssl.SSLContext) -> AsyncIterator[int]:
+    """Serve ``app`` over TLS on 127.0.0.1 (gatekeep's h11 server behind anyio's TLS listener)."""
+    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port: int = tcp.extra(SocketAttribute.local_port)
+    listener = TLSListener(tcp, context, standard_compatible=False, handshake_timeout=5)
+
+    async def handle(stream: TLSStream) -> None:
+        await _connection(stream, app)  # type: ignore[arg-type]
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle, tg)
+        try:
+            yield port
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def jwks_server(
+    alg: str = "RS256", *, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[JWKSServer]:
     server = JWKSServer(alg)
-    async with serve_asgi(server) as port:
-        server.issuer = f"http://127.0.0.1:{port}"
-        yield server
+    if ssl_context is None:
+        async with serve_asgi(server) as port:
+            server.issuer = f"http://127.0.0.1:{port}"
+            yield server
+    else:
+        async with serve_tls(server, ssl_context) as port:
+            server.issuer = f"https://127.0.0.1:{port}"
+            yield server

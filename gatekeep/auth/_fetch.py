@@ -63,6 +63,11 @@ async def fetch(
             return await _get(parts.scheme, parts.hostname, port, target, host_header, max_size, ssl_context)
     except TimeoutError as exc:
         raise FetchError(f"no answer within {time_limit:g} s") from exc
+    except ssl.SSLCertVerificationError as exc:
+        # "unable to get local issuer certificate" (no ca_file?), "Hostname mismatch ..."
+        raise FetchError(
+            f"TLS certificate of {parts.hostname} refused: {exc.verify_message or exc.reason}"
+        ) from exc
     except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, ssl.SSLError) as exc:
         raise FetchError(f"connection failed: {exc!r}") from exc
     except h11.ProtocolError as exc:

@@ -77,6 +77,15 @@ def _https_or_loopback(_: Any, attribute: Any, value: str | None) -> None:
         raise ValueError(f"must be an https:// URL (http:// only on loopback), got {value!r}")
 
 
+def _ca_file(_: Any, attribute: Any, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        ssl.create_default_context(cafile=value)
+    except OSError as exc:  # no such file, no PEM certificate in it (ssl.SSLError) ...
+        raise ValueError(f"cannot load CA certificates from {value!r}: {exc.strerror or exc}") from exc
+
+
 def _issuer(_: Any, attribute: Any, value: str) -> None:
     if not value:
         raise ValueError("must not be empty")
@@ -102,7 +111,8 @@ class IssuerConfig:
     algorithms: tuple[Algorithm, ...] = attrs.field(default=("RS256",), validator=_algorithms)
     keys: tuple[KeyConfig, ...] = ()
     discovery: bool = True
-    ca_file: str | None = None
+    # PEM CA bundle trusted for this issuer's discovery and JWKS fetches (default: the system's CAs).
+    ca_file: str | None = attrs.field(default=None, validator=_ca_file)
 
     def __attrs_post_init__(self) -> None:
         if attrs.validators.get_disabled():
