@@ -12,6 +12,13 @@ issuer through OIDC discovery and JWKS, ``rbac`` on the Order service,
 ``carol``, a trial client, has a consumer-scoped ``second = 3``),
 ``prometheus`` with ``/metrics``, ``tracing`` and, on request, ``access-log``.
 
+The Order service also checks for itself, as a real service behind the gateway
+should (defence in depth): ``gatekeep.service.AuthMiddleware`` believes the
+gateway's identity headers only from the gateway's address (``127.0.0.1``:
+everything here is loopback; in production the trust is mTLS, see
+docs/authorization.md) and ``Roles(...).require(...)`` guards apply the same
+rules as the gateway's ``rbac``.
+
 ``--tour`` sends a scripted set of requests, prints each request and answer,
 compares the movement of ``gatekeep_http_requests_total`` with what it sent,
 and exits 0 only when every answer is what the tour expects.
@@ -20,8 +27,10 @@ and exits 0 only when every answer is what the tour expects.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
+import socket
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,6 +45,7 @@ from ._asgi import asgi
 from ._gateway import Gateway
 from ._miniserver import serve_asgi
 from .auth.devissuer import DEMO_CLIENTS, DevClient, DevIssuer
+from .service import AuthMiddleware, HeaderTrust, Roles, identity_from_scope
 from .testing import ClientResponse, TestClient
 
 __all__ = ["DEMO_AUDIENCE", "demo_clients", "demo_config", "run_demo", "run_tour"]
@@ -45,6 +55,15 @@ DEMO_AUDIENCE = "gatekeep-demo"
 REFERENCE_LIMITS = {"second": 5, "hour": 1000}
 # carol is a trial client: a consumer-scoped rate-limiting plugin overrides the services' one.
 TRIAL_LIMITS = {"second": 3, "hour": 1000}
+# The Order service's roles, the same in the gateway's rbac filter and in the service itself.
+ORDER_HIERARCHY = {"admin": ["user"]}
+ORDER_ROLES = {"GET": "admin", "POST": "user"}
+# Where the gateway's connections to the services come from. Everything in the demo is on
+# loopback, so "the gateway's address" is 127.0.0.1 (and so is any other local process's);
+# behind a real gateway a service trusts a client certificate instead (docs/authorization.md).
+GATEWAY_PEERS = ("127.0.0.1",)
+# A loopback address that is not the gateway's, for the tour's requests straight to a service.
+OUTSIDER = "127.0.0.2"
 
 
 def demo_clients() -> dict[str, DevClient]:
@@ -90,7 +109,11 @@ _ECHOED = {
 
 
 class _Service:
-    """A tiny JSON service keeping its records in memory."""
+    """A tiny JSON service keeping its records in memory.
+
+    Behind ``AuthMiddleware`` it echoes the identity the middleware established
+    (``consumer``, ``roles``) rather than the raw headers.
+    """
 
     def __init__(self, name: str, collection: str, seed: Sequence[Mapping[str, Any]]) -> None:
         self.name = name
@@ -106,6 +129,10 @@ class _Service:
             key = _ECHOED.get(k.decode("latin-1"))
             if key is not None:
                 seen[key] = v.decode("latin-1")
+        identity = identity_from_scope(scope)
+        if identity is not None:
+            seen["consumer"] = identity.consumer or identity.subject
+            seen["roles"] = ", ".join(sorted(identity.roles))
         if parts[:1] != [self.collection]:
             return await _answer(send, 404, {"error": "not found", **seen})
         if len(parts) == 1 and method == "GET":
@@ -128,9 +155,29 @@ class _Service:
         return await _answer(send, 405, {"error": "method not allowed", **seen})
 
 
-def demo_services() -> dict[str, _Service]:
+def order_service(orders: _Service, trusted_peers: Sequence[str] = GATEWAY_PEERS) -> AuthMiddleware:
+    """The Order service enforcing its own roles, as the seed's Node.js one does with ``checkRBAC``.
+
+    ``AuthMiddleware`` believes the gateway's identity headers only from ``trusted_peers``
+    (401 ``untrusted-identity-headers`` from anyone else) and, with ``required``, refuses a
+    caller without an identity (401). The guards then ask for the same roles as the
+    gateway's ``rbac``: ``GET`` admin, ``POST`` user, an admin being a user too.
+    """
+    roles = Roles(hierarchy=ORDER_HIERARCHY)
+    guarded = {method: roles.require(role).asgi(orders.__call__) for method, role in ORDER_ROLES.items()}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        # Other methods reach the service, which answers 405 (to an authenticated caller).
+        await guarded.get(scope["method"], orders)(scope, receive, send)
+
+    return AuthMiddleware(app, trust=HeaderTrust(trusted_peers=trusted_peers), required=True)
+
+
+def demo_services() -> dict[str, Callable[[Any, Any, Any], Awaitable[None]]]:
     return {
-        "order-service": _Service("order-service", "orders", [{"id": 1, "item": "book", "qty": 1}]),
+        "order-service": order_service(
+            _Service("order-service", "orders", [{"id": 1, "item": "book", "qty": 1}])
+        ),
         "payment-service": _Service("payment-service", "payments", [{"id": 1, "order": 1, "amount": 12.5}]),
         "inventory-service": _Service(
             "inventory-service", "items", [{"id": 42, "name": "book", "stock": 7}, {"id": 43, "name": "pen"}]
@@ -189,10 +236,10 @@ def demo_config(
                     {
                         "name": "rbac",
                         "config": {
-                            "hierarchy": {"admin": ["user"]},
+                            "hierarchy": ORDER_HIERARCHY,
                             "rules": [
-                                {"methods": ["GET"], "any_of": ["admin"]},
-                                {"methods": ["POST"], "any_of": ["user"]},
+                                {"methods": [method], "any_of": [role]}
+                                for method, role in ORDER_ROLES.items()
                             ],
                         },
                     },
@@ -271,6 +318,9 @@ class Step:
     burst: int = 0
     # What the service echoed that this step is about (others are left out of the printout).
     echo: Sequence[str] = ()
+    # Send straight to the Order service's port, bypassing the gateway, on a connection from
+    # this loopback address ("" : through the gateway).
+    direct_from: str = ""
 
 
 ALICE_AS_ADMIN = "alice-edited"
@@ -324,6 +374,24 @@ def _problem(status: int, detail: str | None = None) -> Check:
         doc = _doc(r) or {}
         if doc.get("status") != status or not doc.get("request_id"):
             return "problem document lacks status or request_id"
+        if detail is not None and detail not in str(doc.get("detail")):
+            return f"detail is {doc.get('detail')!r}, expected it to say {detail!r}"
+        return None
+
+    return check
+
+
+def _service_problem(status: int, slug: str, detail: str | None = None) -> Check:
+    """A problem document from the Order service's own ``AuthMiddleware`` (no gateway request id)."""
+
+    def check(r: ClientResponse) -> str | None:
+        if r.header("content-type") != "application/problem+json":
+            return f"content-type is {r.header('content-type')!r}, expected application/problem+json"
+        doc = _doc(r) or {}
+        if doc.get("status") != status or not str(doc.get("type")).endswith("/" + slug):
+            return f"problem is {doc.get('type')!r} {doc.get('status')!r}, expected {slug} {status}"
+        if "request_id" in doc:
+            return "the answer went through the gateway (it has a request_id)"
         if detail is not None and detail not in str(doc.get("detail")):
             return f"detail is {doc.get('detail')!r}, expected it to say {detail!r}"
         return None
@@ -435,7 +503,7 @@ def tour_steps() -> list[Step]:
             check=_all(_json_has("created"), _json_has("consumer", "alice")),
         ),
         Step(
-            "rbac: bob (admin) lists orders",
+            "rbac: bob (admin) lists orders; the Order service checks again, with who the gateway says he is",
             "GET",
             "/orders",
             200,
@@ -476,6 +544,37 @@ def tour_steps() -> list[Step]:
             body=b'{"item": "chair", "qty": 1}',
             headers=[*json_body, ("x-consumer-username", "bob")],
             check=_json_has("consumer", "alice"),
+        ),
+        Step(
+            "straight to the Order service's port, bypassing the gateway, with no identity:"
+            " the service's own AuthMiddleware answers 401",
+            "GET",
+            "/orders",
+            401,
+            direct_from=GATEWAY_PEERS[0],
+            show=["www-authenticate"],
+            check=_all(_service_problem(401, "unauthorized"), _header("www-authenticate", "Bearer")),
+        ),
+        Step(
+            f"straight to the Order service from {OUTSIDER} with a forged identity: it believes"
+            f" identity headers only from the gateway's address ({GATEWAY_PEERS[0]}), 401",
+            "GET",
+            "/orders",
+            401,
+            direct_from=OUTSIDER,
+            headers=[("x-consumer-username", "bob"), ("x-authenticated-roles", "admin")],
+            check=_service_problem(401, "untrusted-identity-headers"),
+        ),
+        Step(
+            f"from {GATEWAY_PEERS[0]}, the gateway's address, the service believes the headers (as it would"
+            " from any local process: production trusts mTLS) and checks its own roles: a user may not list"
+            " orders",
+            "GET",
+            "/orders",
+            403,
+            direct_from=GATEWAY_PEERS[0],
+            headers=[("x-consumer-username", "alice"), ("x-authenticated-roles", "user")],
+            check=_service_problem(403, "insufficient-role", "needs the role 'admin'"),
         ),
         Step(
             "your X-Request-ID is kept, sent upstream and echoed",
@@ -605,7 +704,8 @@ def _body_line(r: ClientResponse, echo: Sequence[str]) -> str:
 
 
 def _source(status: int) -> str:
-    # Every answer the demo services give is 2xx; every refusal comes from the gateway.
+    # Through the gateway every answer the demo services give is 2xx (the Order service's own
+    # checks ask for what the gateway's rbac already did); every refusal comes from the gateway.
     return "service" if status < 400 else "gateway"
 
 
@@ -628,8 +728,36 @@ async def _requests_total(client: TestClient) -> Counter[tuple[str, str, str]] |
     return totals
 
 
-async def run_tour(client: TestClient, issuer: TestClient, out: Any = sys.stdout) -> bool:
-    """Send the tour's requests through the gateway at ``client``; print them; True when all pass."""
+def _direct(
+    source: str, target: TestClient, method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes
+) -> ClientResponse:
+    """One request to ``target`` on a connection from ``source`` (blocking: run it in a thread)."""
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body or None, headers=dict(headers))
+        answer = conn.getresponse()
+        return ClientResponse(answer.status, [(k.lower(), v) for k, v in answer.getheaders()], answer.read())
+    finally:
+        conn.close()
+
+
+def _can_bind(address: str) -> bool:
+    """Whether this host has ``address`` (Linux has all of 127.0.0.0/8; macOS only 127.0.0.1)."""
+    try:
+        with socket.socket() as s:
+            s.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+async def run_tour(
+    client: TestClient, issuer: TestClient, out: Any = sys.stdout, *, orders: TestClient | None = None
+) -> bool:
+    """Send the tour's requests through the gateway at ``client``; print them; True when all pass.
+
+    ``orders`` is the Order service itself, for the steps that bypass the gateway.
+    """
     before = await _requests_total(client)
     tokens, token_problems = await _fetch_tokens(issuer, out)
     ok = not token_problems
@@ -638,14 +766,29 @@ async def run_tour(client: TestClient, issuer: TestClient, out: Any = sys.stdout
         headers = list(step.headers)
         if step.token is not None:
             headers.append(("authorization", f"Bearer {tokens[step.token]}"))
+        if step.direct_from and not _can_bind(step.direct_from):
+            print(f"\n[skip] {n}. {step.says}", file=out)
+            print(f"  (this host has no loopback address {step.direct_from}: skipped)", file=out)
+            continue
         tries: list[ClientResponse] = []
-        for _ in range(max(step.burst, 1)):
+        problems = []
+        if step.direct_from:
+            try:
+                if orders is None:
+                    raise OSError("run_tour was not given the Order service's address")
+                response = await anyio.to_thread.run_sync(
+                    _direct, step.direct_from, orders, step.method, step.path, headers, step.body
+                )
+            except (OSError, http.client.HTTPException) as exc:
+                response = ClientResponse(0, [], b"")
+                problems.append(f"no answer: {type(exc).__name__} {exc}")
+            tries.append(response)
+        for _ in range(0 if step.direct_from else max(step.burst, 1)):
             response = await client.request(step.method, step.path, headers=headers, body=step.body)
             tries.append(response)
             sent[(step.route, str(response.status), _source(response.status))] += 1
             if response.status == step.status:
                 break
-        problems = []
         if response.status != step.status:
             problems.append(f"status {response.status}, expected {step.status}")
         if step.check is not None and not problems:
@@ -660,6 +803,8 @@ async def run_tour(client: TestClient, issuer: TestClient, out: Any = sys.stdout
             extra.append(f"authorization: Bearer <{who}>")
         if step.body:
             extra.append(f"({len(step.body)} byte body)")
+        if step.direct_from:
+            extra.insert(0, f"(to order-service from {step.direct_from}, not through the gateway)")
         print(f"  > {step.method} {step.path}" + "".join(f"  {e}" for e in extra), file=out)
         if len(tries) > 1:
             line = ", ".join(
@@ -745,7 +890,12 @@ async def run_demo(
         gateway_port, stopped = await _serve_gateway(stack, gateway, host, port)
         _print_banner(out, host, ports, idp.issuer, f"http://{loopback}:{gateway_port}", redis)
         if tour:
-            ok = await run_tour(TestClient(loopback, gateway_port), TestClient(loopback, idp_port), out)
+            ok = await run_tour(
+                TestClient(loopback, gateway_port),
+                TestClient(loopback, idp_port),
+                out,
+                orders=TestClient(loopback, ports["order-service"]),
+            )
             return 0 if ok else 1
         print("\nCtrl-C to stop.", file=out)
         # uvicorn stops on SIGINT/SIGTERM (and raises the signal again once it has): stop with it.
@@ -760,6 +910,9 @@ def _print_banner(
     parts = [
         ("order-service", f"http://{host}:{ports['order-service']}"),
         ("", "/orders: token; GET admin only, POST user or admin; 5/s, 1000/h per consumer"),
+        ("", "and it checks for itself (gatekeep.service): the same roles; identity headers believed only"),
+        ("", f"from the gateway's address, {GATEWAY_PEERS[0]}, which every local process shares here"),
+        ("", "(production trusts the gateway's client certificate: mTLS, see docs/authorization.md)"),
         ("payment-service", f"http://{host}:{ports['payment-service']}"),
         ("", "/payments: token (any role); 5/s, 1000/h per consumer; bodies up to 1 KiB"),
         ("inventory-service", f"http://{host}:{ports['inventory-service']}"),
@@ -769,6 +922,8 @@ def _print_banner(
         ("gateway", f"{base}  (/metrics from loopback; {limits})"),
     ]
     bearer = '-H "authorization: Bearer $TOKEN"'
+    loopback = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    orders = f"http://{loopback}:{ports['order-service']}"
     tries = [
         (f"curl -i {base}/inventory/42", "open: reaches /items/42"),
         (f"curl -i {base}/orders", "401: needs a token"),
@@ -786,6 +941,15 @@ def _print_banner(
             "for i in 1 2 3 4 5 6; do"
             f" curl -s -o /dev/null -w '%{{http_code}} ' {base}/payments {bearer}; done",
             "429 after 5 in a second",
+        ),
+        (
+            f"curl -i {orders}/orders -H 'x-consumer-username: alice' -H 'x-authenticated-roles: user'",
+            "straight to the service: its own 403",
+        ),
+        (
+            f"curl -i --interface {OUTSIDER} {orders}/orders"
+            " -H 'x-consumer-username: bob' -H 'x-authenticated-roles: admin'",
+            "not from the gateway's address: 401",
         ),
         (f"curl -i -X DELETE {base}/payments", "405 problem+json with Allow"),
         (f"curl -i --path-as-is {base}/orders/../admin", "normalised to /admin: 404"),

@@ -15,9 +15,9 @@ import jwt
 import pytest
 import redis
 
-from gatekeep._demo import _print_banner, run_tour
+from gatekeep._demo import OUTSIDER, _can_bind, _direct, _print_banner, _Service, order_service, run_tour
 from gatekeep.auth.devissuer import DevIssuer
-from gatekeep.testing import EchoUpstream, TestClient, serve_asgi
+from gatekeep.testing import ClientResponse, EchoUpstream, TestClient, serve_asgi
 
 DEMO = [sys.executable, "-m", "gatekeep", "demo", "--tour", "--port", "0"]
 GETTING_STARTED = Path(__file__).parent.parent / "docs" / "getting-started.md"
@@ -45,6 +45,13 @@ def _assert_tour_passed(result: subprocess.CompletedProcess[str]) -> None:
     assert "needs the role 'admin'" in out
     assert 'www-authenticate: Bearer error="invalid_token"' in out
     assert '"consumer": "alice"' in out and '"consumer": "bob"' in out
+    # The Order service's own checks, straight to its port: no identity, forged headers from
+    # another address, and its own role check for what it believes.
+    direct = out[out.index("bypassing the gateway, with no identity") :]
+    assert "(to order-service from 127.0.0.1, not through the gateway)\n  < 401\n" in direct
+    assert "(to order-service from 127.0.0.2, not through the gateway)" in direct
+    assert "problems/untrusted-identity-headers" in direct
+    assert '"detail": "GET /orders needs the role \'admin\'"' in direct
     # Rate limiting: the burst's 429 with its headers.
     assert "x-ratelimit-limit-second: 3\n" in out and "x-ratelimit-remaining-second: 0\n" in out
     assert "ratelimit-reset:" in out and "retry-after:" in out
@@ -75,9 +82,10 @@ def test_the_demo_tour_passes() -> None:
 
 def test_the_documented_curl_lines_are_the_printed_ones() -> None:
     out = io.StringIO()
-    ports = {"order-service": 1, "payment-service": 2, "inventory-service": 3}
+    ports = {"order-service": 9001, "payment-service": 9002, "inventory-service": 9003}
     _print_banner(out, "127.0.0.1", ports, "$ISSUER", "http://127.0.0.1:8000", None)
-    printed = out.getvalue().split("try:\n", 1)[1].splitlines()
+    # The docs call the Order service's own URL $ORDERS, as the issuer's $ISSUER.
+    printed = out.getvalue().split("try:\n", 1)[1].replace("http://127.0.0.1:9001", "$ORDERS").splitlines()
     assert _doc_block("sh", "lines to try") == [line.removeprefix("  ") for line in printed]
 
 
@@ -148,7 +156,55 @@ async def test_the_tour_fails_when_an_answer_is_wrong() -> None:
     async with serve_asgi(EchoUpstream()) as port:
         out = io.StringIO()
         echo = TestClient("127.0.0.1", port)
-        assert await run_tour(echo, echo, out) is False
+        assert await run_tour(echo, echo, out, orders=echo) is False
     text = out.getvalue()
     assert "[FAIL] 0. tokens" in text and "[FAIL] 5. rbac" in text and "tour FAILED" in text
+    # Straight to a service that does not check (the echo): the Order service's steps notice.
+    assert "[FAIL] 11. straight to the Order service's port" in text
+    assert "[FAIL] 12. straight to the Order service from 127.0.0.2" in text
     assert "/metrics: gatekeep_http_requests_total" in text
+
+
+async def _direct_to(
+    port: int, source: str, method: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> ClientResponse:
+    target = TestClient("127.0.0.1", port)
+    return await anyio.to_thread.run_sync(
+        _direct, source, target, method, "/orders", list((headers or {}).items()), body
+    )
+
+
+BOB = {"x-consumer-username": "bob", "x-authenticated-roles": "admin"}
+ALICE = {"x-consumer-username": "alice", "x-authenticated-roles": "user"}
+
+
+@pytest.mark.anyio
+async def test_the_demo_order_service_checks_for_itself() -> None:
+    assert _can_bind(OUTSIDER), "this test needs the loopback address 127.0.0.2 (Linux has it)"
+    assert not _can_bind("192.0.2.1")  # TEST-NET-1: on no host
+    orders = _Service("order-service", "orders", [{"id": 1, "item": "book"}])
+    async with serve_asgi(order_service(orders)) as port:
+        # From the gateway's address: the headers are the identity, and the roles are checked.
+        anonymous = await _direct_to(port, "127.0.0.1", "GET")
+        assert anonymous.status == 401 and anonymous.header("www-authenticate") == "Bearer"
+        assert (
+            (await _direct_to(port, "127.0.0.1", "GET", ALICE)).json()["type"].endswith("insufficient-role")
+        )
+        listed = await _direct_to(port, "127.0.0.1", "GET", BOB)
+        assert (
+            listed.status == 200 and listed.json()["consumer"] == "bob" and listed.json()["roles"] == "admin"
+        )
+        created = await _direct_to(port, "127.0.0.1", "POST", ALICE, b'{"item": "pen"}')
+        assert created.status == 201 and created.json()["consumer"] == "alice"
+        assert (await _direct_to(port, "127.0.0.1", "POST", BOB, b"{}")).status == 201  # admin is a user
+        assert (await _direct_to(port, "127.0.0.1", "DELETE", ALICE)).status == 405  # the service's own
+        assert (await _direct_to(port, "127.0.0.1", "DELETE")).status == 401
+        # From any other address, identity headers are refused and nothing reaches the records.
+        forged = await _direct_to(port, OUTSIDER, "POST", BOB, b'{"item": "forged"}')
+        assert forged.status == 401 and forged.json()["type"].endswith("untrusted-identity-headers")
+        assert (await _direct_to(port, OUTSIDER, "GET")).status == 401
+    assert [r.get("item") for r in orders.records] == ["book", "pen", None]
+    # The trust is the peer address, not the loopback: trusting only 127.0.0.2 refuses 127.0.0.1.
+    async with serve_asgi(order_service(orders, trusted_peers=[OUTSIDER])) as port:
+        assert (await _direct_to(port, "127.0.0.1", "GET", BOB)).status == 401
+        assert (await _direct_to(port, OUTSIDER, "GET", BOB)).status == 200
