@@ -191,6 +191,7 @@ def demo_config(
     *,
     redis: str | None = None,
     access_log: bool = False,
+    host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """The demo gateway's config (Kong's shape).
 
@@ -229,7 +230,7 @@ def demo_config(
         "services": [
             {
                 "name": "order-service",
-                "url": f"http://127.0.0.1:{ports['order-service']}",
+                "url": f"http://{host}:{ports['order-service']}",
                 "routes": [{"name": "orders", "paths": ["/orders"], "strip_path": False}],
                 "plugins": [
                     jwt,
@@ -248,7 +249,7 @@ def demo_config(
             },
             {
                 "name": "payment-service",
-                "url": f"http://127.0.0.1:{ports['payment-service']}",
+                "url": f"http://{host}:{ports['payment-service']}",
                 "routes": [
                     {
                         "name": "payments",
@@ -268,7 +269,7 @@ def demo_config(
             },
             {
                 "name": "inventory-service",
-                "url": f"http://127.0.0.1:{ports['inventory-service']}/items",
+                "url": f"http://{host}:{ports['inventory-service']}/items",
                 "routes": [{"name": "inventory", "paths": ["/inventory"], "methods": ["GET"]}],
             },
         ],
@@ -886,7 +887,7 @@ async def run_demo(
         idp.issuer = f"http://{loopback}:{idp_port}"
         if access_log:
             _log_access_to_stderr(stack)
-        gateway = Gateway(demo_config(ports, idp.issuer, redis=redis, access_log=access_log))
+        gateway = Gateway(demo_config(ports, idp.issuer, redis=redis, access_log=access_log, host=host))
         gateway_port, stopped = await _serve_gateway(stack, gateway, host, port)
         _print_banner(out, host, ports, idp.issuer, f"http://{loopback}:{gateway_port}", redis)
         if tour:

@@ -168,7 +168,7 @@ async def test_trusted_peers_without_tls() -> None:
         response = await client.get("/", headers={"X-Consumer-Username": "bob"})
         assert response.status == 401
         assert (
-            response.json()["detail"] == "identity headers are only accepted from the gateway over mutual TLS"
+            response.json()["detail"] == "identity headers are only accepted from the gateway (mutual TLS or a trusted peer address)"
         )
         assert (await client.get("/")).json() == {"sub": None}  # not required: passes without identity
 
