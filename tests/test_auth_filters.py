@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -210,6 +211,57 @@ async def test_key_auth_in_body() -> None:
         assert (await gw.client.get("/", headers={"apikey": "alice-api-key"})).status == 401
 
 
+async def test_key_auth_hides_the_key_in_the_body() -> None:
+    plugin = {
+        "name": "key-auth",
+        "config": {"key_names": ["apikey", "x-key"], "key_in_body": True, "hide_credentials": True},
+    }
+    form_type = {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}
+    async with gateway_for(config(plugin)) as gw:
+
+        async def post(body: bytes, headers: dict[str, str]) -> Any:
+            response = await gw.client.post("/", body=body, headers=headers)
+            assert response.status == 200, response.text
+            seen = gw.upstream.requests[-1]
+            # The upstream got exactly the announced bytes: content-length was rewritten.
+            assert response.json()["headers"]["content-length"] == str(len(seen.body))
+            return seen
+
+        # Form: every key field goes (any key name, percent-encoded names too); the rest keeps its bytes.
+        seen = await post(b"a=1&apikey=alice-api-key&b=%C3%A9+x&x-key=other&%61pikey=again&c=", form_type)
+        assert seen.body == b"a=1&b=%C3%A9+x&c="
+        assert seen.headers["x-consumer-username"] == "alice"
+        assert (await post(b"apikey=bob-api-key", form_type)).body == b""
+        # JSON: the top-level key fields go; the object is re-serialised (compact), nested ones stay.
+        body = b'{"apikey": "bob-api-key", "order": {"apikey": "nested", "qty": 2.5}, "note": "\\u00e9"}'
+        seen = await post(body, {"content-type": "application/json"})
+        assert seen.headers["x-consumer-username"] == "bob"
+        assert json.loads(seen.body) == {"order": {"apikey": "nested", "qty": 2.5}, "note": "é"}
+        assert b"bob-api-key" not in seen.body
+        # The key in a header: key fields in the body are stripped too (Kong clears every place).
+        seen = await post(
+            b'{"x-key": "stale", "keep": true}',
+            {"content-type": "application/json", "x-key": "alice-api-key"},
+        )
+        assert json.loads(seen.body) == {"keep": True} and "x-key" not in seen.headers
+        # A body without a key field is forwarded byte for byte.
+        seen = await post(
+            b'{ "keep" : [1, 2] }', {"content-type": "application/json"} | {"apikey": "bob-api-key"}
+        )
+        assert seen.body == b'{ "keep" : [1, 2] }'
+        # Bodies over 64 KiB are not buffered: no key is found in them, and nothing is changed.
+        big = b"apikey=alice-api-key&pad=" + b"x" * (64 * 1024)
+        refused = await gw.client.post("/", body=big, headers=form_type)
+        assert problem(refused, 401)["detail"] == "No API key found in request"
+        seen = await post(big, form_type | {"apikey": "alice-api-key"})
+        assert seen.body == big
+        # Non-latin-1 keys and undecodable escapes never cause a 500.
+        for odd in (b"apikey=%E2%82%AC", b"apikey=%FF%FE", b'{"apikey": "\\ud800"}', b'{"apikey": 1e400}'):
+            ctype = "application/json" if odd.startswith(b"{") else form_type["content-type"]
+            response = await gw.client.post("/", body=odd, headers={"content-type": ctype})
+            assert response.status == 401, (odd, response.text)
+
+
 async def test_anonymous_and_several_auth_filters() -> None:
     jwt_plugin = {"name": "jwt", "config": {"anonymous": "guest"}}
     key_plugin = {"name": "key-auth", "config": {"anonymous": "guest"}}
@@ -249,11 +301,12 @@ def test_config_errors_carry_paths() -> None:
     bad_anon["services"][0]["routes"][0]["plugins"] = [{"name": "key-auth", "config": {"anonymous": "ghost"}}]
     with pytest.raises(ConfigError) as info:
         Gateway(bad_anon)
-    # The first filter bound reports every plugin of its kind that names a missing consumer.
-    assert [e.path for e in info.value.errors] in (
-        ["plugins[0].config.anonymous"],
-        ["services[0].routes[0].plugins[0].config.anonymous"],
-    )
+    # The first auth filter bound reports every auth plugin that names a missing consumer, whatever its kind.
+    errors = {e.path: e.message for e in info.value.errors}
+    assert errors == {
+        "plugins[0].config.anonymous": "no consumer 'nobody'",
+        "services[0].routes[0].plugins[0].config.anonymous": "no consumer 'ghost'",
+    }
     cfg = config(url=NOWHERE)
     cfg["consumers"][1]["jwt_secrets"][0]["rsa_public_key"] = "not a pem"
     cfg["consumers"][0]["jwt_secrets"].append({"key": "k", "algorithm": "ES256", "secret": "x"})
@@ -332,3 +385,66 @@ def test_fuzzed_requests_are_401_never_500(authorization: bytes, query: bytes, c
         return response.status
 
     assert anyio.run(run) == 401
+
+
+_field_names = st.sampled_from(["apikey", "x-key", "a", "b", "api key", "é"]) | st.text(max_size=6)
+_fields = st.lists(st.tuples(_field_names, st.text(max_size=12)), max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fields=_fields, as_json=st.booleans(), noise=st.binary(max_size=40))
+def test_hidden_body_keys_are_gone_and_the_rest_is_kept(
+    fields: list[tuple[str, str]], as_json: bool, noise: bytes
+) -> None:
+    """Whatever the body, no key field reaches the upstream, other fields stay, never a 500."""
+    from urllib.parse import parse_qsl, urlencode
+
+    from gatekeep.auth import KeyAuthFilter
+
+    plugin = {
+        "name": "key-auth",
+        "config": {"key_names": ["apikey", "x-key"], "key_in_body": True, "hide_credentials": True},
+    }
+    gateway = Gateway(config(plugin, url=NOWHERE))
+    key_auth = gateway.filters[0]
+    assert isinstance(key_auth, KeyAuthFilter)
+    # The valid key is the one found: the last of a JSON name (json.loads), the first field of a form.
+    fields = [*fields, ("apikey", "alice-api-key")] if as_json else [("apikey", "alice-api-key"), *fields]
+    if as_json:
+        body, ctype = json.dumps(dict(fields)).encode(), b"application/json"
+    else:
+        body, ctype = urlencode(fields).encode(), b"application/x-www-form-urlencoded"
+
+    async def run(body: bytes) -> tuple[int | None, bytes, bytes | None]:
+        request = Request(
+            "POST",
+            "/",
+            raw_path=b"/",
+            headers=Headers([(b"content-type", ctype), (b"content-length", str(len(body)).encode())]),
+        )
+        request.body = _one(body)
+        try:
+            answer = await key_auth.on_request(request)
+        except Exception as exc:
+            status = getattr(exc, "status", 500)
+            assert status == 401, repr(exc)
+            return status, b"", None
+        assert answer is None
+        return None, await request.read(), request.headers.get(b"content-length")
+
+    status, seen, length = anyio.run(run, body)
+    assert status is None and length == str(len(seen)).encode()
+    if as_json:
+        expected = {k: v for k, v in dict(fields).items() if k not in ("apikey", "x-key")}
+        assert json.loads(seen) == expected
+    else:
+        assert parse_qsl(seen.decode(), keep_blank_values=True) == [
+            (k, v) for k, v in fields if k not in ("apikey", "x-key")
+        ]
+    # Arbitrary bytes around a key: 401 or authenticated, never another error.
+    anyio.run(run, noise + body)
+    anyio.run(run, body + noise)
+
+
+async def _one(data: bytes) -> Any:
+    yield data

@@ -10,7 +10,9 @@
   another filter authenticated the request (Kong's "logical AND").
 - ``anonymous`` names a consumer by id, username or custom_id; it must
   exist, which is checked when the gateway is built (``ConfigError`` with
-  the field's path).
+  the field's path).  The first auth filter bound reports every auth
+  plugin of the config that names a missing consumer, its own kind or not,
+  so one load lists them all.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ if TYPE_CHECKING:
     from .._gateway import Gateway
 
 __all__ = ["HeaderCache", "already_authenticated", "anonymous_identity", "authenticate", "resolve_anonymous"]
+
+
+# The built-in filters whose ``anonymous`` option names a consumer (Kong's auth plugins' meaning).
+_AUTH_FILTERS = frozenset({"jwt", "key-auth", "mtls-auth"})
 
 
 def _plugin_paths(config: Any) -> Iterator[tuple[str, Any]]:
@@ -50,7 +56,8 @@ def resolve_anonymous(gateway: Gateway, filter_name: str, anonymous: str | None)
 
     Raises:
         ConfigError: no consumer has that id, username or custom_id; lists
-            every such plugin of the config with its path.
+            every auth plugin of the config that names a missing consumer,
+            with its path.
     """
     if anonymous is None:
         return None
@@ -60,7 +67,11 @@ def resolve_anonymous(gateway: Gateway, filter_name: str, anonymous: str | None)
     errors = []
     for path, pc in _plugin_paths(gateway.config):
         value = pc.config.get("anonymous") if isinstance(pc.config, Mapping) else None
-        if pc.name == filter_name and isinstance(value, str) and value not in gateway.consumers:
+        if (
+            (pc.name == filter_name or pc.name in _AUTH_FILTERS)
+            and isinstance(value, str)
+            and value not in gateway.consumers
+        ):
             errors.append(FieldError(join(join(path, "config"), "anonymous"), f"no consumer {value!r}"))
     if not errors:
         errors.append(FieldError(f"{filter_name}.config.anonymous", f"no consumer {anonymous!r}"))

@@ -9,7 +9,17 @@ the filter's memory after ``bind``.
 Fields (Kong's): ``key_names`` (default ``["apikey"]``), ``key_in_header``,
 ``key_in_query``, ``key_in_body`` (form-urlencoded or JSON bodies),
 ``hide_credentials`` (strip the key before proxying), ``anonymous``,
-``run_on_preflight``, ``realm``.  A missing key answers 401 "No API key found
+``run_on_preflight``, ``realm``.
+
+Bodies are read only with ``key_in_body``, only when they announce a form or
+JSON ``content-type`` and a ``content-length`` of at most 64 KiB (a chunked or
+larger body is streamed untouched and carries no key for this filter).  With
+``hide_credentials`` the key fields are removed from such a body: the other
+form fields keep their bytes; a JSON object is re-serialised (compact,
+ASCII) without them; ``content-length`` is rewritten.  Only top-level JSON
+fields are keys, and a JSON document this filter cannot read back exactly
+(``NaN``, ``Infinity``, a number out of a double's range) is not a JSON body
+to it.  A missing key answers 401 "No API key found
 in request", a wrong one 401 "Invalid authentication credentials", both with
 ``WWW-Authenticate: Key realm="..."``.
 """
@@ -18,14 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 import attrs
 
 from .._errors import AuthError, ConfigError, FieldError
 from .._filter import BaseFilter
-from .._http import Request, Response
+from .._http import Request, Response, replayable
 from .._protocols import Identity
 from ._anonymous import (
     HeaderCache,
@@ -68,6 +79,30 @@ class KeyAuthConfig:
 
 def digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number out of range")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, if it is one that re-serialises to the same data."""
+    try:
+        doc = json.loads(body, parse_float=_finite, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _form_name(part: bytes) -> bytes:
+    return unquote_to_bytes(part.partition(b"=")[0].replace(b"+", b" "))
 
 
 class KeyAuthFilter(BaseFilter):
@@ -121,33 +156,62 @@ class KeyAuthFilter(BaseFilter):
                 name, _, value = part.partition(b"=")
                 if name in self.param_names and value:
                     return unquote_to_bytes(value.replace(b"+", b" "))
-        if c.key_in_body and request.method not in ("GET", "HEAD", "OPTIONS"):
+        if c.key_in_body:
             return await self._from_body(request)
         return None
 
-    async def _from_body(self, request: Request) -> bytes | None:
-        ctype = (request.headers.get(b"content-type") or b"").split(b";")[0].strip().lower()
+    async def _body(self, request: Request) -> tuple[bytes, bytes] | None:
+        """``(content type, body)`` of a form or JSON body this filter may read, else ``None``."""
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return None
+        headers = request.headers
+        ctype = (headers.get(b"content-type") or b"").split(b";")[0].strip().lower()
         if ctype not in (_FORM, _JSON):
             return None
-        length = request.headers.get(b"content-length")
+        length = headers.get(b"content-length")
         if length is None or not length.isdigit() or int(length) > _MAX_BODY:
             return None  # unknown or large bodies are not buffered for a key
-        body = await request.read(_MAX_BODY)
+        return ctype, await request.read(_MAX_BODY)  # kept: read again at no cost
+
+    async def _from_body(self, request: Request) -> bytes | None:
+        found = await self._body(request)
+        if found is None:
+            return None
+        ctype, body = found
         if ctype == _FORM:
-            for name, value in parse_qsl(body.decode("latin-1"), keep_blank_values=False):
-                if name in self.text_names:
-                    return value.encode("latin-1")
+            for part in body.split(b"&"):
+                value = part.partition(b"=")[2]
+                if value and _form_name(part) in self.param_names:
+                    return unquote_to_bytes(value.replace(b"+", b" "))
             return None
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return None
-        if isinstance(doc, dict):
+        doc = _json_object(body)
+        if doc is not None:
             for name in self.config.key_names:
-                found = doc.get(name)
-                if isinstance(found, str) and found:
-                    return found.encode("utf-8")
+                key = doc.get(name)
+                if isinstance(key, str) and key:
+                    return key.encode("utf-8", "surrogatepass")
         return None
+
+    async def _hide_in_body(self, request: Request) -> None:
+        found = await self._body(request)
+        if found is None:
+            return
+        ctype, body = found
+        stripped: bytes | None = None
+        if ctype == _FORM:
+            parts = body.split(b"&")
+            kept = [p for p in parts if _form_name(p) not in self.param_names]
+            if len(kept) != len(parts):
+                stripped = b"&".join(kept)
+        else:
+            doc = _json_object(body)
+            if doc is not None and not self.text_names.isdisjoint(doc):
+                for name in self.text_names:
+                    doc.pop(name, None)
+                stripped = json.dumps(doc, separators=(",", ":")).encode("ascii")
+        if stripped is not None:
+            request.body = replayable(stripped)
+            request.headers.set(b"content-length", str(len(stripped)).encode("ascii"))
 
     async def on_request(self, request: Request) -> Response | None:
         c = self.config
@@ -170,11 +234,11 @@ class KeyAuthFilter(BaseFilter):
             return None
         consumer, identity = found
         if c.hide_credentials:
-            self._hide(request)
+            await self._hide(request)
         authenticate(request, identity, consumer, self.header_cache)
         return None
 
-    def _hide(self, request: Request) -> None:
+    async def _hide(self, request: Request) -> None:
         c = self.config
         if c.key_in_header:
             request.headers.remove(*self.header_names)
@@ -183,3 +247,5 @@ class KeyAuthFilter(BaseFilter):
                 p for p in request.query_string.split(b"&") if p.partition(b"=")[0] not in self.param_names
             ]
             request.query_string = b"&".join(kept)
+        if c.key_in_body:
+            await self._hide_in_body(request)
