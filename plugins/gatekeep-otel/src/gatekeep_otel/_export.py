@@ -4,12 +4,12 @@ The SDK's own ``BatchSpanProcessor`` runs a thread of its own; gatekeep
 keeps background work in the task group the gateway's lifespan owns.
 ``TaskGroupBatcher`` queues spans as they end (on the event loop, an
 append) and one task exports them every ``delay`` seconds, or as soon as a
-full batch is waiting.  Exporters block (the OTLP/HTTP one posts with
-``requests`` and retries with backoff), so each export runs in a worker
-thread and the event loop never waits for a collector.  The queue is
-bounded: when the collector cannot keep up, new spans are dropped and
-counted, never buffered without limit.  ``stop`` exports what is left,
-within a time limit.
+full batch is waiting (the SDK's ``OTEL_BSP_*`` variables set both).
+Exporters block (the OTLP/HTTP one posts with ``requests`` and retries with
+backoff), so each export runs in a worker thread and the event loop never
+waits for a collector.  The queue is bounded: when the collector cannot keep
+up, new spans are dropped and counted, never buffered without limit.
+``stop`` exports what is left, within a time limit.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ class TaskGroupBatcher(SpanProcessor):
         *,
         max_queue: int = 2048,
         max_batch: int = 512,
-        delay: float = 2.0,
-        flush_timeout: float = 10.0,
+        delay: float = 5.0,
+        flush_timeout: float = 30.0,
     ) -> None:
         self.exporter = exporter
         self.dropped = 0

@@ -40,6 +40,8 @@ exception (``gatekeep.UpstreamTimeout`` ...) when the gateway made the answer.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -151,7 +153,14 @@ class OtelFilter(BaseFilter):
             processor = SimpleSpanProcessor(self.exporter)
         else:
             self.exporter = exporter if exporter is not None else _configured_exporter(c)
-            processor = self.batcher = TaskGroupBatcher(self.exporter)
+            processor = self.batcher = TaskGroupBatcher(
+                self.exporter,
+                # The batch span processor's standard variables, with the spec's defaults.
+                max_queue=_env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048),
+                max_batch=_env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
+                delay=_env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000,
+                flush_timeout=_env_int("OTEL_BSP_EXPORT_TIMEOUT", 30000) / 1000,
+            )
         self.provider = TracerProvider(
             sampler=PinnedSampler(self._sampler),
             resource=Resource.create({"service.name": c.service_name}),
@@ -393,11 +402,26 @@ class OtelFilter(BaseFilter):
 
 def _configured_exporter(config: OtelConfig) -> SpanExporter:
     if config.exporter == "console":
-        return ConsoleSpanExporter(service_name=config.service_name)
+        # sys.stdout as it is now (the SDK's default is the one at its import).
+        return ConsoleSpanExporter(service_name=config.service_name, out=sys.stdout)
     # Imported here: the protobuf/requests stack loads only when it is used.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter(endpoint=config.endpoint, headers=dict(config.headers) or None)
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        log.warning("%s=%r is not a positive integer; using %d", name, text, default)
+        return default
+    return value
 
 
 def _method(method: str) -> str:
