@@ -12,6 +12,11 @@ import pytest
 from gatekeep import BaseFilter, ConfigError, Exchange, Gateway, available_filters, load_config
 from gatekeep.observability import TracingFilter
 from gatekeep.testing import EchoUpstream, gateway_for
+
+pytest.importorskip(
+    "gatekeep_otel", reason="the gatekeep-otel plugin is not installed (pip install -e plugins/gatekeep-otel)"
+)
+
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 

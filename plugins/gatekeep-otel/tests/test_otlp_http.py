@@ -13,6 +13,11 @@ from typing import Any
 import anyio
 import pytest
 from gatekeep.testing import gateway_for, serve_asgi
+
+pytest.importorskip(
+    "gatekeep_otel", reason="the gatekeep-otel plugin is not installed (pip install -e plugins/gatekeep-otel)"
+)
+
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
