@@ -9,7 +9,16 @@ from typing import Any, ClassVar
 
 import anyio
 import pytest
-from gatekeep import BaseFilter, ConfigError, Exchange, Gateway, available_filters, load_config
+from gatekeep import (
+    BaseFilter,
+    ConfigError,
+    Exchange,
+    Gateway,
+    Headers,
+    Request,
+    available_filters,
+    load_config,
+)
 from gatekeep.observability import TracingFilter
 from gatekeep.testing import EchoUpstream, gateway_for
 
@@ -18,9 +27,17 @@ pytest.importorskip(
 )
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gatekeep_otel import UPSTREAM_SPAN, OtelConfig, OtelFilter
+from gatekeep_otel import STATE_KEY, UPSTREAM_SPAN, OtelConfig, OtelFilter
 
 pytestmark = pytest.mark.anyio
 
@@ -466,3 +483,22 @@ def test_config_defaults_and_secret_headers(monkeypatch: pytest.MonkeyPatch) -> 
     assert f.config.headers["authorization"] == "Bearer s3cret"
     with pytest.raises(TypeError):
         f.config.headers["x"] = "y"  # type: ignore[index]
+
+
+async def test_the_upstream_headers_are_what_otels_propagator_writes() -> None:
+    f = otel()
+    for incoming in (f"00-{TRACE_ID}-{CALLER_SPAN}-01", f"00-{TRACE_ID}-{CALLER_SPAN}-00", None):
+        headers = Headers([(b"tracestate", b"a=1,b=2")])
+        if incoming is not None:
+            headers.raw.append((b"traceparent", incoming.encode()))
+        request = Request("GET", "/", headers=headers)
+        await f.on_request(request)
+        plan = request.state[STATE_KEY]
+        expected: dict[str, str] = {}
+        upstream = SpanContext(
+            plan.trace_id, plan.upstream_span_id, False, TraceFlags(plan.flags), plan.trace_state
+        )
+        TraceContextTextMapPropagator().inject(expected, set_span_in_context(NonRecordingSpan(upstream)))
+        sent = {k.decode(): v.decode() for k, v in request.headers.raw}
+        assert sent == expected
+        assert ("tracestate" in sent) == (incoming is not None)  # it belongs to the caller's trace

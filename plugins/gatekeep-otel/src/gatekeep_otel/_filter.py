@@ -247,18 +247,16 @@ class OtelFilter(BaseFilter):
     async def on_request(self, request: Request) -> Response | None:
         plan = self.plan(request)
         request.state[STATE_KEY] = plan
-        upstream = SpanContext(
-            plan.trace_id,
-            plan.upstream_span_id,
-            is_remote=False,
-            trace_flags=TraceFlags(plan.flags),
-            trace_state=plan.trace_state,
-        )
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, set_span_in_context(NonRecordingSpan(upstream)))
+        # What TraceContextTextMapPropagator.inject writes, without building a
+        # span and a context for it on the request path.
+        carrier = [
+            (_TRACEPARENT, b"00-%032x-%016x-%02x" % (plan.trace_id, plan.upstream_span_id, plan.flags))
+        ]
+        if plan.trace_state:
+            carrier.append((_TRACESTATE, plan.trace_state.to_header().encode("latin-1")))
         headers = request.headers
         raw = [(k, v) for k, v in headers.raw if k != _TRACEPARENT and k != _TRACESTATE]
-        raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+        raw += carrier
         headers.raw = raw
         trace = request.state.get("trace")
         if isinstance(trace, TraceContext):
