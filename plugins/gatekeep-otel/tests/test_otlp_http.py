@@ -168,3 +168,19 @@ async def test_a_full_queue_drops_new_spans_and_counts_them() -> None:
         await batcher.stop()
     assert [s.name for s in exporter.get_finished_spans()] == ["s0", "s1", "s2"]
     assert batcher.queued == 0
+
+
+async def test_a_dead_collector_delays_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")  # export (and fail) all the time
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")  # the exporter's own retry budget
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()  # nothing listens there any more
+    async with gateway_for(plugins=otlp(port)) as gw:
+        started = anyio.current_time()
+        answers = [await gw.client.get("/") for _ in range(20)]
+        elapsed = anyio.current_time() - started
+        stopping = anyio.current_time()
+    assert [a.status for a in answers] == [200] * 20
+    assert elapsed < 2.0  # 20 requests on loopback, while every export fails
+    assert anyio.current_time() - stopping < 5.0  # shutdown is bounded by the exporter's timeout
