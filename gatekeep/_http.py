@@ -139,6 +139,15 @@ class Request:
         self.body = _replayable(data)
         return data
 
+    def replace_body(self, data: bytes) -> None:
+        """Replace the body with ``data`` (replayable) and fix ``content-length``.
+
+        For filters that rewrite a body they read with ``read()``.
+        """
+        self.body = _replayable(data)
+        self.headers.remove(b"transfer-encoding")
+        self.headers.set(b"content-length", str(len(data)).encode("ascii"))
+
     @property
     def client_ip(self) -> str:
         return self.client[0] if self.client else ""

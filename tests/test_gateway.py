@@ -470,3 +470,20 @@ def test_trusted_proxies_must_be_addresses() -> None:
         gatekeep.ConfigError, match=r"gateway.trusted_proxies: expected an IP address or CIDR"
     ):
         gatekeep.Gateway({"gateway": {"trusted_proxies": ["nope"]}, "services": []})
+
+
+class Redact(BaseFilter):
+    name: ClassVar[str] = "redact"
+
+    async def on_request(self, request: Request) -> Response | None:
+        data = await request.read(limit=1024)
+        request.replace_body(data.replace(b"secret", b"******"))
+        return None
+
+
+async def test_a_filter_may_rewrite_the_request_body() -> None:
+    async with gateway_for(filters=[Redact()]) as gw:
+        await gw.client.post("/", body=b"my secret", headers={"content-type": "text/plain"})
+        seen = gw.upstream.requests[-1]
+        assert seen.body == b"my ******"
+        assert seen.headers["content-length"] == "9"

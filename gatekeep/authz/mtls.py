@@ -274,14 +274,10 @@ class MTLSAuthFilter(BaseFilter):
     def bind(self, gateway: Any) -> None:
         consumers: Mapping[str, Any] = gateway.consumers
         self.authenticator.bind(consumers)
-        if self.config.anonymous is not None:
-            self._anonymous = consumers.get(self.config.anonymous)
-            if self._anonymous is None:
-                from .._errors import ConfigError, FieldError
+        from ..auth._anonymous import resolve_anonymous
 
-                raise ConfigError(
-                    [FieldError("mtls-auth.config.anonymous", f"no consumer {self.config.anonymous!r}")]
-                )
+        # Names every auth plugin with a missing anonymous consumer, with its path.
+        self._anonymous = resolve_anonymous(gateway, self.name, self.config.anonymous)
 
     async def on_request(self, request: Request) -> Response | None:
         if request.identity is not None:
