@@ -229,7 +229,8 @@ class _Core:
                     return identity
             elif any(_is_identity_header(name) for name in headers):
                 raise UntrustedIdentityHeaders(
-                    "identity headers are only accepted from the gateway (mutual TLS or a trusted peer address)"
+                    "identity headers are only accepted from the gateway "
+                    "(mutual TLS or a trusted peer address)"
                 )
         if self.verifier is not None:
             authorization = headers.get("authorization", "")

@@ -167,8 +167,8 @@ async def test_trusted_peers_without_tls() -> None:
         client = TestClient("127.0.0.1", port)
         response = await client.get("/", headers={"X-Consumer-Username": "bob"})
         assert response.status == 401
-        assert (
-            response.json()["detail"] == "identity headers are only accepted from the gateway (mutual TLS or a trusted peer address)"
+        assert response.json()["detail"] == (
+            "identity headers are only accepted from the gateway (mutual TLS or a trusted peer address)"
         )
         assert (await client.get("/")).json() == {"sub": None}  # not required: passes without identity
 
