@@ -68,6 +68,8 @@ _RECEIVE_SIZE: Final = 64 * 1024
 # How much of a request body is kept so that the request can be replayed on a
 # fresh connection when a reused one turns out to be stale.
 REPLAY_LIMIT: Final = 64 * 1024
+# A body held in memory up to this size goes out with its head in one write.
+_ONE_WRITE_LIMIT: Final = 256 * 1024
 
 
 def _timeout_text(phase: str, label: str, seconds: float | None) -> str:
@@ -175,6 +177,14 @@ class BodySource:
                 kept.append(chunk)
                 self._pos += 1
         return chunk
+
+    def in_memory(self) -> bytes | None:
+        """The whole body when the gateway already holds it in memory, else ``None``."""
+        if self._replayable and self._pos == 0 and not self._exhausted:
+            data = getattr(self._body, "data", None)
+            if isinstance(data, bytes):
+                return data
+        return None
 
     def rewind(self) -> bool:
         """Start the body over; ``False`` when that is no longer possible."""
@@ -404,7 +414,30 @@ class UpstreamConnection:
         if body is None:
             await self.send_head(method, target, headers, end=True, within=write_timeout)
             return await self.receive_head(read_timeout)
+        data = body.in_memory()
+        if data is not None and len(data) <= _ONE_WRITE_LIMIT:
+            # The whole body is in memory and small: head, body and end in one
+            # write, no upload task (an early answer is still read after it).
+            await self._send_whole(method, target, headers, data, write_timeout)
+            return await self.receive_head(read_timeout)
         return await self._exchange_with_body(method, target, headers, body, read_timeout, write_timeout)
+
+    async def _send_whole(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        data: bytes,
+        within: float | None,
+    ) -> None:
+        self.phase = _WRITE
+        with self._errors:
+            codec = self.codec
+            out = codec.send_request_head(method, target, headers)
+            if data:
+                out += codec.send_body(data)
+            out += codec.end_request()
+            await self._write(out, within)
 
     async def _exchange_with_body(
         self,
