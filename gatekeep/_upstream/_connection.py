@@ -418,7 +418,18 @@ class UpstreamConnection:
         if data is not None and len(data) <= _ONE_WRITE_LIMIT:
             # The whole body is in memory and small: head, body and end in one
             # write, no upload task (an early answer is still read after it).
-            await self._send_whole(method, target, headers, data, write_timeout)
+            try:
+                await self._send_whole(method, target, headers, data, write_timeout)
+            except UpstreamProtocolError:
+                if not self.closed_by_peer:
+                    raise
+                # It hung up while we wrote: it may have answered first (a 413).
+                self.must_close = True
+                try:
+                    return await self.receive_head(read_timeout)
+                except GatekeepError:
+                    pass
+                raise
             return await self.receive_head(read_timeout)
         return await self._exchange_with_body(method, target, headers, body, read_timeout, write_timeout)
 
