@@ -43,3 +43,12 @@ def test_ruff_format() -> None:
 def test_mypy_strict() -> None:
     result = _run(sys.executable, "-m", "mypy", "--strict", "gatekeep")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = readme.split("```sh\n")
+    demo, tests = blocks[1].split("```")[0].strip(), blocks[2].split("```")[0].strip()
+    assert demo == "pip install -e '.[serve]' && gatekeep demo"
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci, f"{tests!r} is not a line of .ci/run"
