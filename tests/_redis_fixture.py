@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -52,9 +52,10 @@ def _free_port() -> int:
 class RedisProcess:
     """A redis-server on 127.0.0.1 that can be stopped and started again on its port."""
 
-    def __init__(self, executable: str, port: int | None = None) -> None:
+    def __init__(self, executable: str, port: int | None = None, args: Sequence[str] = ()) -> None:
         self.executable = executable
         self.port = port or _free_port()
+        self.args = tuple(args)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="gk-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -70,6 +71,7 @@ class RedisProcess:
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", self._dir.name,
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins: list[str] = ["tests._redis_fixture", "tests._redis_cluster"]
+pytest_plugins: list[str] = ["tests._redis_fixture", "tests._redis_cluster", "tests._redis_sentinel"]
 
 
 @pytest.fixture

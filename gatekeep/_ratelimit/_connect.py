@@ -23,7 +23,7 @@ from typing import Any, Literal
 import attrs
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import ConnectionPool, SSLConnection
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -140,7 +140,13 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
             return RedisCluster.from_url(s.url, **common)
         return RedisCluster(host=s.host, port=s.port, ssl=s.ssl, **tls, **common)
     if s.mode == "sentinel":
-        sentinel_kwargs: dict[str, Any] = {"socket_timeout": s.seconds, "socket_connect_timeout": s.seconds}
+        # The Sentinels' own connections need the same: redis-py's default
+        # retries with backoff would spend seconds on one Sentinel that is down.
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": s.seconds,
+            "socket_connect_timeout": s.seconds,
+            "retry": Retry(NoBackoff(), 0),
+        }
         if s.sentinel_username is not None:
             sentinel_kwargs["username"] = s.sentinel_username
         if s.sentinel_password is not None:
@@ -206,4 +212,14 @@ async def close_store(settings: RedisSettings) -> None:
     try:
         await shared.limiter.aclose()
     finally:
-        await shared.client.aclose()
+        await _close(shared.client)
+
+
+async def _close(client: Redis | RedisCluster) -> None:
+    """Close ``client``, and for a Sentinel's master client the Sentinels' clients too."""
+    try:
+        await client.aclose()
+    finally:
+        pool = getattr(client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            await pool.sentinel_manager.aclose()
