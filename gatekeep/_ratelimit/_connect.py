@@ -17,6 +17,7 @@ and a retry inside that bound would only turn a fast failure into a slow one.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -47,6 +48,20 @@ def _non_negative(_: object, attribute: object, value: int) -> None:
         raise ValueError(f"must be 0 or more, got {value}")
 
 
+def _ca_file(_: object, attribute: object, value: str | None) -> None:
+    """A CA bundle that loads now, so that a bad path fails the config, not the first request."""
+    if value is None:
+        return
+    try:
+        ssl.create_default_context(cafile=value)
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {value!r}") from None
+    except ssl.SSLError as exc:  # before OSError, its base
+        raise ValueError(f"{value!r} holds no PEM CA certificates ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {value!r}: {exc.strerror}") from None
+
+
 def _prefix(_: object, attribute: object, value: str) -> None:
     if "{" in value or "}" in value:
         raise ValueError(f"must not hold braces (Redis Cluster hash tags), got {value!r}")
@@ -66,9 +81,13 @@ class RedisSettings:
 
     ``timeout`` is in milliseconds, as Kong's: no decision waits longer.
     ``url`` (``redis://``, ``rediss://``, ``unix://``) replaces host, port,
-    database and ssl.  ``mode = "cluster"`` uses ``RedisCluster`` with
-    ``host``/``port`` (or ``url``) as its startup node; ``mode = "sentinel"``
-    asks ``sentinel_nodes`` for ``sentinel_master``.
+    database and ssl (a ``rediss://`` url verifies the server as redis-py
+    does by default).  TLS: ``ssl_verify`` checks the certificate and the
+    name (``server_name``, else ``host``) against ``ca_file`` (a PEM bundle,
+    read at load time) or the system's CAs; ``server_name`` is also the SNI.
+    ``mode = "cluster"`` uses ``RedisCluster`` with ``host``/``port`` (or
+    ``url``) as its startup node; ``mode = "sentinel"`` asks
+    ``sentinel_nodes`` for ``sentinel_master``.
     """
 
     host: str | None = None
@@ -80,6 +99,7 @@ class RedisSettings:
     ssl: bool = False
     ssl_verify: bool = False
     server_name: str | None = None
+    ca_file: str | None = attrs.field(default=None, validator=_ca_file)
     url: str | None = None
     mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
     sentinel_master: str | None = None
@@ -98,6 +118,18 @@ class RedisSettings:
             raise ValueError("redis needs a host (or a url)")
         if self.mode == "cluster" and self.database != 0:
             raise ValueError("redis.database must be 0 in cluster mode")
+        if self.ca_file is not None:
+            if self.url is not None:
+                verified = self.url.startswith("rediss://")
+            else:
+                verified = self.ssl and self.ssl_verify
+            if not verified:
+                raise ValueError(
+                    "redis.ca_file is only used with ssl = true and ssl_verify = true (or a rediss:// url)"
+                )
+        if self.server_name is not None:
+            if not self.ssl or self.url is not None or self.mode != "standalone":
+                raise ValueError("redis.server_name needs ssl = true with host/port in standalone mode")
 
     @property
     def seconds(self) -> float:
@@ -135,6 +167,10 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
             "ssl_cert_reqs": "required" if s.ssl_verify else "none",
             "ssl_check_hostname": s.ssl_verify,
         }
+    if s.ca_file is not None:
+        tls["ssl_ca_certs"] = s.ca_file
+        if s.url is not None:
+            common.update(tls)
     if s.mode == "cluster":
         if s.url is not None:
             return RedisCluster.from_url(s.url, **common)
