@@ -41,6 +41,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -828,10 +829,11 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
     helpers = Helpers(fleet)
     results: dict[str, dict[str, Any]] = {}
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    sequence: list[tuple[str, str, dict[str, Any]]] = []  # every run, in the order made
     for round_no in range(1, args.rounds + 1):
         if args.rounds > 1:
             print(f"\n######## round {round_no} of {args.rounds}", flush=True)
-        for name in args.targets:
+        for name in round_order(args.targets, args.bracket):
             if "error" in results.get(name, {}):
                 continue
             print(f"\n== {name}", flush=True)
@@ -848,6 +850,7 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
                         target.pid, target.upstream_pids, target.side_pids, target.counters,
                     )  # fmt: skip
                     runs.setdefault(name, {}).setdefault(case, []).append(r)
+                    sequence.append((name, case, r))
                     _print_run(case, r)
             except RuntimeError as exc:
                 print(f"   not available: {exc}", flush=True)
@@ -871,16 +874,18 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
     found = ratios(results)
     if found:
         print("\n" + ratio_text(found))
-    added = added_costs(results)
+    added = added_costs(results, sequence)
     if added:
         print("\nAdded cost of each feature against plain gatekeep in this run:\n")
         print(added_table(added))
     write(
         {
-            "proxy": {
+            ("proxy_bracketed" if args.bracket else "proxy"): {
                 "settings": {
                     "duration_s": args.duration,
                     "rounds": args.rounds,
+                    "bracket": args.bracket,
+                    "order": round_order(args.targets, args.bracket),
                     "connections": args.connections,
                     "wrk_threads": 1,
                     "warmup_s": 1,
@@ -927,41 +932,64 @@ VARIANT_SETTINGS = {
 }
 
 
-def added_costs(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each variant against plain gatekeep of the same run: added p50 and CPU per request.
+def added_costs(
+    results: dict[str, dict[str, Any]], sequence: list[tuple[str, str, dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """Each variant against plain gatekeep: added p50 and CPU per request.
 
-    Besides the difference of the kept runs, the per-round differences (the
-    variant against gatekeep in the same round, minutes apart) show how far
-    the noise of a shared machine moves the figure.
+    Every measured run of a variant is paired with the plain gatekeep runs of
+    the same case nearest before and after it in the run order (their mean
+    is its baseline), so that slow drifts of a shared machine's load cancel
+    out; a figure is the median of these paired differences, and the
+    differences themselves are kept to show the spread. ``--bracket`` puts a
+    gatekeep run on each side of every variant run.
     """
-    base = results.get("gatekeep", {})
-    if not base or "error" in base:
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for name in GATEKEEP_VARIANTS:
-        mine = results.get(name)
-        if not mine or "error" in mine:
+    pairs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for i, (name, case, run) in enumerate(sequence):
+        if name not in GATEKEEP_VARIANTS or "error" in results.get(name, {}):
             continue
-        for case, r in mine.items():
-            g = base.get(case)
-            if g is None:
-                continue
-            row: dict[str, Any] = {
-                "added_p50_us": r["p50_us"] - g["p50_us"],
-                "added_p99_us": r["p99_us"] - g["p99_us"],
-                "added_cpu_us": r["proxy_cpu_us"] - g["proxy_cpu_us"],
-                "added_cpu_pct": 100 * (r["proxy_cpu_us"] - g["proxy_cpu_us"]) / g["proxy_cpu_us"],
-                "rps_ratio": r["rps"] / g["rps"],
-                "added_upstream_cpu_us": r["upstream_cpu_us"] - g["upstream_cpu_us"],
+        before = next((r for n, c, r in reversed(sequence[:i]) if n == "gatekeep" and c == case), None)
+        after = next((r for n, c, r in sequence[i + 1 :] if n == "gatekeep" and c == case), None)
+        base = [b for b in (before, after) if b is not None]
+        if not base:
+            continue
+
+        def mean(key: str, base: list[dict[str, Any]] = base) -> float:
+            return sum(float(b[key]) for b in base) / len(base)
+
+        cpu = run["proxy_cpu_us"] - mean("proxy_cpu_us")
+        pairs.setdefault(name, {}).setdefault(case, []).append(
+            {
+                "cpu": cpu,
+                "cpu_pct": 100 * cpu / mean("proxy_cpu_us"),
+                "p50": run["p50_us"] - mean("p50_us"),
+                "p99": run["p99_us"] - mean("p99_us"),
+                "rps_ratio": run["rps"] / mean("rps"),
+                "upstream": run["upstream_cpu_us"] - mean("upstream_cpu_us"),
+                **{f"side:{k}": v for k, v in run.get("side_cpu_us", {}).items()},
             }
-            if "side_cpu_us" in r:
-                row["side_cpu_us"] = r["side_cpu_us"]
-            pairs = list(zip(r.get("rounds", []), g.get("rounds", []), strict=False))
-            if len(pairs) > 1:
-                row["added_cpu_us_by_round"] = [
-                    round(a["proxy_cpu_us"] - b["proxy_cpu_us"], 1) for a, b in pairs
-                ]
-                row["added_p50_us_by_round"] = [a["p50_us"] - b["p50_us"] for a, b in pairs]
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for name, cases in pairs.items():
+        for case, found in cases.items():
+
+            def median(key: str, found: list[dict[str, float]] = found) -> float:
+                return float(statistics.median(p[key] for p in found))
+
+            row: dict[str, Any] = {
+                "pairs": len(found),
+                "added_p50_us": round(median("p50")),
+                "added_p99_us": round(median("p99")),
+                "added_cpu_us": round(median("cpu"), 1),
+                "added_cpu_pct": round(median("cpu_pct"), 1),
+                "rps_ratio": round(median("rps_ratio"), 3),
+                "added_upstream_cpu_us": round(median("upstream"), 1),
+                "added_cpu_us_by_pair": [round(p["cpu"], 1) for p in found],
+                "added_p50_us_by_pair": [round(p["p50"]) for p in found],
+            }
+            side = {k.partition(":")[2]: round(median(k), 1) for k in found[0] if k.startswith("side:")}
+            if side:
+                row["side_cpu_us"] = side
             out.setdefault(name, {})[case] = row
     return out
 
@@ -969,18 +997,33 @@ def added_costs(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
 def added_table(added: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| target | case | added p50 ms | added CPU µs/req | added CPU % | req/s ÷ gatekeep"
-        " | per round: added CPU µs/req | helper CPU µs/req |",
+        " | each pair: added CPU µs/req | helper CPU µs/req |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for name, cases in added.items():
         for case, row in cases.items():
-            by_round = ", ".join(f"{v:+.0f}" for v in row.get("added_cpu_us_by_round", [])) or "—"
+            by_pair = ", ".join(f"{v:+.0f}" for v in row["added_cpu_us_by_pair"])
             side = ", ".join(f"{k} {v:.0f}" for k, v in row.get("side_cpu_us", {}).items()) or "—"
             lines.append(
                 f"| {name} | {case} | {row['added_p50_us'] / 1000:+.2f} | {row['added_cpu_us']:+.0f}"
-                f" | {row['added_cpu_pct']:+.1f} % | {row['rps_ratio']:.2f} | {by_round} | {side} |"
+                f" | {row['added_cpu_pct']:+.1f} % | {row['rps_ratio']:.2f} | {by_pair} | {side} |"
             )
     return "\n".join(lines)
+
+
+def round_order(targets: list[str], bracket: bool) -> list[str]:
+    """The targets of one round; with ``bracket``, plain gatekeep before and after every variant."""
+    if not bracket:
+        return targets
+    order: list[str] = []
+    for name in targets:
+        if name in GATEKEEP_VARIANTS:
+            if not order or order[-1] != "gatekeep":
+                order.append("gatekeep")
+            order += [name, "gatekeep"]
+        elif name != "gatekeep" or not order or order[-1] != "gatekeep":
+            order.append(name)
+    return order
 
 
 def run_memory(fleet: Fleet, args: argparse.Namespace) -> None:
@@ -1148,6 +1191,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}"
+    )
+    parser.add_argument(
+        "--bracket",
+        action="store_true",
+        help="measure plain gatekeep before and after every gatekeep variant (for the added-cost"
+        " figures; results go to the proxy_bracketed section)",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--memory", action="store_true", help="RSS of gatekeep across --requests requests")
