@@ -37,13 +37,23 @@ def test_python_blocks_run() -> None:
         del sys.modules[module.__name__]
 
 
-def test_toml_blocks_load(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_toml_blocks_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import trustme
+
     monkeypatch.setenv("REDIS_PASSWORD", "s3cret")
+    monkeypatch.chdir(tmp_path)  # the TLS example's ca_file is read at load time
+    trustme.CA().cert_pem.write_to_path("redis-ca.pem")
     blocks = _blocks("toml")
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     for code in blocks:
         config = load_config(tomllib.loads(code))
         assert config.services
     kong = load_config(tomllib.loads(blocks[0]))
     rate_limiting = kong.plugins[1].config
     assert (rate_limiting["second"], rate_limiting["hour"], rate_limiting["policy"]) == (5, 1000, "redis")
+    tls = load_config(tomllib.loads(blocks[3])).services[0].routes[0].plugins[0].config["redis"]
+    assert (tls["ssl_verify"], tls["ca_file"], tls["server_name"]) == (
+        True,
+        "redis-ca.pem",
+        "redis.internal.example",
+    )
