@@ -8,7 +8,13 @@ one after another, each target in front of it, and drives a 1 KiB GET and a
 - ``direct``: wrk straight at the upstream, the ceiling for everyone;
 - ``gatekeep``: ``gatekeep.asgi(gatekeep.Gateway(...))``, one route, no filters;
 - ``aiohttp``, ``httpx``, ``asgiproxy``: the Python peers (``benchmarks._peers``);
-- ``nginx``: ``proxy_pass`` with upstream keep-alive, one worker, if installed.
+- ``nginx``: ``proxy_pass`` with upstream keep-alive, one worker, if installed;
+- the gatekeep variants (``GATEKEEP_VARIANTS``): plain gatekeep plus one
+  feature (jwt + rbac, rate-limiting local / redis against a private
+  ``redis-server``, prometheus, three instances behind p2c-ewma with breakers,
+  each HTTP codec), reported with their added p50 and CPU per request against
+  plain gatekeep (``--bracket``: a plain gatekeep run on each side of every
+  variant run, the median of the paired differences).
 
 Every Python target runs on the same uvicorn settings, each in its own process;
 only one target is ever under load.  For each run it records requests/s, p50
