@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests._redis_fixture import _free_port, redis_executable
+from tests._redis_fixture import NO_RETRY, _free_port, redis_executable
 
 __all__ = ["RedisCluster"]
 
@@ -102,7 +102,9 @@ class RedisCluster:
     def _wait(
         self, port: int, deadline: float, ready: object, proc: subprocess.Popen[bytes] | None = None
     ) -> None:
-        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True) as client:
+        with redis.Redis(
+            host="127.0.0.1", port=port, socket_timeout=1, retry=NO_RETRY, decode_responses=True
+        ) as client:
             while True:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"redis-server (cluster node {port}) exited with {proc.returncode}")

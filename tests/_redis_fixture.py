@@ -29,8 +29,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-__all__ = ["TLS_NAME", "RedisProcess", "TLSRedis", "redis_executable"]
+__all__ = ["NO_RETRY", "TLS_NAME", "RedisProcess", "TLSRedis", "redis_executable"]
+
+# Readiness probes poll themselves: redis-py's default retries back off for seconds.
+NO_RETRY = Retry(NoBackoff(), 0)
 
 
 def redis_executable() -> str | None:
@@ -83,7 +88,7 @@ class RedisProcess:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
-        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1) as client:
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, retry=NO_RETRY) as client:
             while True:
                 if self._proc.poll() is not None:
                     raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
@@ -213,7 +218,12 @@ class TLSRedis:
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         with redis.Redis(
-            host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=self.ca_file, socket_timeout=1
+            host="127.0.0.1",
+            port=self.port,
+            ssl=True,
+            ssl_ca_certs=self.ca_file,
+            socket_timeout=1,
+            retry=NO_RETRY,
         ) as client:
             while True:
                 if self._proc.poll() is not None:

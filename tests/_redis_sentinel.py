@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests._redis_fixture import RedisProcess, _free_port, redis_executable
+from tests._redis_fixture import NO_RETRY, RedisProcess, _free_port, redis_executable
 
 __all__ = ["MASTER", "SentinelGroup", "sentinel_support"]
 
@@ -70,7 +70,9 @@ def sentinel_support(executable: str) -> str | None:
 
 
 def _ask(port: int, *command: str) -> object:
-    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True) as client:
+    with redis.Redis(
+        host="127.0.0.1", port=port, socket_timeout=1, retry=NO_RETRY, decode_responses=True
+    ) as client:
         return client.execute_command(*command)
 
 
@@ -145,7 +147,9 @@ class SentinelGroup:
                 )
 
     def _info(self, port: int) -> dict[str, str]:
-        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True) as client:
+        with redis.Redis(
+            host="127.0.0.1", port=port, socket_timeout=1, retry=NO_RETRY, decode_responses=True
+        ) as client:
             info: dict[str, str] = client.info("replication")
         return info
 
