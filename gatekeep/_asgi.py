@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup
 
 from ._filter import Exchange
 from ._gateway import Gateway
-from ._http import Headers, Request, Response
+from ._http import EMPTY_BODY, Headers, Request, Response
 
 __all__ = ["ASGIApp", "asgi"]
 
@@ -208,34 +208,38 @@ class ASGIApp:
         )
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        has_body = _has_body(scope["headers"])
         body = _Body(receive, None)
-        if not has_body:
+        if not _has_body(scope["headers"]):
             body.done = True
-        request = self.request_from_scope(scope, body)
+            request = self.request_from_scope(scope, EMPTY_BODY)
+        else:
+            request = self.request_from_scope(scope, body)
         exchange = Exchange(request)
+        response: Response | None = None
         with anyio.CancelScope() as cancel:
             watch = _DisconnectWatch(receive, cancel, body, self.gateway.task_group)
             try:
-                await self._serve(request, exchange, send)
+                response = await self.gateway.handle(request, exchange)
+                await send_response(response, send, exchange)
+            except BaseException:
+                watch.disarm()
+                if response is not None:
+                    # Cancelled or broken: release the upstream connection whatever happens.
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+                    response = None
+                raise
             finally:
                 watch.disarm()
-        exchange.bytes_in = body.received
-        if watch.disconnected and not exchange.end:
+        if response is not None:
+            # The normal way out: nothing can cancel this any more (the watch is off).
+            await response.aclose()
+        if not exchange.end:
             exchange.end = time.perf_counter()
+        exchange.bytes_in = body.received
+        if watch.disconnected:
             exchange.error = exchange.error or ClientDisconnected("client disconnected")
         await self.gateway.log(exchange)
-
-    async def _serve(self, request: Request, exchange: Exchange, send: Send) -> None:
-        response = await self.gateway.handle(request, exchange)
-        try:
-            await send_response(response, send, exchange)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
-            if not exchange.end:
-                exchange.end = time.perf_counter()
-
 
 class _DisconnectWatch:
     """Cancels a request's work when its client goes away (see module doc).

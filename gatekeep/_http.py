@@ -18,6 +18,7 @@ import attrs
 from ._errors import GatekeepError, PayloadTooLarge
 
 __all__ = [
+    "EMPTY_BODY",
     "Body",
     "Headers",
     "Request",
@@ -163,6 +164,10 @@ class _replayable:
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return _one_chunk(self.data)
+
+
+# The body of a request that has none (no content-length, no transfer-encoding).
+EMPTY_BODY: Body = _replayable(b"")
 
 
 def replayable(data: bytes) -> Body:

@@ -34,7 +34,7 @@ from typing import Any, Final
 import anyio
 
 from .._errors import BadRequest, GatekeepError, UpstreamConnectError, UpstreamError, UpstreamTimeout
-from .._http import Body, Headers, Response, is_replayable
+from .._http import EMPTY_BODY, Body, Headers, Response, is_replayable
 from .._protocols import Instance
 from ._codec import NEED_DATA, Codec, codec_for
 from ._config import PoolLimits, Timeouts, TLSSettings
@@ -163,7 +163,10 @@ class UpstreamPool:
         if not has_host:
             out.append((b"host", _host_header(instance)))
         source: BodySource | None = None
-        if length is None:
+        if body is EMPTY_BODY:
+            if method in _BODY_METHODS:
+                out.append((b"content-length", b"0"))
+        elif length is None:
             source = BodySource(body, is_replayable(body))
             if await source.next() is None:
                 if method in _BODY_METHODS:
