@@ -24,6 +24,7 @@ timeouts and target paths.
 from __future__ import annotations
 
 import functools
+import gc
 import ipaddress
 import logging
 import os
@@ -360,6 +361,12 @@ class Gateway:
             # A filter failed to start: stop the ones that did, end the task group.
             await self.__aexit__(None, None, None)
             raise
+        global _gc_frozen
+        if self.config.gateway.gc_freeze and not _gc_frozen:
+            # Once per process: later gateways (tests, reloads) leave the GC alone.
+            _gc_frozen = True
+            gc.collect()
+            gc.freeze()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -644,6 +651,7 @@ class Gateway:
 
 
 _NO_FILTERS = Chain([])
+_gc_frozen = False
 # Request ids need to be unique, not secret: a PRNG seeded from the OS per
 # process avoids a getrandom system call per request.
 _ids = random.Random(os.urandom(32))

@@ -487,3 +487,22 @@ async def test_a_filter_may_rewrite_the_request_body() -> None:
         seen = gw.upstream.requests[-1]
         assert seen.body == b"my ******"
         assert seen.headers["content-length"] == "9"
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_first_gateway_freezes_startup_objects_out_of_the_gc(freeze: bool) -> None:
+    import subprocess
+    import sys
+
+    script = f"""
+import gc, anyio, gatekeep
+gw = gatekeep.Gateway({{"gateway": {{"gc_freeze": {freeze}}},
+    "services": [{{"name": "s", "url": "http://127.0.0.1:9", "routes": [{{"paths": ["/"]}}]}}]}})
+async def main():
+    async with gw:
+        print(gc.get_freeze_count())
+anyio.run(main)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (int(out.stdout) > 10_000) is freeze
