@@ -241,6 +241,7 @@ class ASGIApp:
             exchange.error = exchange.error or ClientDisconnected("client disconnected")
         await self.gateway.log(exchange)
 
+
 class _DisconnectWatch:
     """Cancels a request's work when its client goes away (see module doc).
 
