@@ -506,3 +506,39 @@ anyio.run(main)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert (int(out.stdout) > 10_000) is freeze
+
+
+async def test_the_disconnect_watch_never_spins_on_a_server_without_disconnects() -> None:
+    # An ASGI server that (against the spec) answers every receive() at once.
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def slow(scope: Any, receive_: Any, send_: Any) -> None:
+        await anyio.sleep(0.8)  # past WATCH_AFTER: the watch starts
+        await send_({"type": "http.response.start", "status": 200, "headers": []})
+        await send_({"type": "http.response.body", "body": b"ok"})
+
+    async with gateway_for(upstream=slow) as gw:
+        app = gatekeep.asgi(gw.gateway)
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "headers": [(b"host", b"x")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2),
+        }
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 200
+    assert calls <= 3
