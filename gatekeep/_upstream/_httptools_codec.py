@@ -44,6 +44,8 @@ class LocalFramingError(Exception):
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 _BAD_VALUE: Final = re.compile(rb"[\r\n\x00]").search
+# Header names already checked (most requests repeat the same few dozen).
+_GOOD_NAMES: set[bytes] = set()
 _TARGET: Final = re.compile(rb"[\x21-\x7e]+").fullmatch
 _METHOD: Final = _TOKEN
 
@@ -106,8 +108,11 @@ class HttptoolsCodec:
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
         append = parts.append
         for name, value in headers:
-            if not _TOKEN(name):
-                raise LocalFramingError(f"invalid header name {name!r}")
+            if name not in _GOOD_NAMES:
+                if not _TOKEN(name):
+                    raise LocalFramingError(f"invalid header name {name!r}")
+                if len(_GOOD_NAMES) < 1024:
+                    _GOOD_NAMES.add(name)
             if _BAD_VALUE(value):
                 raise LocalFramingError(f"invalid value for header {name.decode('latin-1')!r}")
             lower = name.lower()
