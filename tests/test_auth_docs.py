@@ -2,58 +2,38 @@
 
 from __future__ import annotations
 
-import inspect
-import re
-import sys
 import tomllib
-import types
 from pathlib import Path
 
-import anyio
 import pytest
 
 from gatekeep import load_config
+from tests._docs import blocks, run_python_blocks
 
 pytestmark = pytest.mark.anyio
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "authentication.md"
-_BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
-
-
-def _blocks(language: str) -> list[str]:
-    return [code for lang, code in _BLOCK.findall(DOC.read_text()) if lang == language]
 
 
 def test_python_blocks_run() -> None:
-    module = types.ModuleType("_doc_authentication")
-    sys.modules[module.__name__] = module
-    try:
-        for i, code in enumerate(_blocks("python")):
-            exec(compile(code, f"authentication.md[python block {i}]", "exec"), module.__dict__)
-        tests = [f for n, f in vars(module).items() if n.startswith("test_") and callable(f)]
-        assert len(tests) >= 5
-        for test in tests:
-            assert inspect.iscoroutinefunction(test)
-            anyio.run(test)
-    finally:
-        del sys.modules[module.__name__]
+    assert len(run_python_blocks("authentication.md")) >= 5
 
 
 def test_toml_blocks_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MOBILE_APP_JWT_SECRET", "a-long-random-secret-0123456789abcdef")
     monkeypatch.setenv("REPORTING_API_KEY", "k-123")
-    blocks = _blocks("toml")
-    assert len(blocks) == 4
-    for code in blocks:
+    found = blocks("authentication.md", "toml")
+    assert len(found) == 4
+    for code in found:
         document = tomllib.loads(code)
         if "services" in document:
             load_config(document)
-    # The consumer blocks, with a service to attach them to (the PEM from a file).
+    # The consumer found, with a service to attach them to (the PEM from a file).
     from tests.test_auth_verifier import RSA, pem
 
     (tmp_path / "partner.pem").write_text(pem(RSA))
-    consumers = tomllib.loads(blocks[2].replace("/etc/gatekeep", str(tmp_path)))
-    keyauth = tomllib.loads(blocks[3])
+    consumers = tomllib.loads(found[2].replace("/etc/gatekeep", str(tmp_path)))
+    keyauth = tomllib.loads(found[3])
     load_config(
         {
             "services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [{"paths": ["/"]}]}],

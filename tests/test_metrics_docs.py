@@ -3,7 +3,6 @@ alerting rules, and a real Prometheus accepts every dashboard and alert query.""
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
@@ -11,22 +10,20 @@ import shutil
 import subprocess
 import time
 import tomllib
-import types
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from gatekeep import load_config
+from tests._docs import blocks, run_python_blocks
 from tests._servers import free_port, running
 from tests.test_metrics_multiprocess import get, prometheus_ready
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 DOC = DOCS / "observability.md"
 GRAFANA = DOCS / "grafana"
-_BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 promtool = shutil.which("promtool")
 prometheus = shutil.which("prometheus")
@@ -51,24 +48,12 @@ EXPORTED = {
 }
 
 
-def _blocks(language: str) -> list[str]:
-    return [code for lang, code in _BLOCK.findall(DOC.read_text()) if lang == language]
-
-
 def test_python_blocks_run() -> None:
-    blocks = _blocks("python")
-    assert len(blocks) == 2
-    module = types.ModuleType("_doc_observability")
+    assert len(blocks("observability.md", "python")) >= 2
     access = logging.getLogger("gatekeep.access")
     saved = (list(access.handlers), access.level, access.propagate)
     try:
-        for i, code in enumerate(blocks):
-            exec(compile(code, f"observability.md[python block {i}]", "exec"), module.__dict__)
-        tests = [f for n, f in vars(module).items() if n.startswith("test_") and callable(f)]
-        assert len(tests) == 1
-        for test in tests:
-            assert inspect.iscoroutinefunction(test)
-            anyio.run(test)
+        assert run_python_blocks("observability.md")
     finally:
         access.handlers[:] = saved[0]
         access.setLevel(saved[1])
@@ -76,12 +61,12 @@ def test_python_blocks_run() -> None:
 
 
 def test_toml_blocks_load() -> None:
-    [block] = _blocks("toml")
+    [block] = blocks("observability.md", "toml")
     load_config(tomllib.loads(block))
 
 
 def test_json_example_has_every_access_log_field() -> None:
-    [block] = _blocks("json")
+    [block] = blocks("observability.md", "json")
     fields = set(re.findall(r'"(\w+)":', block))
     from gatekeep import Exchange, Request
     from gatekeep.observability.access_log import access_fields
