@@ -12,8 +12,6 @@ from tests._docs import blocks, run_python_blocks
 
 pytestmark = pytest.mark.anyio
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "authentication.md"
-
 
 def test_python_blocks_run() -> None:
     assert len(run_python_blocks("authentication.md")) >= 5

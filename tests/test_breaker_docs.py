@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 from gatekeep import load_config
 from gatekeep._balancer import ConsistentHash, PowerOfTwoEWMA, make_balancer
 from tests._docs import blocks, run_python_blocks
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "resilience.md"
 
 
 def test_toml_configs_load() -> None:

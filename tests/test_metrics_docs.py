@@ -22,7 +22,6 @@ from tests._servers import free_port, running
 from tests.test_metrics_multiprocess import get, prometheus_ready
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-DOC = DOCS / "observability.md"
 GRAFANA = DOCS / "grafana"
 
 promtool = shutil.which("promtool")

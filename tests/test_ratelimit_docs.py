@@ -10,8 +10,6 @@ import pytest
 from gatekeep import load_config
 from tests._docs import blocks, run_python_blocks
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "rate-limiting.md"
-
 
 def test_python_blocks_run() -> None:
     assert len(run_python_blocks("rate-limiting.md")) == 3

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import pytest
 
 from gatekeep import load_config
 from tests._docs import blocks, run_python_blocks
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "authorization.md"
 
 
 def test_python_blocks_run() -> None:
