@@ -252,7 +252,12 @@ class TLSRedis:
 @pytest.fixture(scope="session")
 def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRedis]:
     """A TLS-only redis-server (see ``TLSRedis``), or a skip saying why there is none."""
-    candidates = [redis_executable(), shutil.which("redis-server")]
+    # The wheel's binary has no TLS; a system build (Debian's) usually has.
+    candidates = [
+        redis_executable(),
+        shutil.which("redis-server"),
+        *(p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.path.exists(p)),
+    ]
     tried: list[str] = []
     for executable in dict.fromkeys(c for c in candidates if c is not None):
         server = TLSRedis(executable, tmp_path_factory.mktemp("redis-tls"))
