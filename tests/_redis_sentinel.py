@@ -207,14 +207,20 @@ def redis_sentinel() -> Iterator[SentinelGroup]:
     reason = sentinel_support(executable)
     if reason is not None:
         pytest.skip(reason)
-    group = SentinelGroup(executable)
-    try:
-        group.start()
-    except Exception:
-        log = group.log()
-        group.close()
-        raise RuntimeError(f"the Sentinel setup did not come up; its log:\n{log}") from None
-    try:
-        yield group
-    finally:
-        group.close()
+    # Starting three servers on a loaded machine can lose a port race or time
+    # out; a second, fresh attempt tells a flaky start from a real failure.
+    failures: list[str] = []
+    for _ in range(2):
+        group = SentinelGroup(executable)
+        try:
+            group.start()
+        except Exception as exc:
+            failures.append(f"{exc!r}; Sentinel log:\n{group.log()}")
+            group.close()
+            continue
+        try:
+            yield group
+        finally:
+            group.close()
+        return
+    raise RuntimeError("the Sentinel setup did not come up twice:\n" + "\n".join(failures))
