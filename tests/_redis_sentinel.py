@@ -116,7 +116,7 @@ class SentinelGroup:
     def start(self, timeout: float = 20.0) -> None:
         self.master.start()
         self.replica.start()
-        _wait_until(lambda: self._info(self.replica.port)["master_link_status"] == "up", timeout)
+        _wait_until(lambda: self._info(self.replica.port).get("master_link_status") == "up", timeout)
         quorum = len(self.sentinel_ports) // 2 + 1
         for port in self.sentinel_ports:
             conf = Path(self._dir.name) / f"sentinel-{port}.conf"
