@@ -23,9 +23,10 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from benchmarks._timing import us_per_call
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -57,20 +58,6 @@ def keys(alg: str) -> tuple[Any, Any, KeyConfig]:
     public = private.public_key()
     pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return private, public, KeyConfig(algorithm=alg, kid="k", pem=pem.decode())  # type: ignore[arg-type]
-
-
-async def rate(fn: Callable[[], Awaitable[Any]], seconds: float) -> float:
-    n = 0
-    batch = 200
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(batch):
-            await fn()
-        n += batch
-        now = time.perf_counter()
-        if now >= deadline:
-            return n / (now - start)
 
 
 async def bench(alg: str, seconds: float, rounds: int) -> dict[str, float]:
@@ -110,7 +97,9 @@ async def bench(alg: str, seconds: float, rounds: int) -> dict[str, float]:
         ("filter", run_filter),
     ):
         await fn()
-        out[name] = statistics.median([await rate(fn, seconds) for _ in range(rounds)])
+        out[name] = statistics.median(
+            [1e6 / await us_per_call(fn, seconds, batch=200) for _ in range(rounds)]
+        )
     return out
 
 

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks._timing import us_per_call
 from gatekeep import Gateway
 from gatekeep._filter import Exchange
 from gatekeep._http import Headers, Request
@@ -97,21 +98,6 @@ def exchange_factory(gw: Gateway, consumer: Any) -> Callable[[], Exchange]:
     return make
 
 
-async def rate(fn: Callable[[], Awaitable[object]], seconds: float) -> float:
-    """µs per call of ``fn`` over about ``seconds``."""
-    batch = 500
-    n = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(batch):
-            await fn()
-        n += batch
-        now = time.perf_counter()
-        if now >= deadline:
-            return (now - start) / n * 1e6
-
-
 async def run(seconds: float, rounds: int) -> dict[str, list[float]]:
     cases: dict[str, Callable[[], Awaitable[object]]] = {}
     full_gw, full = gateway(ALL_FLAGS)
@@ -141,7 +127,7 @@ async def run(seconds: float, rounds: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {label: [] for label in cases}
     for _ in range(rounds):
         for label, fn in cases.items():
-            out[label].append(await rate(fn, seconds))
+            out[label].append(await us_per_call(fn, seconds))
     # The figures must have gone somewhere: the counters moved.
     sample = full.registry.get_sample_value(  # type: ignore[union-attr]
         "gatekeep_http_requests_total",

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks._timing import us_per_call
 from gatekeep._balancer import ConsistentHash, PowerOfTwoEWMA, RoundRobin, hash_key
 from gatekeep._http import Headers, Request, Response
 from gatekeep._protocols import Instance
@@ -75,20 +76,6 @@ def sync_rate(fn: Callable[[], object], seconds: float) -> float:
     while True:
         for _ in range(batch):
             fn()
-        n += batch
-        now = time.perf_counter()
-        if now >= deadline:
-            return (now - start) / n * 1e6
-
-
-async def async_rate(fn: Callable[[], Awaitable[object]], seconds: float) -> float:
-    batch = 500
-    n = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(batch):
-            await fn()
         n += batch
         now = time.perf_counter()
         if now >= deadline:
@@ -191,7 +178,7 @@ async def run_async(seconds: float, rounds: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {label: [] for label in cases}
     for _ in range(rounds):
         for label, fn in cases.items():
-            out[label].append(await async_rate(fn, seconds))
+            out[label].append(await us_per_call(fn, seconds))
     return out
 
 

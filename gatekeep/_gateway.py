@@ -67,6 +67,7 @@ from ._normalise import normalise_path
 from ._protocols import Discovery, Instance
 from ._router import CompiledRouter, RouteMatch, RouteRule
 from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool, codec_for
+from ._upstream import host_header as host_header_for
 from .auth._identity_headers import strip_identity_headers
 from .discovery import build_discovery
 from .resilience import UpstreamGuard
@@ -89,10 +90,9 @@ class Service:
     base_path: str
     timeouts: Timeouts
     tls: TLSSettings | None
-    balancer: Any
+    # The balancer with breakers, health checks and retries around it (gatekeep.resilience).
+    guard: UpstreamGuard
     is_app: bool = False
-    # Breakers, health checks and retries around the balancer (see gatekeep.resilience).
-    guard: UpstreamGuard | None = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -294,10 +294,9 @@ class Gateway:
                 key_file=t.key_file,
                 server_name=t.server_name,
             )
-        balancer: Any = make_balancer(sc)
         guard = UpstreamGuard(
             sc.name,
-            balancer,
+            make_balancer(sc),
             retries=sc.retries,
             retry=sc.retry_policy,
             breaker=sc.breaker,
@@ -316,9 +315,8 @@ class Gateway:
                 pool=self._pool_timeout,
             ),
             tls=tls,
-            balancer=balancer,
-            is_app=is_app,
             guard=guard,
+            is_app=is_app,
         )
 
     @staticmethod
@@ -353,10 +351,9 @@ class Gateway:
                 if start is not None:
                     await start(self._task_group)
                 self._started.append(f)
-            for service in self.services.values():
-                if service.guard is not None:  # active health checks
-                    instances = functools.partial(self.discovery.instances, service.name)
-                    await service.guard.start(self._task_group, self.pool, instances)
+            for service in self.services.values():  # active health checks
+                instances = functools.partial(self.discovery.instances, service.name)
+                await service.guard.start(self._task_group, self.pool, instances)
         except BaseException:
             # A filter failed to start: stop the ones that did, end the task group.
             await self.__aexit__(None, None, None)
@@ -381,8 +378,7 @@ class Gateway:
                             log.exception("filter %r failed to stop", getattr(f, "name", f))
             self._started = []
             for service in self.services.values():
-                if service.guard is not None:
-                    service.guard.stop()
+                service.guard.stop()
             stop = getattr(self.discovery, "stop", None)
             if stop is not None:
                 with anyio.CancelScope(shield=True):
@@ -594,7 +590,7 @@ class Gateway:
             if preserve_host:
                 host_header = request.headers.get(b"host") or instance.address.encode()
             else:
-                host_header = _host_header(instance)
+                host_header = host_header_for(instance)
             headers = upstream_request_headers(request, host_header=host_header, via=via, trusted=trusted)
             return await pool.send(
                 instance,
@@ -607,12 +603,9 @@ class Gateway:
                 retry_safe=retry_safe,
             )
 
-        guard = service.guard
-        if guard is None:
-            guard = service.guard = UpstreamGuard(service.name, service.balancer)
         exchange.upstream_start = time.perf_counter()
         try:
-            response = await guard.call(instances, request, send)
+            response = await service.guard.call(instances, request, send)
         except BaseException:
             exchange.upstream_end = time.perf_counter()
             raise
@@ -674,14 +667,6 @@ def _consumer_key(consumer: Any) -> str | None:
         return consumer
     key = getattr(consumer, "key", None)
     return key if isinstance(key, str) else None
-
-
-def _host_header(instance: Instance) -> bytes:
-    default = 443 if instance.scheme == "https" else 80
-    host = f"[{instance.host}]" if ":" in instance.host else instance.host
-    if instance.port == default:
-        return host.encode("latin-1")
-    return f"{host}:{instance.port}".encode("latin-1")
 
 
 def _owner(phase: Any) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ._codec import END_OF_RESPONSE, NEED_DATA, Codec, CodecEvent, H11Codec, ResponseHead, codec_for
 from ._config import PoolLimits, Timeouts, TLSSettings
-from ._pool import UpstreamPool, request_sent
+from ._pool import UpstreamPool, host_header, request_sent
 
 __all__ = [
     "END_OF_RESPONSE",
@@ -26,5 +26,6 @@ __all__ = [
     "Timeouts",
     "UpstreamPool",
     "codec_for",
+    "host_header",
     "request_sent",
 ]

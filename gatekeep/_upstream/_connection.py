@@ -316,12 +316,15 @@ class UpstreamConnection:
         *,
         end: bool,
         within: float | None,
+        body: bytes = b"",
     ) -> None:
-        """Write the request head (and its end, for a request without a body)."""
+        """Write the request head, then ``body`` and the request's end if ``end``, in one write."""
         self.phase = _WRITE
         with self._errors:
             codec = self.codec
             data = codec.send_request_head(method, target, headers)
+            if body:
+                data += codec.send_body(body)
             if end:
                 tail = codec.end_request()
                 if tail:
@@ -419,7 +422,7 @@ class UpstreamConnection:
             # The whole body is in memory and small: head, body and end in one
             # write, no upload task (an early answer is still read after it).
             try:
-                await self._send_whole(method, target, headers, data, write_timeout)
+                await self.send_head(method, target, headers, end=True, within=write_timeout, body=data)
             except UpstreamProtocolError:
                 if not self.closed_by_peer:
                     raise
@@ -432,23 +435,6 @@ class UpstreamConnection:
                 raise
             return await self.receive_head(read_timeout)
         return await self._exchange_with_body(method, target, headers, body, read_timeout, write_timeout)
-
-    async def _send_whole(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        data: bytes,
-        within: float | None,
-    ) -> None:
-        self.phase = _WRITE
-        with self._errors:
-            codec = self.codec
-            out = codec.send_request_head(method, target, headers)
-            if data:
-                out += codec.send_body(data)
-            out += codec.end_request()
-            await self._write(out, within)
 
     async def _exchange_with_body(
         self,

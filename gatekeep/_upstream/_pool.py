@@ -161,7 +161,7 @@ class UpstreamPool:
             exc.request_sent = False  # type: ignore[attr-defined]
             raise
         if not has_host:
-            out.append((b"host", _host_header(instance)))
+            out.append((b"host", host_header(instance)))
         source: BodySource | None = None
         if body is EMPTY_BODY:
             if method in _BODY_METHODS:
@@ -393,7 +393,8 @@ def _frame_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes
     return out, length, has_host
 
 
-def _host_header(instance: Instance) -> bytes:
+def host_header(instance: Instance) -> bytes:
+    """The ``Host`` value for ``instance`` (port left out when it is the scheme's default)."""
     default = 443 if instance.scheme == "https" else 80
     host = instance.host
     if not host.isascii():

@@ -37,7 +37,6 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import anyio
 import attrs
-from anyio.abc import TaskGroup, TaskStatus
 
 from .._errors import GatekeepError
 from .._http import empty_body, replayable
@@ -46,6 +45,7 @@ from .._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool
 from ._config import ConsulConfig, ConsulTLSConfig
 from ._consul_api import next_index, parse_health, parse_index
 from ._errors import ConsulError, ConsulHTTPError, ConsulUnavailable
+from ._watcher import Watcher
 
 __all__ = ["ConsulClient", "ConsulDiscovery", "ConsulReply", "DiscoveryStats"]
 
@@ -195,7 +195,7 @@ class ConsulClient:
         await self._pool.aclose()
 
 
-class ConsulDiscovery:
+class ConsulDiscovery(Watcher):
     """One service's healthy instances from Consul, kept fresh with blocking queries.
 
     A ``Discovery``: ``instances(service)`` answers from memory.  Start it with
@@ -231,7 +231,7 @@ class ConsulDiscovery:
         self.scheme = scheme
         self.stats = DiscoveryStats(source=self.source, service=service)
         self.index = 0
-        self._instances: tuple[Instance, ...] = ()
+        super().__init__()
         self._rng = rng or random.Random()
         self._clock = clock
         self._min_interval = min_interval
@@ -239,8 +239,6 @@ class ConsulDiscovery:
         self._retry_max = retry_max
         self._wait = config.wait_seconds
         self._failures = 0
-        self._scope: anyio.CancelScope | None = None
-        self._stopped: anyio.Event | None = None
         self._client = ConsulClient(
             config.address,
             token=config.token,
@@ -258,44 +256,27 @@ class ConsulDiscovery:
         self._query = base
         self._path = f"/v1/health/service/{self.consul_service}"
 
-    def instances(self, service: str) -> Sequence[Instance]:
-        return self._instances
-
     # -- lifespan ---------------------------------------------------------------
-
-    async def start(self, task_group: TaskGroup) -> None:
-        """Start watching; returns after the first answer (or the first failure)."""
-        await task_group.start(self._run)
 
     async def stop(self) -> None:
         """Stop watching and close connections to the agent.  Idempotent."""
-        if self._scope is not None:
-            self._scope.cancel()
-            if self._stopped is not None:
-                await self._stopped.wait()
-            self._scope = None
+        await super().stop()
         await self._client.aclose()
 
-    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._stopped = anyio.Event()
-        try:
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                ready = False
-                last_start = -1e9
-                while True:
-                    gap = last_start + self._min_interval - self._clock()
-                    if gap > 0:
-                        await anyio.sleep(gap)
-                    last_start = self._clock()
-                    ok = await self.poll()
-                    if not ready:
-                        ready = True
-                        task_status.started()
-                    if not ok:
-                        await anyio.sleep(self._backoff())
-        finally:
-            self._stopped.set()
+    async def _loop(self, started: Callable[[], None]) -> None:
+        ready = False
+        last_start = -1e9
+        while True:
+            gap = last_start + self._min_interval - self._clock()
+            if gap > 0:
+                await anyio.sleep(gap)
+            last_start = self._clock()
+            ok = await self.poll()
+            if not ready:
+                ready = True
+                started()
+            if not ok:
+                await anyio.sleep(self._backoff())
 
     def _backoff(self) -> float:
         # "Equal jitter": half fixed so retries stay spaced, half random so gateways spread out.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -36,13 +36,13 @@ import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
-from anyio.abc import TaskGroup, TaskStatus
 
 from .._protocols import Instance
 from ._config import DnsConfig
 from ._consul import DiscoveryStats
 from ._errors import DnsError
 from ._srv import SrvRecord, by_priority
+from ._watcher import Watcher
 
 __all__ = ["DnsDiscovery", "SrvLookup"]
 
@@ -94,7 +94,7 @@ def _target(name: Any) -> str:
     return text or "."
 
 
-class DnsDiscovery:
+class DnsDiscovery(Watcher):
     """One service's instances from DNS SRV records, refreshed by TTL.
 
     A ``Discovery``; start it with ``await discovery.start(task_group)`` and
@@ -126,14 +126,12 @@ class DnsDiscovery:
         self.stats = DiscoveryStats(source=self.source, service=service)
         self.records: list[SrvRecord] = []
         self.next_refresh = 0.0
-        self._instances: tuple[Instance, ...] = ()
+        super().__init__()
         self._rng = rng or random.Random()
         self._clock = clock
         self._retry_max = min(retry_max, config.max_ttl)
         self._failures = 0
         self._qname = dns.name.from_text(config.name)
-        self._scope: anyio.CancelScope | None = None
-        self._stopped: anyio.Event | None = None
         self._resolver = resolver if resolver is not None else self._make_resolver(config)
 
     @staticmethod
@@ -150,37 +148,16 @@ class DnsDiscovery:
         resolver.timeout = config.timeout
         return resolver
 
-    def instances(self, service: str) -> Sequence[Instance]:
-        return self._instances
-
     # -- lifespan ---------------------------------------------------------------
 
-    async def start(self, task_group: TaskGroup) -> None:
-        """Start refreshing; returns after the first lookup (answered or failed)."""
-        await task_group.start(self._run)
-
-    async def stop(self) -> None:
-        """Stop refreshing.  Idempotent."""
-        if self._scope is not None:
-            self._scope.cancel()
-            if self._stopped is not None:
-                await self._stopped.wait()
-            self._scope = None
-
-    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._stopped = anyio.Event()
-        try:
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                ready = False
-                while True:
-                    delay = await self.refresh()
-                    if not ready:
-                        ready = True
-                        task_status.started()
-                    await anyio.sleep(delay)
-        finally:
-            self._stopped.set()
+    async def _loop(self, started: Callable[[], None]) -> None:
+        ready = False
+        while True:
+            delay = await self.refresh()
+            if not ready:
+                ready = True
+                started()
+            await anyio.sleep(delay)
 
     # -- one refresh ------------------------------------------------------------
 
