@@ -58,6 +58,8 @@ _REQUEST_SKIP: Final = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
 }
+# Names whose presence takes the slow path of ``upstream_request_headers``.
+_SPECIAL: Final = _REQUEST_SKIP - {b"host"}
 _EMPTY: Final[frozenset[bytes]] = frozenset()
 _COMMA: Final = b", "
 
@@ -114,12 +116,27 @@ def upstream_request_headers(
         (``Forwarded``,) ``Via``.
     """
     raw = request.headers.raw
-    options = _EMPTY
-    for name, _ in raw:
-        if name == b"connection":
-            options = _connection_options(raw)
-            break
-    out: list[tuple[bytes, bytes]] = [(b"host", host_header)]
+    names = {pair[0] for pair in raw}
+    if names.isdisjoint(_SPECIAL) and not forwarded:
+        # The common case: nothing to drop or merge but Host (C-speed copies).
+        if b"host" in names:
+            out = [(b"host", host_header)]
+            out += [pair for pair in raw if pair[0] != b"host"]
+            first = raw[0]
+            this_host = first[1] if first[0] == b"host" else next(p[1] for p in raw if p[0] == b"host")
+        else:
+            out = [(b"host", host_header), *raw]
+            this_host = request.host.encode("latin-1") if request.host else b""
+        client_ip = request.client_ip
+        if client_ip:
+            out.append((b"x-forwarded-for", client_ip.encode("latin-1")))
+        out.append((b"x-forwarded-proto", request.scheme.encode("latin-1")))
+        if this_host:
+            out.append((b"x-forwarded-host", this_host))
+        out.append((b"via", via))
+        return out
+    options = _connection_options(raw) if b"connection" in names else _EMPTY
+    out = [(b"host", host_header)]
     xff: list[bytes] = []
     proto: bytes | None = None
     fwd_host: bytes | None = None
@@ -165,13 +182,13 @@ def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> list[tupl
     """``headers`` of an upstream response without the hop-by-hop ones.
 
     ``Content-Length`` stays (the body passes through unchanged);
-    ``Transfer-Encoding`` goes (the server re-frames the body).
+    ``Transfer-Encoding`` goes (the server re-frames the body).  When there
+    is nothing to drop, ``headers`` itself comes back (no copy).
     """
-    options = _EMPTY
-    for name, _ in headers:
-        if name == b"connection":
-            options = _connection_options(headers)
-            break
+    names = {pair[0] for pair in headers}
+    if names.isdisjoint(HOP_BY_HOP):
+        return headers
+    options = _connection_options(headers) if b"connection" in names else _EMPTY
     hop = HOP_BY_HOP
     if options:
         return [pair for pair in headers if pair[0] not in hop and pair[0] not in options]

@@ -62,7 +62,7 @@ from ._errors import (
 )
 from ._filter import Chain, Exchange, load_filter_class
 from ._forwarding import downstream_response_headers, upstream_request_headers
-from ._http import Headers, Request, Response, problem_response
+from ._http import Request, Response, problem_response
 from ._normalise import normalise_path
 from ._protocols import Discovery, Instance
 from ._router import CompiledRouter, RouteMatch, RouteRule
@@ -610,8 +610,13 @@ class Gateway:
             exchange.upstream_end = time.perf_counter()
             raise
         exchange.upstream_head = time.perf_counter()
-        response.headers = Headers(downstream_response_headers(response.headers.raw))
+        headers = response.headers
+        headers.raw = downstream_response_headers(headers.raw)
         upstream_close = response.on_close
+        if upstream_close is None:
+            # The whole body came with the head (the connection is back in the pool).
+            exchange.upstream_end = exchange.upstream_head
+            return response
 
         async def close() -> None:
             exchange.upstream_end = exchange.upstream_end or time.perf_counter()

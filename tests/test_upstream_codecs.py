@@ -180,3 +180,54 @@ def test_truncated_body_is_a_protocol_error(codec: type) -> None:
     c.receive_data(b"")
     with pytest.raises(c.remote_errors):
         c.next_event()
+
+
+_any_name = st.one_of(
+    st.sampled_from([b"host", b"accept", b"x-request-id", b"Content-Type", b"content-length", b"connection"]),
+    st.just(b"transfer-encoding"),
+    st.binary(min_size=0, max_size=8),
+)
+_any_value = st.one_of(
+    st.sampled_from([b"1", b"close", b"chunked", b"a\r\nb: c", b"x\x00"]), st.binary(max_size=12)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_any_name, _any_value), max_size=6))
+def test_httptools_request_head_checks_every_header_whatever_names_it_saw_before(headers: list) -> None:
+    import re
+
+    token = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+    bad = any(not token.fullmatch(n) or re.search(rb"[\r\n\x00]", v) for n, v in headers)
+    lengths = {v for n, v in headers if n.lower() == b"content-length"}
+    framing_bad = any(not v.isdigit() for v in lengths) or len({int(v) for v in lengths if v.isdigit()}) > 1
+    codings = [v for n, v in headers if n.lower() == b"transfer-encoding"]
+    framing_bad = framing_bad or any(v.strip().lower() != b"chunked" for v in codings)
+    framing_bad = framing_bad or bool(codings and lengths)
+    expected = b"GET / HTTP/1.1\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n"
+    for _ in range(2):  # the second time every valid name is already known (the fast path)
+        c = HttptoolsCodec()
+        if bad or framing_bad:
+            with pytest.raises(c.local_errors):
+                c.send_request_head(b"GET", b"/", headers)
+        else:
+            assert c.send_request_head(b"GET", b"/", headers) == expected
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("first", [b"HEAD", b"GET"])
+def test_a_reused_codec_reads_the_next_answer_whatever_came_before(codec: type, first: bytes) -> None:
+    c = codec()
+    for method, body in [(first, b"" if first == b"HEAD" else b"12345"), (b"GET", b"abc"), (b"GET", b"x")]:
+        c.send_request_head(method, b"/", [(b"host", b"x")])
+        c.end_request()
+        c.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%b" % (len(body) or 5, body))
+        head = c.next_event()
+        assert isinstance(head, ResponseHead) and head.status == 200
+        got = b""
+        while (event := c.next_event()) is not END_OF_RESPONSE:
+            assert event is not NEED_DATA
+            got += event
+        assert got == body
+        assert c.is_reusable
+        c.start_next_cycle()

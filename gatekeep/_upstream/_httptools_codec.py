@@ -45,7 +45,9 @@ class LocalFramingError(Exception):
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
 _BAD_VALUE: Final = re.compile(rb"[\r\n\x00]").search
 # Header names already checked (most requests repeat the same few dozen).
-_GOOD_NAMES: set[bytes] = set()
+_GOOD_NAMES: set[bytes] = {b"host"}
+# Names that change how the request is framed (checked only when present).
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _TARGET: Final = re.compile(rb"[\x21-\x7e]+").fullmatch
 _METHOD: Final = _TOKEN
 
@@ -76,10 +78,10 @@ class HttptoolsCodec:
 
     def __init__(self) -> None:
         self._events: deque[CodecEvent] = deque()
+        self._parser: Any = httptools.HttpResponseParser(self)
         self._reset()
 
     def _reset(self) -> None:
-        self._parser: Any = httptools.HttpResponseParser(self)
         self._events.clear()
         self._headers: list[tuple[bytes, bytes]] = []
         self._head: ResponseHead | None = None
@@ -103,38 +105,61 @@ class HttptoolsCodec:
         if not _TARGET(target):
             raise LocalFramingError("invalid request target")
         self._is_head = method == b"HEAD"
+        names = {pair[0] for pair in headers}
+        if names <= _GOOD_NAMES:
+            # The common case, checked at C speed: every name is a known
+            # lower-case token, and the block has exactly one CRLF per header
+            # (so no value carries CR, LF) and no NUL.
+            block = b"".join([b": ".join(pair) + b"\r\n" for pair in headers])
+            n = len(headers)
+            if block.count(b"\n") == n and block.count(b"\r") == n and b"\x00" not in block:
+                if names.isdisjoint(_FRAMING):
+                    self._chunked = False
+                    self._left = 0
+                else:
+                    self._framing(headers)
+                return b"%b %b HTTP/1.1\r\n%b\r\n" % (method, target, block)
+        return self._checked_head(method, target, headers)
+
+    def _framing(self, headers: list[tuple[bytes, bytes]]) -> None:
         length: int | None = None
         chunked = False
+        for name, value in headers:
+            if name == b"content-length":
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    raise LocalFramingError("invalid content-length")
+                length = int(value)
+            elif name == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    raise LocalFramingError("only chunked transfer-encoding can be forwarded")
+                chunked = True
+            elif name == b"connection" and b"close" in value.lower():
+                self._request_close = True
+        if chunked and length is not None:
+            raise LocalFramingError("both content-length and transfer-encoding")
+        self._chunked = chunked
+        self._left = None if chunked else (length or 0)
+
+    def _checked_head(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The same head, header by header: names the fast path does not know, or a bad value."""
         parts = [method, b" ", target, b" HTTP/1.1\r\n"]
         append = parts.append
+        lowered: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             if name not in _GOOD_NAMES:
                 if not _TOKEN(name):
                     raise LocalFramingError(f"invalid header name {name!r}")
-                if len(_GOOD_NAMES) < 1024:
+                if name.islower() and len(_GOOD_NAMES) < 1024:
                     _GOOD_NAMES.add(name)
             if _BAD_VALUE(value):
                 raise LocalFramingError(f"invalid value for header {name.decode('latin-1')!r}")
-            lower = name.lower()
-            if lower == b"content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise LocalFramingError("invalid content-length")
-                length = int(value)
-            elif lower == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    raise LocalFramingError("only chunked transfer-encoding can be forwarded")
-                chunked = True
-            elif lower == b"connection" and b"close" in value.lower():
-                self._request_close = True
+            lowered.append((name.lower(), value))
             append(name)
             append(b": ")
             append(value)
             append(b"\r\n")
-        if chunked and length is not None:
-            raise LocalFramingError("both content-length and transfer-encoding")
+        self._framing(lowered)
         append(b"\r\n")
-        self._chunked = chunked
-        self._left = None if chunked else (length or 0)
         return b"".join(parts)
 
     def send_body(self, data: bytes) -> bytes:
@@ -193,6 +218,9 @@ class HttptoolsCodec:
         )
 
     def start_next_cycle(self) -> None:
+        if self._is_head:
+            # llhttp, not knowing the method, still waits for that HEAD answer's body.
+            self._parser = httptools.HttpResponseParser(self)
         self._reset()
 
     # -- llhttp callbacks --------------------------------------------------
@@ -225,12 +253,14 @@ class HttptoolsCodec:
             return
         if status in (204, 304):
             return  # llhttp ends these itself
-        framed = False
-        for name, value in headers:
-            if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
-                framed = True
-                break
-        self._close_delimited = not framed
+        names = {pair[0] for pair in headers}
+        if b"content-length" in names:
+            return
+        if b"transfer-encoding" in names:
+            for name, value in headers:
+                if name == b"transfer-encoding" and b"chunked" in value.lower():
+                    return
+        self._close_delimited = True
 
     def on_body(self, body: bytes) -> None:
         if not self._complete and not self._skipping:

@@ -373,8 +373,14 @@ class _ResponseStream:
             await self._pool._release(self._origin, conn, reuse=False)
 
 
+_BODY_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
 def _frame_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
     """Copy ``headers`` without ``transfer-encoding``; find ``content-length`` and ``host``."""
+    names = {pair[0] for pair in headers}
+    if names.isdisjoint(_BODY_FRAMING):
+        return list(headers), None, b"host" in names
     out: list[tuple[bytes, bytes]] = []
     length: int | None = None
     has_host = False

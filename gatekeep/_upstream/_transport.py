@@ -8,11 +8,16 @@ without any system call whether an idle connection went stale, and close.
 
 On asyncio (what uvicorn, hypercorn and granian run) ``AsyncioTransport``
 does this with an ``asyncio.Protocol`` directly: reads land in a buffer as the
-loop delivers them, a waiting reader is woken through one future, deadlines
-are ``loop.call_at`` timers, and EOF or unsolicited bytes on an idle
+loop delivers them, a waiting reader is woken through one future, and EOF or unsolicited bytes on an idle
 connection are simply noticed by the protocol, so the pool's staleness check
 is a flag test.  This costs a fraction of a generic anyio stream, which pays
 a checkpoint and a cancel scope per call on the hot path.
+
+Read deadlines cost no timer per read: each connection keeps one lazy
+``loop.call_at`` timer.  A read only stores its deadline; when the timer
+fires it fails the waiting read if that deadline passed, else sleeps again
+until the current deadline.  With the usual fixed read timeout the timer
+fires about once per timeout per connection, whatever the request rate.
 
 Reading applies backpressure: past ``_HIGH_WATER`` buffered bytes the
 protocol pauses the socket until the reader catches up.
@@ -64,6 +69,9 @@ class AsyncioTransport(asyncio.Protocol):
         "_loop",
         "_paused_reading",
         "_paused_writing",
+        "_read_deadline",
+        "_timer",
+        "_timer_at",
         "_transport",
         "_waiter",
     )
@@ -79,6 +87,9 @@ class AsyncioTransport(asyncio.Protocol):
         self._error: BaseException | None = None
         self._paused_reading = False
         self._paused_writing = False
+        self._read_deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -150,7 +161,16 @@ class AsyncioTransport(asyncio.Protocol):
             if self._eof:
                 return b""
             waiter = self._waiter = self._loop.create_future()
-            await self._wait(waiter, within)
+            if within is None:
+                await waiter
+            else:
+                deadline = self._read_deadline = self._loop.time() + within
+                if self._timer is None or self._timer_at > deadline:
+                    self._arm(deadline)
+                try:
+                    await waiter
+                finally:
+                    self._read_deadline = 0.0
             if not buffer:
                 if self._error is not None:
                     raise self._error
@@ -162,6 +182,23 @@ class AsyncioTransport(asyncio.Protocol):
             self._paused_reading = False
             self._transport.resume_reading()
         return data
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._read_timer)
+
+    def _read_timer(self) -> None:
+        self._timer = None
+        deadline = self._read_deadline
+        waiter = self._waiter
+        if not deadline or waiter is None:
+            return  # no read waiting: the next one arms again
+        if self._loop.time() >= deadline:
+            _expire(waiter)
+        else:
+            self._arm(deadline)
 
     async def _wait(self, future: asyncio.Future[None], within: float | None) -> None:
         if within is None:
@@ -184,6 +221,9 @@ class AsyncioTransport(asyncio.Protocol):
             transport.abort()
         self._eof = True
         self._wake()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _expire(future: asyncio.Future[None]) -> None:

@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup
 
 from .._balancer import InstanceKey
 from .._errors import NoHealthyUpstream, UpstreamError, UpstreamTimeout
-from .._http import Request, Response
+from .._http import EMPTY_BODY, Request, Response
 from .._protocols import Instance
 from ._breaker import CLOSED, BreakerState, ChangeCallback, CircuitBreaker, circuit_open
 from ._config import BreakerConfig, HealthchecksConfig, RetryConfig
@@ -93,6 +93,8 @@ class UpstreamGuard:
         self.breaker: CircuitBreaker | None = None
         if breaker is not None and breaker.per_service:
             self.breaker = CircuitBreaker(breaker, clock=clock, name=name)
+        else:
+            self.call = self._tries  # type: ignore[method-assign]
         self._per_instance = breaker is not None and breaker.per_instance
         # Per instance (``instance_key``): its breaker and the instance.
         self.instance_breakers: dict[InstanceKey, CircuitBreaker] = {}
@@ -172,6 +174,9 @@ class UpstreamGuard:
     async def call(self, instances: Sequence[Instance], request: Request, send: Send) -> Response:
         """Send ``request`` to one of ``instances`` through ``send``, guarded; see the module docstring.
 
+        (Without a service breaker, ``call`` is ``_tries`` itself: one
+        coroutine less on every request.)
+
         Raises:
             CircuitOpen: the service's breaker, or every instance's, is open.
             NoHealthyUpstream: every instance is unhealthy.
@@ -205,7 +210,7 @@ class UpstreamGuard:
         deadline = 0.0
         if self.retries:
             self.budget.record_request()
-            replayable = await prepare_body(request, self._body_limit)
+            replayable = request.body is EMPTY_BODY or await prepare_body(request, self._body_limit)
             idempotent = is_idempotent(request)
             if self._overall is not None:
                 deadline = clock() + self._overall
@@ -273,7 +278,8 @@ class UpstreamGuard:
                 tried.append(instance)
                 await anyio.sleep(policy.backoff(attempt))
                 continue
-            _release_on_close(response, release, instance)
+            if release is not _no_release:
+                _release_on_close(response, release, instance)
             return response
 
     def _pick(
