@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from operator import itemgetter
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -45,6 +46,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+
+_NAME = itemgetter(0)  # a header pair's name
 
 # A request still running after this many seconds starts watching for its
 # client's disconnect (see ``_DisconnectWatch``).
@@ -107,12 +110,15 @@ _NO_BODY.done = True
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    names = set(map(_NAME, headers))
+    if b"content-length" not in names:
+        return b"transfer-encoding" in names
     for k, v in headers:
         if k == b"content-length":
-            return v != b"0"
+            return v != b"0" or b"transfer-encoding" in names
         if k == b"transfer-encoding":
             return True
-    return False
+    return False  # pragma: no cover - content-length is among the names
 
 
 class ASGIApp:
@@ -128,11 +134,9 @@ class ASGIApp:
         self._started = False
         self._watches = _Watches()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "lifespan":
+        if kind == "lifespan":
             await self._lifespan(scope, receive, send)
         elif self.app is not None:
             await self.app(scope, receive, send)
@@ -213,7 +217,10 @@ class ASGIApp:
             state={"tls": tls} if tls is not None else {},
         )
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
+            return
         if not _has_body(scope["headers"]):
             body = _NO_BODY
             request = self.request_from_scope(scope, EMPTY_BODY)

@@ -31,11 +31,14 @@ Choices:
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Final
 
 from ._http import Request
 
 __all__ = ["HOP_BY_HOP", "downstream_response_headers", "forwarded_element", "upstream_request_headers"]
+
+_NAME: Final = itemgetter(0)  # a header pair's name
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -116,7 +119,7 @@ def upstream_request_headers(
         (``Forwarded``,) ``Via``.
     """
     raw = request.headers.raw
-    names = {pair[0] for pair in raw}
+    names = set(map(_NAME, raw))
     if names.isdisjoint(_SPECIAL) and not forwarded:
         # The common case: nothing to drop or merge but Host (C-speed copies).
         if b"host" in names:
@@ -185,7 +188,7 @@ def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> list[tupl
     ``Transfer-Encoding`` goes (the server re-frames the body).  When there
     is nothing to drop, ``headers`` itself comes back (no copy).
     """
-    names = {pair[0] for pair in headers}
+    names = set(map(_NAME, headers))
     if names.isdisjoint(HOP_BY_HOP):
         return headers
     options = _connection_options(headers) if b"connection" in names else _EMPTY

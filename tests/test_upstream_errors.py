@@ -186,7 +186,7 @@ async def test_read_timeout_waiting_for_the_head_after_an_upload() -> None:
 
 
 async def test_read_timeout_between_body_chunks() -> None:
-    head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234"
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n01234"
     async with raw_server(answering(head, close=False)) as port:  # type: ignore[arg-type]
         pool = UpstreamPool()
         response = await pool.send(
@@ -194,6 +194,21 @@ async def test_read_timeout_between_body_chunks() -> None:
         )
         with pytest.raises(UpstreamTimeout, match="read timeout"):
             await response.read()
+        assert pool.stats()[f"http://127.0.0.1:{port}"] == (0, 0)
+        await pool.aclose()
+
+
+async def test_a_short_body_split_from_its_head_is_awaited_before_the_response_is_handed_on() -> None:
+    # Small bodies are read whole (one send to the client), so a stall there
+    # is a read timeout of the call itself, before any byte reached the client.
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234"
+    async with raw_server(answering(head, close=False)) as port:  # type: ignore[arg-type]
+        pool = UpstreamPool()
+        with pytest.raises(UpstreamTimeout, match="read timeout") as info:
+            await pool.send(
+                Instance("127.0.0.1", port), "GET", b"/", [], empty_body(), timeouts=Timeouts(read=0.2)
+            )
+        assert request_sent(info.value)
         assert pool.stats()[f"http://127.0.0.1:{port}"] == (0, 0)
         await pool.aclose()
 
@@ -216,7 +231,9 @@ async def test_write_timeout_when_the_upstream_does_not_read() -> None:
 
 
 async def test_pool_timeout_when_every_connection_is_busy() -> None:
-    async with raw_server(answering(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", close=False)) as port:  # type: ignore[arg-type]
+    async with raw_server(
+        answering(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n", close=False)
+    ) as port:  # type: ignore[arg-type]
         pool = UpstreamPool(PoolLimits(max_connections=1))
         instance = Instance("127.0.0.1", port)
         held = await pool.send(instance, "GET", b"/", [], empty_body())

@@ -289,7 +289,7 @@ class UpstreamConnection:
 
     # -- I/O steps, each inside the error boundary ---------------------------
 
-    async def _write(self, data: bytes, within: float | None) -> None:
+    async def _write(self, data: bytes | list[bytes], within: float | None) -> None:
         self.request_sent = True
         try:
             await self._transport.send(data, within)
@@ -324,7 +324,13 @@ class UpstreamConnection:
             codec = self.codec
             data = codec.send_request_head(method, target, headers)
             if body:
-                data += codec.send_body(body)
+                parts = [data, codec.send_body(body)]
+                if end:
+                    tail = codec.end_request()
+                    if tail:
+                        parts.append(tail)
+                await self._write(parts, within)
+                return
             if end:
                 tail = codec.end_request()
                 if tail:
@@ -356,8 +362,14 @@ class UpstreamConnection:
             while True:
                 event = codec.next_event()
                 if event is NEED_DATA:
-                    data = await self._read(within)
-                    if not data:
+                    try:
+                        data = await self._transport.receive(within)
+                    except TimeoutError:
+                        raise UpstreamTimeout(_timeout_text(_READ, self.label, within)) from None
+                    if data:
+                        self.response_started = True
+                    else:
+                        self.closed_by_peer = True
                         if not self.response_started:
                             raise UpstreamProtocolError(
                                 f"{self.label} closed the connection without sending a response"
@@ -371,13 +383,21 @@ class UpstreamConnection:
                 else:  # pragma: no cover - a codec bug
                     raise UpstreamProtocolError(f"unexpected {event!r} before the response head")
 
-    def next_buffered(self) -> bytes | None | object:
-        """The next body event without I/O: a chunk, ``None`` at the end, or ``NEED_DATA``."""
+    def take_buffered(self, limit: int) -> tuple[list[bytes], bool]:
+        """Body chunks parsed already (about ``limit`` bytes at most, no I/O); whether the body ended."""
+        codec = self.codec
+        chunks: list[bytes] = []
+        size = 0
         with self._errors:
-            event = self.codec.next_event()
-        if event is END_OF_RESPONSE:
-            return None
-        return event
+            while size < limit:
+                event = codec.next_event()
+                if event is END_OF_RESPONSE:
+                    return chunks, True
+                if event is NEED_DATA:
+                    break
+                chunks.append(event)  # type: ignore[arg-type]
+                size += len(event)  # type: ignore[arg-type]
+        return chunks, False
 
     async def receive_body_chunk(self, within: float | None) -> bytes | None:
         """The next piece of the response body, ``None`` once it ended.

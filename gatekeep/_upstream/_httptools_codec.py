@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from operator import itemgetter
 from typing import Any, ClassVar, Final
 
 import httptools
@@ -32,6 +33,8 @@ import httptools
 from ._codec import END_OF_RESPONSE, NEED_DATA, CodecEvent, ResponseHead
 
 __all__ = ["HttptoolsCodec", "LocalFramingError", "RemoteFramingError"]
+
+_NAME: Final = itemgetter(0)  # a header pair's name
 
 
 class RemoteFramingError(Exception):
@@ -105,20 +108,21 @@ class HttptoolsCodec:
         if not _TARGET(target):
             raise LocalFramingError("invalid request target")
         self._is_head = method == b"HEAD"
-        names = {pair[0] for pair in headers}
+        names = set(map(_NAME, headers))
         if names <= _GOOD_NAMES:
             # The common case, checked at C speed: every name is a known
-            # lower-case token, and the block has exactly one CRLF per header
-            # (so no value carries CR, LF) and no NUL.
-            block = b"".join([b": ".join(pair) + b"\r\n" for pair in headers])
-            n = len(headers)
+            # lower-case token, and the block has exactly one CRLF between
+            # two headers (so no value carries CR or LF) and no NUL.  (No
+            # header at all takes the slow path.)
+            block = b"\r\n".join(map(b": ".join, headers))
+            n = len(headers) - 1
             if block.count(b"\n") == n and block.count(b"\r") == n and b"\x00" not in block:
                 if names.isdisjoint(_FRAMING):
                     self._chunked = False
                     self._left = 0
                 else:
                     self._framing(headers)
-                return b"%b %b HTTP/1.1\r\n%b\r\n" % (method, target, block)
+                return b"%b %b HTTP/1.1\r\n%b\r\n\r\n" % (method, target, block)
         return self._checked_head(method, target, headers)
 
     def _framing(self, headers: list[tuple[bytes, bytes]]) -> None:
@@ -253,7 +257,7 @@ class HttptoolsCodec:
             return
         if status in (204, 304):
             return  # llhttp ends these itself
-        names = {pair[0] for pair in headers}
+        names = set(map(_NAME, headers))
         if b"content-length" in names:
             return
         if b"transfer-encoding" in names:

@@ -29,19 +29,22 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from operator import itemgetter
+from typing import Final
 
 import anyio
 
 from .._errors import BadRequest, GatekeepError, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from .._http import EMPTY_BODY, Body, Headers, Response, is_replayable
 from .._protocols import Instance
-from ._codec import NEED_DATA, Codec, codec_for
+from ._codec import Codec, codec_for
 from ._config import PoolLimits, Timeouts, TLSSettings
 from ._connection import BodySource, UpstreamConnection, open_connection, translate
 from ._tls import make_ssl_context
 
 __all__ = ["UpstreamPool", "request_sent"]
+
+_NAME: Final = itemgetter(0)  # a header pair's name
 
 _DEFAULT_TIMEOUTS: Final = Timeouts()
 _DEFAULT_TLS: Final = TLSSettings()
@@ -50,6 +53,9 @@ _DEFAULT_LIMITS: Final = PoolLimits()
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 # Response bytes already buffered when the head arrives are taken at once, up to this.
 _EAGER_BODY: Final = 64 * 1024
+# A response whose declared body is at most this many bytes behind its head is
+# read whole before it is handed on (one send to the client, no stream).
+_WAIT_BODY: Final = 16 * 1024
 
 
 def request_sent(exc: BaseException) -> bool:
@@ -191,8 +197,13 @@ class UpstreamPool:
                 head = await conn.exchange(
                     method_b, target, out, source, read_timeout=timeouts.read, write_timeout=timeouts.write
                 )
-                stream = _ResponseStream(self, origin, conn, timeouts.read)
-                await stream.take_buffered()
+                chunks, ended = conn.take_buffered(_EAGER_BODY)
+                if not ended and _short_body(head.headers, chunks):
+                    # A small body that came just behind its head: wait for the
+                    # rest, so that it too goes to the client in one send.
+                    while (chunk := await conn.receive_body_chunk(timeouts.read)) is not None:
+                        chunks.append(chunk)
+                    ended = True
             except BaseException as exc:
                 sent = sent or conn.request_sent
                 await self._release(origin, conn, reuse=False)
@@ -211,10 +222,13 @@ class UpstreamPool:
                     continue
                 exc.request_sent = sent  # type: ignore[attr-defined]
                 raise
-            if stream.complete:
-                # The whole body came with the head and the connection is back
-                # in the pool: hand it over as bytes (one send to the client).
-                return Response(head.status, Headers(head.headers), stream.pending or b"", "service")
+            pending = (chunks[0] if len(chunks) == 1 else b"".join(chunks)) if chunks else None
+            if ended:
+                # The whole body came with the head: the connection goes back
+                # to the pool, the body is handed over as bytes (one send to the client).
+                await self._release(origin, conn, reuse=True)
+                return Response(head.status, Headers(head.headers), pending or b"", "service")
+            stream = _ResponseStream(self, origin, conn, timeouts.read, pending)
             return Response(head.status, Headers(head.headers), stream, "service", stream.aclose)
 
     async def aclose(self) -> None:
@@ -306,41 +320,18 @@ class _ResponseStream:
     __slots__ = ("_conn", "_origin", "_pending", "_pool", "_timeout")
 
     def __init__(
-        self, pool: UpstreamPool, origin: _Origin, conn: UpstreamConnection, timeout: float | None
+        self,
+        pool: UpstreamPool,
+        origin: _Origin,
+        conn: UpstreamConnection,
+        timeout: float | None,
+        pending: bytes | None,
     ) -> None:
         self._pool = pool
         self._origin = origin
         self._conn: UpstreamConnection | None = conn
         self._timeout = timeout
-        self._pending: bytes | None = None
-
-    async def take_buffered(self) -> None:
-        """Take body bytes that came with the head; release at once if that is all."""
-        conn = self._conn
-        assert conn is not None
-        chunks: list[bytes] = []
-        size = 0
-        while size < _EAGER_BODY:
-            event: Any = conn.next_buffered()
-            if event is NEED_DATA:
-                break
-            if event is None:
-                self._conn = None
-                await self._pool._release(self._origin, conn, reuse=True)
-                break
-            chunks.append(event)
-            size += len(event)
-        if chunks:
-            self._pending = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    @property
-    def complete(self) -> bool:
-        """The body ended and the connection was released: nothing left to read."""
-        return self._conn is None
-
-    @property
-    def pending(self) -> bytes | None:
-        return self._pending
+        self._pending = pending
 
     def __aiter__(self) -> _ResponseStream:
         return self
@@ -373,12 +364,20 @@ class _ResponseStream:
             await self._pool._release(self._origin, conn, reuse=False)
 
 
+def _short_body(headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> bool:
+    """Whether the response declares a body of at most ``_WAIT_BODY`` bytes more than ``chunks``."""
+    for name, value in headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) - sum(map(len, chunks)) <= _WAIT_BODY
+    return False
+
+
 _BODY_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
 def _frame_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
     """Copy ``headers`` without ``transfer-encoding``; find ``content-length`` and ``host``."""
-    names = {pair[0] for pair in headers}
+    names = set(map(_NAME, headers))
     if names.isdisjoint(_BODY_FRAMING):
         return list(headers), None, b"host" in names
     out: list[tuple[bytes, bytes]] = []

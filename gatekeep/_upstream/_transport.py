@@ -48,7 +48,8 @@ _LOW_WATER: Final = 64 * 1024
 
 
 class Transport(Protocol):
-    async def send(self, data: bytes, within: float | None) -> None: ...
+    async def send(self, data: bytes | list[bytes], within: float | None) -> None:
+        """Write ``data`` (a list: its parts, in order, without joining them first)."""
 
     async def receive(self, within: float | None) -> bytes: ...
 
@@ -144,11 +145,14 @@ class AsyncioTransport(asyncio.Protocol):
 
     # -- Transport ---------------------------------------------------------
 
-    async def send(self, data: bytes, within: float | None) -> None:
+    async def send(self, data: bytes | list[bytes], within: float | None) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             raise self._error or ConnectionResetError("connection closed")
-        transport.write(data)
+        if type(data) is list:
+            transport.writelines(data)  # one writev on uvloop, no copy
+        else:
+            transport.write(data)  # type: ignore[arg-type]
         if self._paused_writing:
             drain = self._drain = self._loop.create_future()
             await self._wait(drain, within)
@@ -240,12 +244,13 @@ class AnyioTransport:
         self._stream = stream
         self._raw: socket.socket | None = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
 
-    async def send(self, data: bytes, within: float | None) -> None:
+    async def send(self, data: bytes | list[bytes], within: float | None) -> None:
+        whole = b"".join(data) if isinstance(data, list) else data
         if within is None:
-            await self._stream.send(data)
+            await self._stream.send(whole)
             return
         with anyio.move_on_after(within) as scope:
-            await self._stream.send(data)
+            await self._stream.send(whole)
         if scope.cancelled_caught:
             raise TimeoutError
 
