@@ -78,6 +78,14 @@ def _networks(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
             raise ValueError(f"expected an IP address or CIDR, got {item!r}") from None
 
 
+def _header_names(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
+    import re
+
+    for item in value:
+        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", item):
+            raise ValueError(f"expected a header name, got {item!r}")
+
+
 @attrs.frozen
 class PluginConfig:
     """A filter attached to a scope; ``config`` is checked against the filter's ``Config``."""
@@ -217,6 +225,10 @@ class GatewaySettings:
     # far out of the cyclic GC's reach (gc.freeze): full collections then skip
     # the imported modules and config, which halves p99 latency under load.
     gc_freeze: bool = True
+    # Upstream response headers not passed to the client (nginx's
+    # proxy_hide_header): the ASGI/WSGI server adds its own Date and Server,
+    # and two of each would break HTTP (Date is a singleton field).
+    hide_upstream_headers: tuple[str, ...] = attrs.field(default=("date", "server"), validator=_header_names)
     pool: PoolSettings = PoolSettings()
 
 

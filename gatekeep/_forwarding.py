@@ -181,18 +181,22 @@ def upstream_request_headers(
     return out
 
 
-def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def downstream_response_headers(
+    headers: list[tuple[bytes, bytes]], hide: frozenset[bytes] = HOP_BY_HOP
+) -> list[tuple[bytes, bytes]]:
     """``headers`` of an upstream response without the hop-by-hop ones.
 
     ``Content-Length`` stays (the body passes through unchanged);
-    ``Transfer-Encoding`` goes (the server re-frames the body).  When there
-    is nothing to drop, ``headers`` itself comes back (no copy).
+    ``Transfer-Encoding`` goes (the server re-frames the body).  ``hide``
+    is ``HOP_BY_HOP`` plus any other lower-case names to drop (the gateway's
+    ``hide_upstream_headers``).  When there is nothing to drop, ``headers``
+    itself comes back (no copy).
     """
     names = set(map(_NAME, headers))
-    if names.isdisjoint(HOP_BY_HOP):
+    if names.isdisjoint(hide):
         return headers
     options = _connection_options(headers) if b"connection" in names else _EMPTY
-    hop = HOP_BY_HOP
+    hop = hide
     if options:
         return [pair for pair in headers if pair[0] not in hop and pair[0] not in options]
     return [pair for pair in headers if pair[0] not in hop]

@@ -61,7 +61,7 @@ from ._errors import (
     UpstreamError,
 )
 from ._filter import Chain, Exchange, load_filter_class
-from ._forwarding import downstream_response_headers, upstream_request_headers
+from ._forwarding import HOP_BY_HOP, downstream_response_headers, upstream_request_headers
 from ._http import Request, Response, problem_response
 from ._normalise import normalise_path
 from ._protocols import Discovery, Instance
@@ -158,6 +158,7 @@ class Gateway:
         self.config = load_config(config)
         settings = self.config.gateway
         self.via = f"1.1 {settings.via}".encode()
+        self._hide_upstream = HOP_BY_HOP | {n.lower().encode("ascii") for n in settings.hide_upstream_headers}
         self.request_id_header = settings.request_id_header.lower().encode("latin-1")
         self.echo_request_id = settings.echo_request_id
         self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies)
@@ -611,7 +612,7 @@ class Gateway:
             raise
         exchange.upstream_head = time.perf_counter()
         headers = response.headers
-        headers.raw = downstream_response_headers(headers.raw)
+        headers.raw = downstream_response_headers(headers.raw, self._hide_upstream)
         upstream_close = response.on_close
         if upstream_close is None:
             # The whole body came with the head (the connection is back in the pool).

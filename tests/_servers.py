@@ -192,6 +192,9 @@ def upstream_thread(app: Any) -> Iterator[int]:
             yield port
 
 
+UPSTREAM_DATE = b"Mon, 01 Jan 2001 00:00:00 GMT"
+
+
 class StreamUpstream:
     """``/raw``: echo the body back as it arrives; ``/slow``: stream until the send fails;
     anything else: ``EchoUpstream``'s JSON echo."""
@@ -205,7 +208,12 @@ class StreamUpstream:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope["path"]
-        if path.startswith("/raw"):
+        if path.startswith("/dated"):
+            # An upstream that sends its own Date and Server, as real ones do.
+            headers = [(b"date", UPSTREAM_DATE), (b"server", b"upstream-server"), (b"content-length", b"2")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+        elif path.startswith("/raw"):
             await self._raw(receive, send)
         elif path.startswith("/slow"):
             await self._slow(receive, send)

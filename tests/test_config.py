@@ -203,3 +203,9 @@ def test_the_documented_example_config_is_valid() -> None:
     config = load_config(example)
     assert [s.name for s in config.services] == ["order-service", "inventory-service", "payment-service"]
     gatekeep.Gateway(example)  # compiles: router, chains, pools
+
+
+def test_hidden_upstream_headers_must_be_header_names() -> None:
+    errors = _errors({"gateway": {"hide_upstream_headers": ["date", "not a name"]}, "services": [_service()]})
+    assert errors == {"gateway.hide_upstream_headers": "expected a header name, got 'not a name'"}
+    assert load_config({"gateway": {"hide_upstream_headers": []}}).gateway.hide_upstream_headers == ()

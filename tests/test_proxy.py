@@ -276,3 +276,30 @@ async def test_weighted_targets_are_balanced() -> None:
             for _ in range(40):
                 assert (await gw.client.get("/")).status == 200
     assert hits.count(1) == 30 and hits.count(2) == 10
+
+
+class Dated:
+    """An upstream that sends its own Date and Server."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"date", b"Mon, 01 Jan 2001 00:00:00 GMT"), (b"server", b"up/1"), (b"x-up", b"1")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize(
+    ("hide", "passed"),
+    [(None, {"x-up"}), ([], {"date", "server", "x-up"}), (["x-up"], {"date", "server"})],
+    ids=["default", "none", "x-up"],
+)
+async def test_hide_upstream_headers_decides_which_upstream_headers_reach_the_client(
+    hide: list[str] | None, passed: set[str]
+) -> None:
+    async with serve_asgi(Dated()) as port:
+        config = _single_service(f"http://127.0.0.1:{port}")
+        if hide is not None:
+            config["gateway"] = {"hide_upstream_headers": hide}
+        async with gateway_for(config) as gw:
+            response = await gw.client.get("/")
+    assert response.status == 200
+    assert {name for name in ("date", "server", "x-up") if response.header(name) is not None} == passed

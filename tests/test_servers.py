@@ -28,6 +28,7 @@ from gatekeep.testing import ClientResponse, TestClient
 from ._servers import (
     ASGI_SERVERS,
     SERVER_PACKAGE,
+    UPSTREAM_DATE,
     WSGI_SERVERS,
     StreamUpstream,
     free_port,
@@ -165,6 +166,16 @@ async def test_post_1_mib_streams_and_echoes_byte_exact(served: Served) -> None:
     assert response.status == 200, response.text
     assert len(response.body) == MiB
     assert hashlib.sha256(response.body).digest() == hashlib.sha256(body).digest()
+
+
+async def test_the_client_sees_one_date_and_one_server_never_the_upstreams(served: Served) -> None:
+    # The server adds its own Date and Server; passing the upstream's too
+    # would send two of each (Date is a singleton field): they are hidden.
+    response = await served.client.get("/api/dated")
+    assert response.status == 200, response.text
+    dates, servers = response.header_all("date"), response.header_all("server")
+    assert len(dates) == 1 and len(servers) <= 1, response.headers  # every server here dates its answers
+    assert UPSTREAM_DATE.decode() not in dates and "upstream-server" not in servers
 
 
 async def test_unknown_path_is_404_problem(served: Served) -> None:
