@@ -260,7 +260,8 @@ class ASGIApp:
         exchange.bytes_in = body.received
         if watch.disconnected:
             exchange.error = exchange.error or ClientDisconnected("client disconnected")
-        await self.gateway.log(exchange)
+        if self.gateway.has_log_phase:
+            await self.gateway.log(exchange)
 
 
 def _current_task() -> asyncio.Task[Any] | None:

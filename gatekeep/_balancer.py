@@ -5,7 +5,8 @@ socket.  ``RoundRobin`` is smooth weighted round robin (the nginx algorithm:
 each pick adds every weight to a running score and takes the highest, then
 subtracts the total), so weights 5:1:1 interleave instead of bursting.
 ``LeastOutstanding`` picks the instance with the fewest requests in flight
-relative to its weight; the gateway calls ``release`` when a response ends.
+relative to its weight; the gateway calls ``release`` when a response ends
+(balancers that count nothing have no ``release``, and cost nothing there).
 
 ``PowerOfTwoEWMA`` draws two instances at random and takes the one with the
 lower cost: its peak-EWMA latency (an exponentially weighted moving average
@@ -91,9 +92,6 @@ class RoundRobin:
                 best = n
         current[best] -= total
         return key[best]
-
-    def release(self, instance: Instance) -> None:
-        return None
 
 
 class LeastOutstanding:
@@ -327,9 +325,6 @@ class ConsistentHash:
         if key is None:
             return self._rr.pick(instances, request)
         return self.lookup(instances, key)
-
-    def release(self, instance: Instance) -> None:
-        return None
 
 
 def make_balancer(service: Any) -> Any:

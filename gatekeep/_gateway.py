@@ -60,7 +60,7 @@ from ._errors import (
     NotFound,
     UpstreamError,
 )
-from ._filter import Chain, Exchange, load_filter_class
+from ._filter import Chain, Exchange, _overrides, load_filter_class
 from ._forwarding import HOP_BY_HOP, downstream_response_headers, upstream_request_headers
 from ._http import Request, Response, problem_response
 from ._normalise import normalise_path
@@ -185,6 +185,8 @@ class Gateway:
         self._started: list[Any] = []
         self._entries = self._build_entries(filters)
         self.filters = [e.filter for e in self._entries]
+        # Whether any filter has a log phase (else requests skip ``log`` entirely).
+        self.has_log_phase = any(_overrides(f, "on_log") for f in self.filters)
         self.services: dict[str, Service] = {}
         static: dict[str, list[Instance]] = {}
         for sc in self.config.services:
