@@ -10,7 +10,11 @@ uvicorn silently drops ``send`` calls after one.  A request that is still
 running after ``WATCH_AFTER`` seconds gets a watcher task (on the gateway's
 lifespan task group) that waits on ``receive`` once the body is read and
 cancels the request's work when ``http.disconnect`` arrives, which closes the
-upstream connection.  Short requests never pay for a task.
+upstream connection.  Short requests never pay for a task, nor for a timer: one
+ticker per app starts the watches of the requests that have run long enough.
+On asyncio the cancellation is a plain cancellation of the request's task
+(an anyio cancel scope per request cost more than the rest of the adapter);
+elsewhere (trio) an anyio cancel scope does it.
 
 Middleware mode: ``gatekeep.asgi(gateway, app=other_asgi_app)`` puts the
 gateway's filters in front of ``other_asgi_app``; routes whose service has
