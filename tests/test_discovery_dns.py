@@ -84,10 +84,13 @@ def test_order_is_a_permutation_by_priority(records: list[SrvRecord], rng: rando
         assert zeros == sorted(zeros, reverse=True)  # weight-0 records first
 
 
-@given(srv_records, st.randoms(use_true_random=False))
+@given(srv_records, st.integers(0, 2**32))
 def test_a_positive_weight_record_beats_zero_weights_almost_always(
-    records: list[SrvRecord], rng: random.Random
+    records: list[SrvRecord], seed: int
 ) -> None:
+    # A statistical claim needs real random draws: hypothesis' own ``randoms()``
+    # may legitimately answer 0 every time, which is exactly the case below.
+    rng = random.Random(seed)
     # Within the first group, a weight-0 record can only be drawn first when the draw is 0.
     groups = by_priority(records)
     if not groups or all(r.weight == 0 for r in groups[0]):
