@@ -4,10 +4,14 @@ It exists so that ``gatekeep.testing`` and ``gatekeep demo`` can run real
 upstream services on loopback sockets without any extra dependency.  It is
 not a production server: keep-alive, streaming bodies both ways and
 ``http.disconnect`` are supported; lifespan, WebSockets and HTTP/2 are not.
+A malformed request head is answered 400, an oversized one (still incomplete
+past h11's 16 KiB limit after a read) 431, as problem+json, and the
+connection closed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -54,7 +58,12 @@ async def _connection(stream: SocketStream, app: ASGI) -> None:
     async with stream:
         try:
             while True:
-                event = await _next_event(conn, stream)
+                try:
+                    event = await _next_event(conn, stream)
+                except h11.RemoteProtocolError as exc:
+                    # A bad or oversized request head: answer (400, 431) and close.
+                    await _refuse(conn, stream, exc.error_status_hint, str(exc))
+                    return
                 if isinstance(event, h11.ConnectionClosed) or event is None:
                     return
                 if not isinstance(event, h11.Request):
@@ -68,6 +77,24 @@ async def _connection(stream: SocketStream, app: ASGI) -> None:
                     return
         except (anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError, h11.ProtocolError):
             return
+
+
+async def _refuse(conn: h11.Connection, stream: SocketStream, status: int, detail: str) -> None:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    title = "Request Header Fields Too Large" if status == 431 else "Bad Request"
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+    headers = [
+        ("content-type", "application/problem+json"),
+        ("content-length", str(len(body))),
+        ("connection", "close"),
+    ]
+    try:
+        parts = [conn.send(h11.Response(status_code=status, headers=headers))]
+        parts += [conn.send(h11.Data(data=body)), conn.send(h11.EndOfMessage())]
+        await stream.send(b"".join(p for p in parts if p))
+    except h11.LocalProtocolError:
+        return
 
 
 async def _next_event(conn: h11.Connection, stream: SocketStream) -> Any:
