@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._timing import us_per_call
+from benchmarks._timing import add_net, print_table, us_per_call
 from gatekeep import Gateway
 from gatekeep._filter import Exchange
 from gatekeep._http import Headers, Request
@@ -167,18 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         label: {"best_us": round(min(s), 3), "median_us": round(statistics.median(s), 3)}
         for label, s in samples.items()
     }
-    base = results["exchange alone (Request + Exchange)"]
-    for label, row in results.items():
-        if label.startswith("on_log"):
-            row["net_best_us"] = round(row["best_us"] - base["best_us"], 3)
-            row["net_median_us"] = round(row["median_us"] - base["median_us"], 3)
+    add_net(results, "exchange alone (Request + Exchange)", "on_log")
     load = os.getloadavg()[0]
-    width = max(len(label) for label in results)
-    print(f"µs per request ({args.rounds} runs of {args.seconds:g} s; {loop}; load avg {load:.1f})\n")
-    print(f"{'operation':<{width}}  {'best':>8}  {'median':>8}  {'net best':>9}")
-    for label, row in results.items():
-        net = f"{row['net_best_us']:>9.2f}" if "net_best_us" in row else f"{'':>9}"
-        print(f"{label:<{width}}  {row['best_us']:>8.2f}  {row['median_us']:>8.2f}  {net}")
+    print_table(results, "request", args.rounds, args.seconds, loop, load)
     report: dict[str, Any] = {
         "unit": "microseconds per request",
         "seconds": args.seconds,

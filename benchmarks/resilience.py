@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._timing import us_per_call
+from benchmarks._timing import add_net, print_table, us_per_call
 from gatekeep._balancer import ConsistentHash, PowerOfTwoEWMA, RoundRobin, hash_key
 from gatekeep._http import Headers, Request, Response
 from gatekeep._protocols import Instance
@@ -217,18 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     loop = event_loop()
     for label, timings in asyncio.run(run_async(args.seconds, args.rounds)).items():
         results[label] = summary(timings)
-    base = results["send alone (no guard)"]
-    for label, row in results.items():
-        if label.startswith("UpstreamGuard.call"):
-            row["net_best_us"] = round(row["best_us"] - base["best_us"], 3)
-            row["net_median_us"] = round(row["median_us"] - base["median_us"], 3)
+    add_net(results, "send alone (no guard)", "UpstreamGuard.call")
     load_after = os.getloadavg()[0]
-    width = max(len(label) for label in results)
-    print(f"µs per operation ({args.rounds} runs of {args.seconds:g} s; {loop}; load avg {load_after:.1f})\n")
-    print(f"{'operation':<{width}}  {'best':>8}  {'median':>8}  {'net best':>9}")
-    for label, row in results.items():
-        net = f"{row['net_best_us']:>9.2f}" if "net_best_us" in row else f"{'':>9}"
-        print(f"{label:<{width}}  {row['best_us']:>8.2f}  {row['median_us']:>8.2f}  {net}")
+    print_table(results, "operation", args.rounds, args.seconds, loop, load_after)
     report: dict[str, Any] = {
         "unit": "microseconds per operation",
         "seconds": args.seconds,

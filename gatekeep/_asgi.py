@@ -29,7 +29,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from operator import itemgetter
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -38,7 +37,7 @@ from anyio.abc import TaskGroup
 
 from ._filter import Exchange
 from ._gateway import Gateway
-from ._http import EMPTY_BODY, Headers, Request, Response
+from ._http import EMPTY_BODY, Headers, Request, Response, header_names
 
 __all__ = ["ASGIApp", "asgi"]
 
@@ -50,8 +49,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-
-_NAME = itemgetter(0)  # a header pair's name
 
 # A request still running after this many seconds starts watching for its
 # client's disconnect (see ``_DisconnectWatch``).
@@ -114,7 +111,7 @@ _NO_BODY.done = True
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    names = set(map(_NAME, headers))
+    names = header_names(headers)
     if b"content-length" not in names:
         return b"transfer-encoding" in names
     for k, v in headers:

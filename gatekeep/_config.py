@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._errors import ConfigError
+from ._http import is_header_name
 from ._structure import Errors, join, structure
 from .auth._credentials import JWTSecret, KeyAuthCredential
 from .discovery._config import DiscoveryConfig
@@ -79,10 +80,8 @@ def _networks(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
 
 
 def _header_names(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
-    import re
-
     for item in value:
-        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", item):
+        if not item.isascii() or not is_header_name(item.encode("ascii")):
             raise ValueError(f"expected a header name, got {item!r}")
 
 

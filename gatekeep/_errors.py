@@ -21,6 +21,7 @@ __all__ = [
     "FilterError",
     "Forbidden",
     "GatekeepError",
+    "HeaderFieldsTooLarge",
     "MethodNotAllowed",
     "NoHealthyUpstream",
     "NotFound",
@@ -108,6 +109,12 @@ class PayloadTooLarge(GatekeepError):
     status = 413
     title = "Content Too Large"
     slug = "payload-too-large"
+
+
+class HeaderFieldsTooLarge(GatekeepError):
+    status = 431
+    title = "Request Header Fields Too Large"
+    slug = "request-header-fields-too-large"
 
 
 class RateLimited(GatekeepError):

@@ -31,14 +31,12 @@ Choices:
 
 from __future__ import annotations
 
-from operator import itemgetter
 from typing import Final
 
-from ._http import Request
+from ._http import Request, header_names
 
 __all__ = ["HOP_BY_HOP", "downstream_response_headers", "forwarded_element", "upstream_request_headers"]
 
-_NAME: Final = itemgetter(0)  # a header pair's name
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -119,7 +117,7 @@ def upstream_request_headers(
         (``Forwarded``,) ``Via``.
     """
     raw = request.headers.raw
-    names = set(map(_NAME, raw))
+    names = header_names(raw)
     if names.isdisjoint(_SPECIAL) and not forwarded:
         # The common case: nothing to drop or merge but Host (C-speed copies).
         if b"host" in names:
@@ -192,7 +190,7 @@ def downstream_response_headers(
     ``hide_upstream_headers``).  When there is nothing to drop, ``headers``
     itself comes back (no copy).
     """
-    names = set(map(_NAME, headers))
+    names = header_names(headers)
     if names.isdisjoint(hide):
         return headers
     options = _connection_options(headers) if b"connection" in names else _EMPTY

@@ -10,8 +10,10 @@ is read once.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import Any
+from operator import itemgetter
+from typing import Any, Final
 
 import attrs
 
@@ -28,6 +30,15 @@ __all__ = [
 ]
 
 Body = AsyncIterable[bytes]
+
+_NAME: Final = itemgetter(0)
+# An HTTP field name (RFC 9110 §5.1: a token), bytes or text.
+is_header_name: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+
+
+def header_names(pairs: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The names among ``(name, value)`` pairs, as a set (built at C speed: the hot path's first test)."""
+    return set(map(_NAME, pairs))
 
 
 class Headers:
@@ -152,6 +163,19 @@ class Request:
     @property
     def client_ip(self) -> str:
         return self.client[0] if self.client else ""
+
+    @property
+    def consumer_name(self) -> str | None:
+        """The consumer as logs and metrics name it: the string itself, else its
+        ``username``, ``key``, ``id`` or ``custom_id``; ``None`` when there is none."""
+        consumer = self.consumer
+        if consumer is None or isinstance(consumer, str):
+            return consumer
+        for attr in ("username", "key", "id", "custom_id"):
+            value = getattr(consumer, attr, None)
+            if isinstance(value, str) and value:
+                return value
+        return None
 
 
 class _replayable:

@@ -11,7 +11,6 @@ connection closed.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -21,6 +20,9 @@ from typing import Any
 import anyio
 import h11
 from anyio.abc import SocketStream
+
+from ._errors import BadRequest, HeaderFieldsTooLarge
+from ._http import problem_response
 
 __all__ = ["serve_asgi"]
 
@@ -82,16 +84,13 @@ async def _connection(stream: SocketStream, app: ASGI) -> None:
 async def _refuse(conn: h11.Connection, stream: SocketStream, status: int, detail: str) -> None:
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
-    title = "Request Header Fields Too Large" if status == 431 else "Bad Request"
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
-    headers = [
-        ("content-type", "application/problem+json"),
-        ("content-length", str(len(body))),
-        ("connection", "close"),
-    ]
+    error = HeaderFieldsTooLarge(detail) if status == 431 else BadRequest(detail)
+    answer = problem_response(error)
+    assert isinstance(answer.body, bytes)
+    headers = [*answer.headers.raw, (b"content-length", b"%d" % len(answer.body)), (b"connection", b"close")]
     try:
-        parts = [conn.send(h11.Response(status_code=status, headers=headers))]
-        parts += [conn.send(h11.Data(data=body)), conn.send(h11.EndOfMessage())]
+        parts = [conn.send(h11.Response(status_code=answer.status, headers=headers))]
+        parts += [conn.send(h11.Data(data=answer.body)), conn.send(h11.EndOfMessage())]
         await stream.send(b"".join(p for p in parts if p))
     except h11.LocalProtocolError:
         return

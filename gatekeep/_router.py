@@ -47,6 +47,7 @@ from typing import Any, Final
 import attrs
 
 from ._errors import BadRequest
+from ._http import is_header_name
 from ._normalise import normalise_path
 
 __all__ = [
@@ -585,14 +586,11 @@ def _parse_rule_pattern(rule: RouteRule, pattern: str) -> _Pattern:
         raise ValueError(f"route {rule.name!r}: path {pattern!r}: {exc}") from None
 
 
-_TOKEN_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
-
-
 def _compile_headers(rule: RouteRule) -> tuple[tuple[bytes, frozenset[bytes]], ...]:
     compiled = []
     for name, values in rule.headers.items():
         lower = name.lower()
-        if not _TOKEN_NAME.fullmatch(lower):
+        if not lower.isascii() or not is_header_name(lower.encode("ascii")):
             raise ValueError(f"route {rule.name!r}: header name {name!r} is not a valid token")
         if lower == "host":
             raise ValueError(f"route {rule.name!r}: match the host with 'hosts', not a header condition")

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from operator import itemgetter
 from typing import Any, ClassVar, Final
 
 import httptools
 
+from .._http import header_names, is_header_name
 from ._codec import END_OF_RESPONSE, NEED_DATA, CodecEvent, ResponseHead
 
 __all__ = ["HttptoolsCodec", "LocalFramingError", "RemoteFramingError"]
-
-_NAME: Final = itemgetter(0)  # a header pair's name
 
 
 class RemoteFramingError(Exception):
@@ -45,7 +43,7 @@ class LocalFramingError(Exception):
     """The request cannot be framed as its headers declare."""
 
 
-_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+_TOKEN: Final = is_header_name
 _BAD_VALUE: Final = re.compile(rb"[\r\n\x00]").search
 # Header names already checked (most requests repeat the same few dozen).
 _GOOD_NAMES: set[bytes] = {b"host"}
@@ -108,7 +106,7 @@ class HttptoolsCodec:
         if not _TARGET(target):
             raise LocalFramingError("invalid request target")
         self._is_head = method == b"HEAD"
-        names = set(map(_NAME, headers))
+        names = header_names(headers)
         if names <= _GOOD_NAMES:
             # The common case, checked at C speed: every name is a known
             # lower-case token, and the block has exactly one CRLF between
@@ -257,7 +255,7 @@ class HttptoolsCodec:
             return
         if status in (204, 304):
             return  # llhttp ends these itself
-        names = set(map(_NAME, headers))
+        names = header_names(headers)
         if b"content-length" in names:
             return
         if b"transfer-encoding" in names:

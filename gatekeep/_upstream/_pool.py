@@ -29,13 +29,12 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from operator import itemgetter
 from typing import Final
 
 import anyio
 
 from .._errors import BadRequest, GatekeepError, UpstreamConnectError, UpstreamError, UpstreamTimeout
-from .._http import EMPTY_BODY, Body, Headers, Response, is_replayable
+from .._http import EMPTY_BODY, Body, Headers, Response, header_names, is_replayable
 from .._protocols import Instance
 from ._codec import Codec, codec_for
 from ._config import PoolLimits, Timeouts, TLSSettings
@@ -44,7 +43,6 @@ from ._tls import make_ssl_context
 
 __all__ = ["UpstreamPool", "request_sent"]
 
-_NAME: Final = itemgetter(0)  # a header pair's name
 
 _DEFAULT_TIMEOUTS: Final = Timeouts()
 _DEFAULT_TLS: Final = TLSSettings()
@@ -377,7 +375,7 @@ _BODY_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 def _frame_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
     """Copy ``headers`` without ``transfer-encoding``; find ``content-length`` and ``host``."""
-    names = set(map(_NAME, headers))
+    names = header_names(headers)
     if names.isdisjoint(_BODY_FRAMING):
         return list(headers), None, b"host" in names
     out: list[tuple[bytes, bytes]] = []

@@ -91,7 +91,7 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
         "route": getattr(route, "name", None),
         "service": getattr(service, "name", None),
         "upstream": instance.address if instance is not None else None,
-        "consumer": _consumer(request.consumer),
+        "consumer": request.consumer_name,
         "bytes_in": bytes_in,
         "bytes_out": exchange.bytes_out,
         "latency_ms": {
@@ -101,18 +101,6 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
         },
         "error": type(error).__name__ if error is not None else None,
     }
-
-
-def _consumer(consumer: Any) -> str | None:
-    if consumer is None:
-        return None
-    if isinstance(consumer, str):
-        return consumer
-    for attr in ("username", "key", "id", "custom_id"):
-        value = getattr(consumer, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 def _rfc3339(ts: float) -> str:

@@ -313,7 +313,7 @@ class PrometheusFilter(BaseFilter):
             return  # scrapes of /metrics itself are not traffic
         consumer = ""
         if self._per_consumer and request.consumer is not None:
-            consumer = self._consumer_label(request.consumer)
+            consumer = self._consumer_label(request.consumer_name or OTHER)
         method = request.method
         if method not in _METHODS:
             method = "OTHER"  # any token is a valid method: never a label value of its own
@@ -341,8 +341,7 @@ class PrometheusFilter(BaseFilter):
         if error is not None and isinstance(error, FilterError):
             self._filter_error(error)
 
-    def _consumer_label(self, consumer: Any) -> str:
-        name = _consumer_name(consumer)
+    def _consumer_label(self, name: str) -> str:
         label = self._consumer_labels.get(name)
         if label is not None:
             return label
@@ -405,16 +404,6 @@ def _watch_breakers(gateway: Gateway, metrics: Metrics) -> None:
                 child.inc()
 
         on_change(changed)
-
-
-def _consumer_name(consumer: Any) -> str:
-    if isinstance(consumer, str):
-        return consumer
-    for attr in ("username", "key", "id", "custom_id"):
-        value = getattr(consumer, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return OTHER
 
 
 def _content_length(raw: list[tuple[bytes, bytes]]) -> int:

@@ -43,7 +43,7 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 import gatekeep
@@ -389,7 +389,7 @@ class OtelFilter(BaseFilter):
         service = request.service
         if service is not None:
             attributes["gatekeep.service"] = service.name
-        consumer = _consumer(request.consumer)
+        consumer = request.consumer_name
         if consumer is not None:
             attributes["gatekeep.consumer"] = consumer
         attributes["gatekeep.source"] = exchange.source
@@ -441,18 +441,6 @@ def _error_type(error: BaseException) -> str:
             found = f"{cls.__module__}.{name}"
         _error_types[cls] = found
     return found
-
-
-def _consumer(consumer: Any) -> str | None:
-    if consumer is None:
-        return None
-    if isinstance(consumer, str):
-        return consumer
-    for attr in ("username", "key", "id", "custom_id"):
-        value = getattr(consumer, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 def _version() -> str:
