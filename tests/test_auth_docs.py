@@ -79,6 +79,6 @@ def test_dev_issuer_key_file_is_shared(tmp_path: Path) -> None:
     second = DevIssuer("http://127.0.0.1:1", key_file=tmp_path / "dev.pem")
     assert first.kid == second.kid and (tmp_path / "dev.pem").stat().st_mode & 0o777 == 0o600
     token = second.mint("alice", roles=["user"])
-    key = pyjwt.PyJWK(first.jwk)
+    key = pyjwt.PyJWK(first.jwk).key
     assert pyjwt.decode(token, key, algorithms=["RS256"], audience="gatekeep-demo")["roles"] == ["user"]
     assert DevIssuer().kid != first.kid

@@ -1,8 +1,8 @@
 """The code checks CI runs: ruff (lint and format) and mypy --strict.
 
 They live in the suite so that the README's one test command runs them.
-They skip only when the tool itself is not installed (``pip install -e '.[test]'``
-installs both).
+They skip only when the tool itself is not installed (the README's test
+command installs both, pinned in ``constraints/dev.txt``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,15 @@ def test_ruff_format() -> None:
 
 @pytest.mark.timeout(600)
 def test_mypy_strict() -> None:
-    result = _run(sys.executable, "-m", "mypy", "--strict", "gatekeep")
+    # No paths: pyproject's [tool.mypy] files, which name gatekeep/ and every plugin's src/.
+    result = _run(sys.executable, "-m", "mypy", "--strict")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_checks_the_core_and_every_plugin() -> None:
+    files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["files"]
+    plugins = sorted(f"plugins/{p.parent.name}/src" for p in ROOT.glob("plugins/*/pyproject.toml"))
+    assert set(files) == {"gatekeep", *plugins}
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:

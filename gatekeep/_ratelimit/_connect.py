@@ -12,6 +12,8 @@ Clients are made with redis-py's own classes: ``Redis`` (optionally from a
 (``mode = "sentinel"``).  redis-py's own retries are switched off and its socket
 timeouts set to the configured timeout: the limiter bounds every call anyway,
 and a retry inside that bound would only turn a fast failure into a slow one.
+The "no retries" object is redis-py's asyncio ``Retry`` (redis 8 warns when an
+asyncio client is handed the synchronous one).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from typing import Any, Literal
 import attrs
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import ConnectionPool, SSLConnection
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ._redis import RedisRateLimiter
 
@@ -174,7 +176,8 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
     if s.mode == "cluster":
         if s.url is not None:
             return RedisCluster.from_url(s.url, **common)
-        return RedisCluster(host=s.host, port=s.port, ssl=s.ssl, **tls, **common)
+        # redis 5.0's annotations call RedisCluster abstract; later ones do not.
+        return RedisCluster(host=s.host, port=s.port, ssl=s.ssl, **tls, **common)  # type: ignore[abstract, unused-ignore]
     if s.mode == "sentinel":
         # The Sentinels' own connections need the same: redis-py's default
         # retries with backoff would spend seconds on one Sentinel that is down.
@@ -187,7 +190,7 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
             sentinel_kwargs["username"] = s.sentinel_username
         if s.sentinel_password is not None:
             sentinel_kwargs["password"] = s.sentinel_password
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             [(n.host, n.port) for n in s.sentinel_nodes],
             sentinel_kwargs=sentinel_kwargs,
             db=s.database,
@@ -198,7 +201,8 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
         client: Redis = sentinel.master_for(s.sentinel_master or "")
         return client
     if s.url is not None:
-        return Redis.from_url(s.url, **common)
+        from_url: Redis = Redis.from_url(s.url, **common)  # no return annotation in redis 5.0
+        return from_url
     if s.ssl and s.server_name:
         pool = ConnectionPool(
             connection_class=_SNIConnection,

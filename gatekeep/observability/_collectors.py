@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .._gateway import Gateway
@@ -106,7 +107,7 @@ def stat_records(filters: Iterable[Any]) -> Iterator[Any]:
                 yield from visit(item)
 
 
-class GatewayCollector:
+class GatewayCollector(Collector):
     """A prometheus-client custom collector for one gateway's components."""
 
     def __init__(self, gateway: Gateway, *, upstream_health: bool = False, version: str = "") -> None:

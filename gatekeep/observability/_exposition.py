@@ -25,6 +25,7 @@ import anyio
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from .._errors import Forbidden
 from .._http import Headers, Request, Response
@@ -43,7 +44,7 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
 
 
-class _Snapshot:
+class _Snapshot(Collector):
     """A collector that returns metrics already collected (on the event loop)."""
 
     def __init__(self, metrics: Sequence[Metric]) -> None:
