@@ -17,9 +17,11 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import IO
 
 import anyio
 import pytest
+from packaging.version import Version
 
 from gatekeep.testing import EchoUpstream, TestClient, serve_asgi
 from tests._redis_fixture import _free_port
@@ -55,7 +57,11 @@ def _declared_floors() -> dict[str, str]:
 
 
 def test_the_floors_file_pins_every_runtime_dependency_at_its_declared_floor() -> None:
-    assert _pins(ROOT / "constraints" / "floors.txt") == _declared_floors()
+    pins = _pins(ROOT / "constraints" / "floors.txt")
+    floors = _declared_floors()
+    assert sorted(pins) == sorted(floors)
+    for name, floor in floors.items():
+        assert Version(pins[name]) == Version(floor), f"{name}: floors.txt {pins[name]}, pyproject >={floor}"
 
 
 def test_the_dev_constraints_leave_every_runtime_dependency_unpinned() -> None:
@@ -99,6 +105,16 @@ name = "rate-limiting"
 """
 
 
+def _serve(config: Path, port: int, out: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gatekeep", "serve", str(config), "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("where", ["url", "host"])
 async def test_a_redis_policy_start_prints_no_warning(redis_url: str, tmp_path: Path, where: str) -> None:
@@ -109,13 +125,7 @@ async def test_a_redis_policy_start_prints_no_warning(redis_url: str, tmp_path: 
     async with serve_asgi(EchoUpstream()) as upstream:
         config.write_text(CONFIG.format(upstream=upstream, where=settings))
         with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gatekeep", "serve", str(config), "--port", str(gateway_port)],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            proc = _serve(config, gateway_port, out)
             try:
                 client = TestClient("127.0.0.1", gateway_port, timeout=2)
                 deadline = time.monotonic() + 30

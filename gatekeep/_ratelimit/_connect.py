@@ -174,10 +174,12 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
         if s.url is not None:
             common.update(tls)
     if s.mode == "cluster":
+        cluster: RedisCluster  # typed here, as below
         if s.url is not None:
-            return RedisCluster.from_url(s.url, **common)
-        # redis 5.0's annotations call RedisCluster abstract; later ones do not.
-        return RedisCluster(host=s.host, port=s.port, ssl=s.ssl, **tls, **common)  # type: ignore[abstract, unused-ignore]
+            cluster = RedisCluster.from_url(s.url, **common)
+        else:
+            cluster = RedisCluster(host=s.host, port=s.port, ssl=s.ssl, **tls, **common)
+        return cluster
     if s.mode == "sentinel":
         # The Sentinels' own connections need the same: redis-py's default
         # retries with backoff would spend seconds on one Sentinel that is down.
@@ -200,10 +202,11 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
         )
         client: Redis = sentinel.master_for(s.sentinel_master or "")
         return client
+    # Typed here: some redis-py releases leave these constructors' results unannotated.
+    standalone: Redis
     if s.url is not None:
-        from_url: Redis = Redis.from_url(s.url, **common)  # no return annotation in redis 5.0
-        return from_url
-    if s.ssl and s.server_name:
+        standalone = Redis.from_url(s.url, **common)
+    elif s.ssl and s.server_name:
         pool = ConnectionPool(
             connection_class=_SNIConnection,
             server_name=s.server_name,
@@ -213,8 +216,10 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
             **tls,
             **common,
         )
-        return Redis.from_pool(pool)
-    return Redis(host=s.host or "", port=s.port, db=s.database, ssl=s.ssl, **tls, **common)
+        standalone = Redis.from_pool(pool)
+    else:
+        standalone = Redis(host=s.host or "", port=s.port, db=s.database, ssl=s.ssl, **tls, **common)
+    return standalone
 
 
 @attrs.define(eq=False)
@@ -262,4 +267,9 @@ async def _close(client: Redis | RedisCluster) -> None:
     finally:
         pool = getattr(client, "connection_pool", None)
         if isinstance(pool, SentinelConnectionPool):
-            await pool.sentinel_manager.aclose()
+            # Before redis 8, master_for() hands its pool to the client as the
+            # caller's (the client's aclose() leaves it open), and Sentinel has
+            # no aclose() of its own: close the pool and each Sentinel's client.
+            await pool.disconnect()
+            for sentinel_client in pool.sentinel_manager.sentinels:
+                await sentinel_client.aclose()
