@@ -21,6 +21,24 @@ gateway's filters in front of ``other_asgi_app``; routes whose service has
 ``url = "app://"``, and (with ``fallthrough``) requests no route matches,
 are answered by the wrapped app.  The principal set by authentication is
 in ``scope["gatekeep.identity"]`` and ``scope["gatekeep.consumer"]``.
+
+WebSockets: a ``websocket`` scope is a handshake, and it goes through
+``Gateway.handle`` like a GET (``Request.websocket`` set): edge hygiene,
+routing, the route's request filters.  Only when it reaches the wrapped app
+(an ``app://`` route, or fallthrough) is the app called, with the original
+``receive``/``send`` and a scope carrying the filtered headers, the normalised
+path and the principal.  Any other answer denies the handshake: sent as an
+HTTP answer through the ``websocket.http.response`` extension when the server
+has it (uvicorn, hypercorn and granian do), else by closing before accept
+(code 1008 for a 4xx answer, 1011 otherwise; the server then answers 403).
+A route to a remote upstream answers 501 (WebSocket proxying is not
+supported yet).  No other scope type is served.
+
+Client aborts: a client that goes away before its request is complete is no
+error of the gateway's.  The request ends as ``ClientClosedRequest``
+(recorded as status 499, nginx's convention, in logs and metrics) and
+nothing is sent.  A server that raises from ``receive`` because the body is
+malformed (a bad chunk) makes it a 400.
 """
 
 from __future__ import annotations
@@ -35,9 +53,10 @@ from urllib.parse import quote, unquote
 import anyio
 from anyio.abc import TaskGroup
 
+from ._errors import BadRequest, ClientClosedRequest, GatekeepError, UpstreamError
 from ._filter import Exchange
 from ._gateway import Gateway
-from ._http import EMPTY_BODY, Headers, Request, Response, header_names
+from ._http import EMPTY_BODY, Headers, Request, Response, header_names, problem_response
 
 __all__ = ["ASGIApp", "asgi"]
 
@@ -55,8 +74,26 @@ ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 WATCH_AFTER = 0.5
 
 
-class ClientDisconnected(Exception):
+class ClientDisconnected(ClientClosedRequest):
     """The client went away before its request body was read."""
+
+
+# What a server's ``receive`` may raise when the client's connection is gone.
+_CONNECTION_ERRORS = (OSError, anyio.BrokenResourceError, anyio.EndOfStream)
+
+
+def _receive_failed(exc: Exception) -> GatekeepError:
+    """What an exception raised by the server's ``receive`` means for the request.
+
+    The ASGI spec has ``receive`` report a lost client as ``http.disconnect``,
+    but a server may raise instead: ``OSError`` when the connection broke,
+    anything else (h11's ``RemoteProtocolError`` in a chunk) when it could not
+    parse the body.
+    """
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return ClientDisconnected(f"the connection broke while the request body was read: {exc!r}")
+    log.debug("the server could not read the request body", exc_info=exc)
+    return BadRequest("the request body is malformed")
 
 
 def asgi(gateway: Gateway, app: ASGI | None = None) -> ASGIApp:
@@ -82,7 +119,11 @@ class _Body:
         if self.done:
             return
         while True:
-            message = await self.receive()
+            try:
+                message = await self.receive()
+            except Exception as exc:
+                self._finish()
+                raise _receive_failed(exc) from exc
             kind = message["type"]
             if kind == "http.request":
                 chunk = message.get("body", b"")
@@ -139,10 +180,34 @@ class ASGIApp:
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
-        elif self.app is not None:
-            await self.app(scope, receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
+            await self._websocket(scope, receive, send)
+        else:
+            # Never hand the wrapped app a scope no filter looked at; the ASGI
+            # spec has an app raise on a scope type it does not know.
+            raise ValueError(f"gatekeep does not serve ASGI {kind!r} scopes")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake: the gateway's filters first, then the wrapped app or a denial."""
+        scheme = "https" if scope.get("scheme") == "wss" else "http"
+        try:
+            request = self.request_from_scope({**scope, "method": "GET", "scheme": scheme}, EMPTY_BODY)
+        except GatekeepError as exc:  # a head the gateway refuses (a bad Host ...)
+            await deny_websocket(scope, send, problem_response(exc))
+            return
+        request.websocket = True
+        exchange = Exchange(request)
+        response = await self.gateway.handle(request, exchange)
+        try:
+            if request.state.get(_UPGRADE) is response and self._caller is not None:
+                await self._caller.websocket(request, scope, receive, send, exchange)
+            else:
+                await deny_websocket(scope, send, response, exchange)
+        finally:
+            await response.aclose()
+            exchange.end = time.perf_counter()
+            if self.gateway.has_log_phase:
+                await self.gateway.log(exchange)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -242,7 +307,9 @@ class ASGIApp:
             watch = _DisconnectWatch(receive, cancel, body, watches)
             try:
                 response = await self.gateway.handle(request, exchange)
-                await send_response(response, send, exchange)
+                if response.status != 499:
+                    await send_response(response, send, exchange)
+                # else the client is gone (ClientClosedRequest): nobody is left to answer
             except BaseException:
                 watch.disarm()
                 if response is not None:
@@ -261,6 +328,10 @@ class ASGIApp:
         exchange.bytes_in = body.received
         if watch.disconnected:
             exchange.error = exchange.error or ClientDisconnected("client disconnected")
+            if not exchange.status:
+                # Gone before the answer's head (the watch cancelled ``handle``): nginx's 499.
+                exchange.status = 499
+                log.info("client closed the connection during %s %s", request.method, request.path)
         if self.gateway.has_log_phase:
             await self.gateway.log(exchange)
 
@@ -374,7 +445,14 @@ class _DisconnectWatch:
             self.watcher = scope
             requests = 0
             while not self.finished:
-                message = await self.receive()
+                try:
+                    message = await self.receive()
+                except Exception as exc:
+                    # This task lives in the gateway's task group: a server's error
+                    # must end the watch, never the gateway.
+                    if not isinstance(exc, _CONNECTION_ERRORS):
+                        return
+                    message = {"type": "http.disconnect"}
                 if message["type"] == "http.disconnect":
                     if not self.finished:
                         self.disconnected = True
@@ -425,6 +503,53 @@ async def send_response(response: Response, send: Send, exchange: Exchange) -> N
     exchange.bytes_out = sent
     await send({"type": "http.response.body", "body": b""})
     exchange.end = time.perf_counter()
+
+
+# The key of ``Request.state`` where ``_AppCaller`` leaves the answer that hands a
+# WebSocket handshake to the wrapped app (``ASGIApp`` compares by identity).
+_UPGRADE = "gatekeep.websocket.upgrade"
+# Framing of a denial is the adapter's: a filter's or upstream's is dropped.
+_DENIAL_DROPS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"upgrade"})
+
+
+async def deny_websocket(
+    scope: Scope, send: Send, response: Response, exchange: Exchange | None = None
+) -> None:
+    """Refuse a WebSocket handshake with ``response`` (see the module doc)."""
+    extensions = scope.get("extensions")
+    if extensions and "websocket.http.response" in extensions:
+        body = await response.read()
+        headers = [(k, v) for k, v in response.headers.raw if k not in _DENIAL_DROPS]
+        headers.append((b"content-length", b"%d" % len(body)))
+        await send({"type": "websocket.http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        if exchange is not None:
+            exchange.bytes_out = len(body)
+    else:
+        # Before accept no close code reaches the client (the server answers 403);
+        # the code is for the server's own log: a policy denial, or our failure.
+        await send({"type": "websocket.close", "code": 1008 if response.status < 500 else 1011})
+
+
+class _Handshake:
+    """The wrapped app's ``send`` on a WebSocket: notes how it answered the handshake."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if self.status is None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                self.status = 101
+            elif kind == "websocket.close":
+                self.status = 403  # what servers answer to a close before accept
+            elif kind == "websocket.http.response.start":
+                self.status = int(message["status"])
+        await self.send(message)
 
 
 class _AppLifespan:
@@ -511,10 +636,54 @@ class _AppCaller:
         }
 
     async def __call__(self, request: Request) -> Response:
+        if request.websocket:
+            # The handshake passed the filters: ``ASGIApp`` hands the connection to the app.
+            upgrade = Response(101, Headers(), b"", source="service")
+            request.state[_UPGRADE] = upgrade
+            return upgrade
         tg = self.gateway.task_group
         if tg is None:
             return await self._buffered(request)
         return await _StreamedApp(self.app, self.scope_for(request), request).start(tg)
+
+    async def websocket(
+        self, request: Request, scope: Scope, receive: Receive, send: Send, exchange: Exchange
+    ) -> None:
+        """Run the app on a handshake its filters let through, with the server's ``receive``/``send``.
+
+        The app sees what it would see for HTTP: the headers after the
+        filters (client-sent identity headers stripped, the gateway's added),
+        the normalised path and the principal.
+        """
+        path = request.path
+        app_scope = {
+            **scope,
+            "path": unquote(path),
+            "raw_path": path.encode("latin-1"),
+            "query_string": request.query_string,
+            "headers": request.headers.raw,
+            "state": dict(self.state),
+            "gatekeep.identity": request.identity,
+            "gatekeep.consumer": request.consumer,
+            "gatekeep.request_id": request.request_id,
+        }
+        handshake = _Handshake(send)
+        try:
+            await self.app(app_scope, receive, handshake)
+        except Exception as exc:  # the app's own bug: report it, keep the gateway alive
+            exchange.error = exc
+            log.exception("wrapped app failed on a WebSocket")
+            try:
+                if handshake.status is None:
+                    error = UpstreamError("the wrapped app failed before answering the handshake")
+                    handshake.status = error.status
+                    await deny_websocket(scope, send, problem_response(error, request.request_id), exchange)
+                else:
+                    await send({"type": "websocket.close", "code": 1011})
+            except Exception:
+                log.debug("could not close the WebSocket after the app failed", exc_info=True)
+        # An app that returns without answering the handshake gets a 500 from the server.
+        exchange.status = handshake.status or 500
 
     async def _buffered(self, request: Request) -> Response:
         # No lifespan ran (no task group to stream from): collect the answer.
@@ -525,12 +694,17 @@ class _AppCaller:
                 "answers are buffered whole and filters were not started; enable the lifespan"
             )
         messages: list[Message] = []
-        receive = _app_receive(request)
+        receive = _AppReceive(request)
 
         async def send(message: Message) -> None:
             messages.append(message)
 
-        await self.app(self.scope_for(request), receive, send)
+        try:
+            await self.app(self.scope_for(request), receive, send)
+        except Exception:
+            receive.reraise()
+            raise
+        receive.reraise()
         if not messages or messages[0]["type"] != "http.response.start":
             raise_app_error("the wrapped app returned without a response")
         start = messages[0]
@@ -539,27 +713,45 @@ class _AppCaller:
 
 
 def raise_app_error(detail: str) -> None:
-    from ._errors import UpstreamError
-
     raise UpstreamError(detail)
 
 
-def _app_receive(request: Request) -> Receive:
-    iterator = request.body.__aiter__()
-    finished = False
+class _AppReceive:
+    """The wrapped app's ``receive``: the request body as the filters pass it on.
 
-    async def receive() -> Message:
-        nonlocal finished
-        if finished:
+    When the body fails with a gatekeep error (the client went away, a
+    malformed chunk, a size limit) the app gets ``http.disconnect``, all that
+    ASGI can tell it, and the error is kept: whatever the app makes of it
+    (Starlette answers 500), the client's answer is the body's error (400,
+    413, or nothing: 499), and nothing is logged as the app's failure.
+    """
+
+    __slots__ = ("error", "finished", "iterator")
+
+    def __init__(self, request: Request) -> None:
+        self.iterator = request.body.__aiter__()
+        self.finished = False
+        self.error: GatekeepError | None = None
+
+    async def __call__(self) -> Message:
+        if self.error is not None:
+            return {"type": "http.disconnect"}
+        if self.finished:
             await anyio.sleep_forever()
         try:
-            chunk = await iterator.__anext__()
+            chunk = await self.iterator.__anext__()
         except StopAsyncIteration:
-            finished = True
+            self.finished = True
             return {"type": "http.request", "body": b"", "more_body": False}
+        except GatekeepError as exc:
+            self.error = exc
+            return {"type": "http.disconnect"}
         return {"type": "http.request", "body": chunk, "more_body": True}
 
-    return receive
+    def reraise(self) -> None:
+        """Raise the body's error, if it failed."""
+        if self.error is not None:
+            raise self.error
 
 
 class _StreamedApp:
@@ -572,6 +764,7 @@ class _StreamedApp:
         self.send_stream, self.receive_stream = anyio.create_memory_object_stream[Message](1)
         self.cancel = anyio.CancelScope()
         self.error: BaseException | None = None
+        self.receive = _AppReceive(request)
 
     async def start(self, tg: TaskGroup) -> Response:
         tg.start_soon(self._run)
@@ -579,8 +772,13 @@ class _StreamedApp:
             start = await self.receive_stream.receive()
         except anyio.EndOfStream:
             await self._close()
+            self.receive.reraise()
             raise_app_error(f"the wrapped app failed before answering: {self.error!r}")
             raise
+        if self.receive.error is not None:
+            # The body failed before the app answered: its answer is about that failure.
+            await self._close()
+            self.receive.reraise()
         if start["type"] != "http.response.start":
             await self._close()
             raise_app_error("the wrapped app sent a body before its response head")
@@ -591,12 +789,16 @@ class _StreamedApp:
         with self.cancel:
             try:
                 async with self.send_stream:
-                    await self.app(self.scope, _app_receive(self.request), self.send_stream.send)
+                    await self.app(self.scope, self.receive, self.send_stream.send)
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as exc:  # the app's own bug: report it, keep the gateway alive
                 self.error = exc
-                log.exception("wrapped app failed")
+                if self.receive.error is not None:
+                    # Not a bug: the request body failed under it (see ``_AppReceive``).
+                    log.debug("wrapped app failed after its request body did", exc_info=exc)
+                else:
+                    log.exception("wrapped app failed")
 
     async def _body(self) -> AsyncIterator[bytes]:
         async for message in self.receive_stream:
@@ -607,6 +809,7 @@ class _StreamedApp:
                 yield chunk
             if not message.get("more_body", False):
                 return
+        self.receive.reraise()
         if self.error is not None:
             raise_app_error("the wrapped app failed while sending its body")
 

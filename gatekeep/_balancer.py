@@ -251,7 +251,8 @@ def hash_key(
     if hash_on == "consumer":
         return _consumer
     if hash_on == "ip":
-        return lambda request: request.client[0].encode() if request.client else None
+        # The client's address (behind a trusted proxy, the one it forwarded), not the proxy's.
+        return lambda request: request.client_ip.encode() or None
     if hash_on == "header":
         name = (header or "").lower().encode("latin-1")
         return lambda request: request.headers.get(name) or None

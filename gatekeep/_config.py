@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._errors import ConfigError
+from ._front import ServerSettings
 from ._http import is_header_name
 from ._structure import Errors, join, structure
 from .auth._credentials import JWTSecret, KeyAuthCredential
@@ -129,6 +130,9 @@ class RouteConfig:
     headers: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     strip_path: bool = True
     preserve_host: bool = False
+    # Kong's route field: read the body (up to [gateway] request_buffer_size)
+    # before an upstream connection is taken.  Unset: the service's setting.
+    request_buffering: bool | None = None
     plugins: tuple[PluginConfig, ...] = ()
 
 
@@ -171,6 +175,11 @@ class ServiceConfig:
     breaker: BreakerConfig | None = None
     healthchecks: HealthchecksConfig = HealthchecksConfig()
     tls: TLSConfig = TLSConfig()
+    # Buffer request bodies of this service's routes (see docs/configuration.md, "Request bodies").
+    request_buffering: bool = True
+    # Requests whose body streams (unbuffered) that may hold upstream connections
+    # at once; default: half of [gateway.pool] max_connections.
+    max_streaming_uploads: int | None = attrs.field(default=None, validator=_positive)
     routes: tuple[RouteConfig, ...] = ()
     plugins: tuple[PluginConfig, ...] = ()
 
@@ -214,8 +223,16 @@ class GatewaySettings:
     via: str = "gatekeep"
     request_id_header: str = "x-request-id"
     echo_request_id: bool = True
-    # Peers (addresses or CIDRs) whose X-Forwarded-Proto/-Host are kept.
+    # Peers (addresses or CIDRs) whose X-Forwarded-* / Forwarded headers are believed
+    # (and from whose X-Forwarded-For the client address is taken); from others they are dropped.
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
+    # Client header names with "_" (which CGI/WSGI servers map to the same key as "-"):
+    # dropped like nginx's underscores_in_headers off, refused (400), or passed on.
+    # The "_" spelling of a header the gateway sets or reads is dropped whatever this says.
+    headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
+    # X-HTTP-Method-Override / X-HTTP-Method / X-Method-Override from clients: removed,
+    # refused (400), or passed on (unsafe: authorization decided on the real method).
+    method_override_headers: Literal["strip", "refuse", "forward"] = "strip"
     # Middleware mode: a request no route matches goes to the wrapped app.
     fallthrough: bool = True
     # HTTP/1.1 codec to upstreams: httptools when installed ("auto"), else h11.
@@ -228,6 +245,15 @@ class GatewaySettings:
     # proxy_hide_header): the ASGI/WSGI server adds its own Date and Server,
     # and two of each would break HTTP (Date is a singleton field).
     hide_upstream_headers: tuple[str, ...] = attrs.field(default=("date", "server"), validator=_header_names)
+    # Slow clients (docs/configuration.md, "Request bodies"): seconds between two reads
+    # of a request body, and optionally for the whole body; late -> 408.
+    client_body_timeout: float = attrs.field(default=30.0, validator=_positive)
+    client_body_total_timeout: float | None = attrs.field(default=None, validator=_positive)
+    # Bodies up to this many bytes are read whole before an upstream connection
+    # is taken (routes with request_buffering); all of them together hold at most
+    # request_buffer_memory bytes, a body that does not fit streams.
+    request_buffer_size: int = attrs.field(default=1024 * 1024, validator=_positive)
+    request_buffer_memory: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
     pool: PoolSettings = PoolSettings()
 
 
@@ -237,6 +263,8 @@ class GatewayConfig:
 
     format_version: str = attrs.field(default="3.0", alias="_format_version")
     gateway: GatewaySettings = GatewaySettings()
+    # Limits of ``gatekeep serve``'s front server (docs/serving.md); embedders' own servers ignore it.
+    server: ServerSettings = ServerSettings()
     services: tuple[ServiceConfig, ...] = ()
     plugins: tuple[PluginConfig, ...] = ()
     consumers: tuple[ConsumerConfig, ...] = ()

@@ -27,6 +27,7 @@ and exits 0 only when every answer is what the tour expects.
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import json
 import logging
@@ -48,7 +49,7 @@ from .auth.devissuer import DEMO_CLIENTS, DevClient, DevIssuer
 from .service import AuthMiddleware, HeaderTrust, Roles, identity_from_scope
 from .testing import ClientResponse, TestClient
 
-__all__ = ["DEMO_AUDIENCE", "demo_clients", "demo_config", "run_demo", "run_tour"]
+__all__ = ["DEMO_AUDIENCE", "ListenError", "demo_clients", "demo_config", "run_demo", "run_tour"]
 
 DEMO_AUDIENCE = "gatekeep-demo"
 # Kong's reference rate limit, per consumer, on the Order and Payment services.
@@ -866,6 +867,50 @@ async def _check_metrics(
 # -- running it ---------------------------------------------------------------
 
 
+class ListenError(Exception):
+    """A port the demo needs cannot be had; the message is the one line ``gatekeep demo`` prints."""
+
+
+def _cannot_listen(host: str, port: int, what: str, exc: OSError) -> ListenError:
+    reason = exc.strerror or str(exc)
+    if what != "gateway":
+        # The services and the issuer take any free port: only the address can be wrong.
+        return ListenError(
+            f"gatekeep demo: cannot listen on {host} for the {what} ({reason}); pick another with --host"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return ListenError(f"gatekeep demo: port {port} on {host} is in use; pick another with --port")
+    flag = "--port" if exc.errno == errno.EACCES else "--host"
+    return ListenError(f"gatekeep demo: cannot listen on {host}:{port} ({reason}); pick another with {flag}")
+
+
+async def _serve_on(stack: AsyncExitStack, app: Any, host: str, what: str, port: int = 0) -> int:
+    try:
+        bound: int = await stack.enter_async_context(serve_asgi(app, host, port))
+    except OSError as exc:
+        raise _cannot_listen(host, port, what, exc) from None
+    return bound
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound here so that a busy port is our one-line error, not uvicorn's exit."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise _cannot_listen(host, port, "gateway", exc) from None
+    try:
+        # As uvicorn: a restart may reuse a port whose old connections linger in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(host, port, "gateway", exc) from None
+    return sock
+
+
 async def run_demo(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -880,9 +925,9 @@ async def run_demo(
     async with AsyncExitStack() as stack:
         ports: dict[str, int] = {}
         for name, app in services.items():
-            ports[name] = await stack.enter_async_context(serve_asgi(app, host))
+            ports[name] = await _serve_on(stack, app, host, name)
         idp = DevIssuer(audience=DEMO_AUDIENCE, clients=demo_clients(), lifetime=3600)
-        idp_port = await stack.enter_async_context(serve_asgi(idp, host))
+        idp_port = await _serve_on(stack, idp, host, "dev issuer")
         loopback = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
         idp.issuer = f"http://{loopback}:{idp_port}"
         if access_log:
@@ -991,13 +1036,15 @@ async def _serve_gateway(
         import uvicorn
     except ImportError:
         await stack.enter_async_context(gateway)
-        return await stack.enter_async_context(serve_asgi(app, host, port)), stopped
+        return await _serve_on(stack, app, host, "gateway", port), stopped
+    sock = _listening_socket(host, port)
+    stack.callback(sock.close)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
 
     async def serve() -> None:
         try:
-            await server.serve()
+            await server.serve(sockets=[sock])
         finally:
             stopped.set()
 

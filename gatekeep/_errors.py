@@ -16,6 +16,7 @@ __all__ = [
     "AuthError",
     "BadRequest",
     "CircuitOpen",
+    "ClientClosedRequest",
     "ConfigError",
     "FieldError",
     "FilterError",
@@ -27,7 +28,10 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
     "ServiceUnavailable",
+    "URITooLong",
+    "Unsupported",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -67,6 +71,19 @@ class BadRequest(GatekeepError):
     status = 400
     title = "Bad Request"
     slug = "bad-request"
+
+
+class ClientClosedRequest(GatekeepError):
+    """The client went away before its request was complete (nginx's 499).
+
+    Nothing is sent back (nobody is left to read it); the status is what the
+    access log and metrics record, so that client aborts are counted apart
+    from the gateway's and the upstreams' 5xx.
+    """
+
+    status = 499
+    title = "Client Closed Request"
+    slug = "client-closed-request"
 
 
 class AuthError(GatekeepError):
@@ -115,6 +132,28 @@ class HeaderFieldsTooLarge(GatekeepError):
     status = 431
     title = "Request Header Fields Too Large"
     slug = "request-header-fields-too-large"
+
+
+class RequestTimeout(GatekeepError):
+    """The client did not send its request (head or body) in time (408)."""
+
+    status = 408
+    title = "Request Timeout"
+    slug = "request-timeout"
+
+
+class URITooLong(GatekeepError):
+    status = 414
+    title = "URI Too Long"
+    slug = "uri-too-long"
+
+
+class Unsupported(GatekeepError):
+    """A request gatekeep understands but does not serve yet (501)."""
+
+    status = 501
+    title = "Not Implemented"
+    slug = "not-implemented"
 
 
 class RateLimited(GatekeepError):

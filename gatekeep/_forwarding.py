@@ -23,10 +23,17 @@ Choices:
   upstream client frames it by that length (``Transfer-Encoding`` is dropped
   because the body is re-framed on each side).
 - ``X-Forwarded-For`` and ``Forwarded`` keep what earlier proxies wrote and
-  append the peer: whoever reads them must trust only the entries that its
-  own trusted proxies added.  ``X-Forwarded-Proto`` / ``-Host`` describe this
-  hop; with ``trusted=True`` (the peer is a trusted proxy) values it already
-  set are kept.
+  append the peer (the connection's other end, ``Request.peer_ip``, not the
+  client address derived from them).  In the gateway, the edge step
+  (``gatekeep._edge``) has already removed every forwarding header that did
+  not come from a trusted proxy, so what is kept here was written by one.
+  ``X-Forwarded-Proto`` / ``-Host`` describe this hop; with ``trusted=True``
+  (the peer is a trusted proxy) values it already set are kept.
+- The headers named in ``Connection`` are removed here too, for callers
+  that did not go through the edge step; in the gateway that step already
+  applied them before the filters ran and left a ``Connection`` header that
+  names only ``close`` / ``keep-alive`` / ``upgrade``, so a client cannot
+  remove a header the gateway added (RFC 9110 §7.6.1).
 """
 
 from __future__ import annotations
@@ -128,7 +135,7 @@ def upstream_request_headers(
         else:
             out = [(b"host", host_header), *raw]
             this_host = request.host.encode("latin-1") if request.host else b""
-        client_ip = request.client_ip
+        client_ip = request.peer_ip
         if client_ip:
             out.append((b"x-forwarded-for", client_ip.encode("latin-1")))
         out.append((b"x-forwarded-proto", request.scheme.encode("latin-1")))
@@ -161,7 +168,7 @@ def upstream_request_headers(
         if options and name in options:
             continue
         out.append(pair)
-    client_ip = request.client_ip
+    client_ip = request.peer_ip
     if client_ip:
         xff.append(client_ip.encode("latin-1"))
     if xff:

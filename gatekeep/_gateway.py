@@ -40,6 +40,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._balancer import make_balancer
+from ._body import BodyPolicy
 from ._config import (
     ConsumerConfig,
     GatewayConfig,
@@ -50,26 +51,27 @@ from ._config import (
     parse_target,
     plugin_config,
 )
+from ._edge import Edge
 from ._errors import (
+    ClientClosedRequest,
     ConfigError,
     FieldError,
     FilterError,
     GatekeepError,
     MethodNotAllowed,
-    NoHealthyUpstream,
     NotFound,
+    Unsupported,
     UpstreamError,
 )
 from ._filter import Chain, Exchange, _overrides, load_filter_class
 from ._forwarding import HOP_BY_HOP, downstream_response_headers, upstream_request_headers
-from ._http import Request, Response, problem_response
+from ._http import EMPTY_BODY, Request, Response, problem_response
 from ._normalise import normalise_path
 from ._protocols import Discovery, Instance
 from ._router import CompiledRouter, RouteMatch, RouteRule
-from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool, codec_for
+from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool, check_transfer_coding, codec_for
 from ._upstream import host_header as host_header_for
-from .auth._identity_headers import strip_identity_headers
-from .discovery import build_discovery
+from .discovery import build_discovery, no_instances
 from .resilience import UpstreamGuard
 
 __all__ = ["Gateway"]
@@ -162,6 +164,12 @@ class Gateway:
         self.request_id_header = settings.request_id_header.lower().encode("latin-1")
         self.echo_request_id = settings.echo_request_id
         self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies)
+        self.edge = Edge(
+            trusted_proxies=self._trusted,
+            request_id_header=self.request_id_header,
+            headers_with_underscores=settings.headers_with_underscores,
+            method_override_headers=settings.method_override_headers,
+        )
         self.fallthrough = settings.fallthrough
         pool = settings.pool
         try:
@@ -180,6 +188,18 @@ class Gateway:
             codec_factory=codec,
         )
         self._pool_timeout = pool.pool_timeout
+        # Client body timeouts, request buffering and each service's streaming cap (gatekeep._body).
+        self.bodies = BodyPolicy(
+            idle=settings.client_body_timeout,
+            total=settings.client_body_total_timeout,
+            buffer_size=settings.request_buffer_size,
+            memory=settings.request_buffer_memory,
+            uploads={
+                sc.name: sc.max_streaming_uploads or max(1, pool.max_connections // 2)
+                for sc in self.config.services
+            },
+            wait=pool.pool_timeout,
+        )
         self.app: AppCall | None = None
         self._task_group: TaskGroup | None = None
         self._started: list[Any] = []
@@ -345,7 +365,8 @@ class Gateway:
         self._task_group = await self._tg_cm.__aenter__()
         self._started = []
         try:
-            # Discovery watchers first: each returns after its first lookup.
+            # Discovery watchers first, all at once: each returns after its first lookup or its
+            # initial_timeout (a hung Consul must not hold the start; its services answer 503).
             start = getattr(self.discovery, "start", None)
             if start is not None:
                 await start(self._task_group)
@@ -416,15 +437,24 @@ class Gateway:
         """Answer ``request``; never raises (errors become problem+json)."""
         if exchange is None:
             exchange = Exchange(request)
+        # Edge hygiene before anything reads the headers (gatekeep/_edge.py): spoofed identity,
+        # Connection-named and forwarding headers go; a bad Host is refused below, as a 400.
+        refusal = self.edge.apply(request)
         if not request.request_id:
             request.request_id = self.new_request_id(request)
-        # Identity headers come only from the gateway's own auth filters.
-        strip_identity_headers(request.headers)
+        if request.body is not EMPTY_BODY:
+            # Every read of the body, by a filter, the pool or the app, waits only so long.
+            request.body = self.bodies.timed(request.body)
         chain: Chain | None = None
         try:
+            if refusal is not None:
+                raise refusal
             chain, response = await self._run(request, exchange)
         except GatekeepError as exc:
             exchange.error = exc
+            if isinstance(exc, ClientClosedRequest):
+                # A client that gave up is no fault of ours: nginx's 499, no traceback.
+                log.info("client closed the connection during %s %s: %s", request.method, request.path, exc)
             response = problem_response(exc, request.request_id)
         except Exception as exc:
             log.exception("unexpected error while handling %s %s", request.method, request.path)
@@ -511,6 +541,9 @@ class Gateway:
         service = route.service
         if service.is_app:
             return chain, await self._call_app(request, exchange)
+        if request.websocket:
+            # Checked after the filters, so a client without credentials learns nothing more.
+            raise Unsupported(f"WebSocket proxying is not supported yet (route {route.name!r})")
         return chain, await self._call_upstream(route, match, request, exchange)
 
     async def _request_phase(self, chain: Chain, request: Request) -> Response | None:
@@ -579,13 +612,14 @@ class Gateway:
         service = route.service
         instances = self.discovery.instances(service.name)
         if not instances:
-            raise NoHealthyUpstream(f"service {service.name!r} has no available instance")
+            # 503 either way; with Retry-After while discovery has not answered yet.
+            raise no_instances(self.discovery, service.name)
         target = self.upstream_target(route, match, request)
         preserve_host = route.preserve_host and bool(request.host)
         pool = self.pool
         via = self.via
         retry_safe = request.method in _IDEMPOTENT
-        trusted = bool(self._trusted) and _is_trusted(request.client_ip, self._trusted)
+        trusted = bool(self._trusted) and _is_trusted(request.peer_ip, self._trusted)
 
         async def send(instance: Instance) -> Response:
             # One try; the guard picks the instance and decides about retries.
@@ -606,12 +640,21 @@ class Gateway:
                 retry_safe=retry_safe,
             )
 
+        # Buffer the body (or take a streaming slot) before any upstream connection is taken.
+        hold = None
+        if request.body is not EMPTY_BODY:
+            # A body framed by codings the server let through (llhttp: "gzip, chunked") is refused.
+            check_transfer_coding(request.headers.raw)
+            hold = await self.bodies.prepare(request, route.config, service.config)
         exchange.upstream_start = time.perf_counter()
         try:
             response = await service.guard.call(instances, request, send)
         except BaseException:
             exchange.upstream_end = time.perf_counter()
             raise
+        finally:
+            if hold is not None:
+                hold.release()
         exchange.upstream_head = time.perf_counter()
         headers = response.headers
         headers.raw = downstream_response_headers(headers.raw, self._hide_upstream)

@@ -133,6 +133,12 @@ class Request:
     state: dict[str, Any] = attrs.field(factory=dict)
     # True once any byte of the body was handed to an upstream.
     body_sent: bool = False
+    # A WebSocket handshake (an ASGI ``websocket`` scope): filters run on it like on
+    # any GET; only the wrapped app (middleware mode) can take the connection.
+    websocket: bool = False
+    # The client's address when the peer is a trusted proxy: the right-most
+    # untrusted X-Forwarded-For entry (set by the gateway's edge step).
+    forwarded_ip: str = ""
 
     async def read(self, limit: int = 10 * 1024 * 1024) -> bytes:
         """Read the whole body (at most ``limit`` bytes) and keep it for reuse.
@@ -162,6 +168,12 @@ class Request:
 
     @property
     def client_ip(self) -> str:
+        """The client's address: the peer's, or behind a trusted proxy the one it forwarded."""
+        return self.forwarded_ip or (self.client[0] if self.client else "")
+
+    @property
+    def peer_ip(self) -> str:
+        """The address of the connection's other end (a proxy's, behind one)."""
         return self.client[0] if self.client else ""
 
     @property

@@ -104,6 +104,9 @@ async def _next_event(conn: h11.Connection, stream: SocketStream) -> Any:
                 data = await stream.receive(65536)
             except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
                 data = b""
+            if not data and conn.their_state is h11.SEND_BODY:
+                # The client left mid-body: a disconnect (ASGI), not a malformed body.
+                return h11.ConnectionClosed()
             conn.receive_data(data)
             continue
         if event is h11.PAUSED:

@@ -34,7 +34,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
-from ._errors import PayloadTooLarge, UpstreamError
+from ._errors import BadRequest, ClientClosedRequest, GatekeepError, UpstreamError
 from ._filter import Exchange
 from ._gateway import Gateway
 from ._http import Headers, Request, Response
@@ -60,6 +60,19 @@ def _reason(status: int) -> str:
 
 
 _STATUS_LINES = {s.value: _reason(s.value) for s in http.HTTPStatus}
+_STATUS_LINES[499] = "499 Client Closed Request"  # nginx's; written to a client that is gone
+
+
+def _input_failed(exc: Exception) -> GatekeepError:
+    """What an exception raised by the server's ``wsgi.input`` means for the request.
+
+    ``OSError`` is the connection (a reset; gunicorn's ``NoMoreData`` when the
+    client left mid-chunk); anything else is the server refusing the body
+    (gunicorn's ``InvalidChunkSize`` ...).
+    """
+    if isinstance(exc, OSError):
+        return ClientClosedRequest(f"the connection broke while the request body was read: {exc!r}")
+    return BadRequest("the request body is malformed")
 
 
 class _InputBody:
@@ -78,8 +91,14 @@ class _InputBody:
     async def _iter(self) -> AsyncIterator[bytes]:
         while self.remaining is None or self.remaining > 0:
             size = _CHUNK if self.remaining is None else min(_CHUNK, self.remaining)
-            chunk: bytes = await anyio.to_thread.run_sync(self.stream.read, size)
+            try:
+                chunk: bytes = await anyio.to_thread.run_sync(self.stream.read, size)
+            except Exception as exc:
+                raise _input_failed(exc) from exc
             if not chunk:
+                if self.remaining is not None:
+                    # Short of its content-length: the client closed the connection.
+                    raise ClientClosedRequest("client disconnected while sending the request body")
                 return
             if self.remaining is not None:
                 self.remaining -= len(chunk)
@@ -262,12 +281,19 @@ class _ResponseIterator:
 
 
 class _WSGIInput:
-    """``wsgi.input`` for the wrapped app: reads the (filtered) async body from its thread."""
+    """``wsgi.input`` for the wrapped app: reads the (filtered) async body from its thread.
+
+    When the body fails with a gatekeep error (the client went away, a
+    malformed chunk, a size limit) the app reads a short body, as from a
+    server whose client left, and the error is kept in ``error``: the
+    client's answer is the body's error, whatever the app made of it.
+    """
 
     def __init__(self, body: Any) -> None:
         self._iter = body.__aiter__()
         self._buffer = b""
         self._eof = False
+        self.error: GatekeepError | None = None
 
     def _fill(self) -> bool:
         if self._eof:
@@ -275,6 +301,10 @@ class _WSGIInput:
         try:
             chunk: bytes = anyio.from_thread.run(self._iter.__anext__)
         except StopAsyncIteration:
+            self._eof = True
+            return False
+        except GatekeepError as exc:
+            self.error = exc
             self._eof = True
             return False
         self._buffer += chunk
@@ -354,6 +384,7 @@ class _WSGIAppCaller:
 
     async def __call__(self, request: Request) -> Response:
         environ = self.environ_for(request)
+        wsgi_input: _WSGIInput = environ["wsgi.input"]
         head: list[Any] = []
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -368,10 +399,16 @@ class _WSGIAppCaller:
 
         try:
             result, iterator, first = await anyio.to_thread.run_sync(run)
-        except PayloadTooLarge:
-            raise
         except Exception as exc:
+            if wsgi_input.error is not None:
+                raise wsgi_input.error from exc
             raise UpstreamError(f"the wrapped app failed: {exc!r}") from exc
+        if wsgi_input.error is not None:
+            # The body failed before the app answered: its answer is about that failure.
+            closer = getattr(result, "close", None)
+            if closer is not None:
+                await anyio.to_thread.run_sync(closer)
+            raise wsgi_input.error
         if not head:
             raise UpstreamError("the wrapped app returned without calling start_response")
         status = int(str(head[0]).split(" ", 1)[0])

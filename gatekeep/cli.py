@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import Any
 
 import anyio
 
@@ -35,12 +37,23 @@ def _parser() -> argparse.ArgumentParser:
         "--access-log", action="store_true", help="write one JSON access-log line per request to stderr"
     )
 
-    serve = sub.add_parser("serve", help="serve a config on uvicorn")
+    serve = sub.add_parser(
+        "serve", help="serve a config on gatekeep's front server (limits: the config's [server] table)"
+    )
     serve.add_argument("config", help="TOML config file")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
+    serve.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
+    serve.add_argument(
+        "--server",
+        choices=("gatekeep", "uvicorn"),
+        default="gatekeep",
+        help="gatekeep's front server (default), or uvicorn (no head limits; see docs/serving.md)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="the server logs one line per request")
 
     check = sub.add_parser("check", help="validate a config; print every error with its path")
     check.add_argument("config", help="TOML config file")
@@ -76,12 +89,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_demo(demo: Callable[[], Awaitable[int]]) -> int:
+    from ._demo import ListenError
+
+    code = 1
     try:
         return anyio.run(demo)
     except* BrokenPipeError:
         # The reader went away (``gatekeep demo --tour | head``): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 1
+    except* ListenError as group:
+        # A busy port is the user's to change: one line naming the option, 2 as for a usage error.
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):  # task groups on the way out nest it
+            error = error.exceptions[0]
+        print(error, file=sys.stderr)
+        code = 2
+    return code
 
 
 def _check(path: str) -> int:
@@ -131,14 +154,45 @@ def _token(issuer: str | None, user: str, secret: str | None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if _check(args.config) != 0:
+    try:
+        config = load_config(args.config)
+    except ConfigError:
+        _check(args.config)  # prints every error with its path
         return 1
+    path = os.path.abspath(args.config)
+    if args.workers < 1:
+        print("gatekeep serve: --workers must be 1 or more", file=sys.stderr)
+        return 2
+    if args.server == "uvicorn":
+        return _serve_uvicorn(args, path, config.server)
+    if importlib.util.find_spec("httptools") is None:
+        print(
+            "gatekeep serve needs httptools: pip install 'gatekeep[serve]' (or use --server uvicorn)",
+            file=sys.stderr,
+        )
+        return 2
+    from ._front import run
+
+    return run(
+        path,
+        config.server,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=args.access_log,
+    )
+
+
+def _serve_uvicorn(args: argparse.Namespace, path: str, server: Any) -> int:
     try:
         import uvicorn
     except ImportError:
-        print("gatekeep serve needs uvicorn: pip install 'gatekeep[serve]'", file=sys.stderr)
+        print("gatekeep serve --server uvicorn needs uvicorn: pip install 'gatekeep[serve]'", file=sys.stderr)
         return 2
-    os.environ["GATEKEEP_CONFIG"] = os.path.abspath(args.config)
+    os.environ["GATEKEEP_CONFIG"] = path
+    # The gateway decides what X-Forwarded-* to believe ([gateway] trusted_proxies):
+    # uvicorn's proxy_headers would trust them from 127.0.0.1 on its own.
     uvicorn.run(
         "gatekeep._serve:app",
         factory=True,
@@ -147,6 +201,11 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level=args.log_level,
         lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        access_log=args.access_log,
+        timeout_keep_alive=int(server.keepalive_timeout),
+        timeout_graceful_shutdown=int(server.drain_timeout),
     )
     return 0
 

@@ -21,8 +21,9 @@ TTL checks turn critical when their TTL passes without an update, as in
 Consul.  HTTP/TCP/gRPC checks are recorded but not run: they keep the
 ``Status`` they were registered with (``critical`` by default, as in Consul),
 so the tests drive health through TTL checks, which behave the same on a
-real agent.  Test-only powers (``restore``, ``fail_with``) have no HTTP
-endpoint; tests that use them skip against a real agent.
+real agent.  Test-only powers (``restore``, ``fail_with``, ``hold``: a hung
+agent that reads requests and answers none until the event is set) have no
+HTTP endpoint; tests that use them skip against a real agent.
 
 When ``CONSUL_HTTP_ADDR`` is set, ``consul_endpoint()`` yields that agent
 instead of the double (``CONSUL_HTTP_TOKEN`` for its token).
@@ -85,6 +86,7 @@ class ConsulDouble:
         self.service_index: dict[tuple[str, str], int] = {}
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
         self.fail_with: tuple[int, str] | None = None
+        self.hold: anyio.Event | None = None
         self._changed = anyio.Event()
         self._epoch = 0
         self._rng = rng or random.Random(1)
@@ -306,6 +308,8 @@ class ConsulDouble:
             query.setdefault(k, []).append(v)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         self.requests.append((method, path, query))
+        if self.hold is not None:
+            await self.hold.wait()
         status, payload, extra = await self._handle(method, path, query, headers, body)
         if isinstance(payload, str):
             data = payload.encode()

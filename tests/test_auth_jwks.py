@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import jwt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from gatekeep.auth import (
     VerifierConfig,
 )
 from gatekeep.auth._jwks import JWKSError, parse_jwks, parse_max_age
+from gatekeep.testing import gateway_for
 from tests._jwks_server import JWKSServer, jwks_server, new_private_key, public_jwk
 
 pytestmark = pytest.mark.anyio
@@ -300,3 +302,75 @@ async def test_https_only_except_loopback() -> None:
     with pytest.raises(ValueError, match="https"):
         IssuerConfig(issuer="http://idp.example")
     IssuerConfig(issuer="http://idp.example", jwks_uri="https://idp.example/jwks")
+
+
+# -- key rotation at the issuer, through a gateway (issue 11 row 15) -------------------
+
+
+def _jwt_gateway_config(issuer: str, **jwks: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {"issuers": [{"issuer": issuer, "audiences": ["orders"]}]}
+    if jwks:
+        config["jwks"] = jwks
+    plugin = {"name": "jwt", "config": config}
+    return {
+        "services": [{"name": "up", "url": "{upstream}", "routes": [{"name": "all", "paths": ["/"]}]}],
+        "plugins": [plugin],
+    }
+
+
+async def test_a_key_rotated_right_after_start_works_within_10_s_with_the_defaults() -> None:
+    # The unknown-kid cooldown used to count from the start-up fetch and last 60 s: tokens with
+    # the new kid got 401 for up to a minute after a rotation.
+    async with jwks_server() as idp, gateway_for(_jwt_gateway_config(idp.issuer)) as gw:
+        await eventually(lambda: idp.fetches >= 1)  # the start-up fetch
+        idp.rotate(keep=False)
+        token = idp.mint(sub="bob")
+        rotated = time.monotonic()
+        statuses: list[int] = []
+        with anyio.fail_after(10):
+            while True:
+                r = await gw.client.get("/orders", headers={"authorization": f"Bearer {token}"})
+                statuses.append(r.status)
+                if r.status == 200:
+                    break
+                assert r.status == 401, r.text
+                await anyio.sleep(0.25)
+        print(f"rotated key accepted after {time.monotonic() - rotated:.2f} s, {len(statuses)} tries")
+        assert gw.upstream.requests[-1].headers["x-authenticated-userid"] == "bob"
+        # One refetch for the new kid, however many requests carried it in the meantime.
+        assert idp.fetches == 2
+
+
+async def test_forged_kids_cause_at_most_one_fetch_per_cooldown() -> None:
+    # A short cooldown, so that the flood spans many windows.
+    attacker = new_private_key("RS256")
+    cooldown = 0.5
+    config = _jwt_gateway_config("", unknown_kid_cooldown=cooldown)
+    async with jwks_server() as idp:
+        config["plugins"][0]["config"]["issuers"][0]["issuer"] = idp.issuer
+        await _flood(idp, config, attacker, cooldown)
+
+
+async def _flood(idp: JWKSServer, config: dict[str, Any], attacker: Any, cooldown: float) -> None:
+    async with gateway_for(config) as gw:
+        await eventually(lambda: idp.fetches >= 1)
+        before = idp.fetches
+        started = time.monotonic()
+        statuses: list[int] = []
+        tokens = iter(range(1000))
+
+        async def attack() -> None:
+            for n in tokens:
+                claims = {"iss": idp.issuer, "sub": "mallory", "aud": "orders", "exp": int(time.time()) + 60}
+                forged = jwt.encode(claims, attacker, algorithm="RS256", headers={"kid": f"forged-{n}"})
+                r = await gw.client.get("/", headers={"authorization": f"Bearer {forged}"})
+                statuses.append(r.status)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(attack)
+        elapsed = time.monotonic() - started
+        assert statuses == [401] * 1000
+        extra = idp.fetches - before
+        print(f"1000 forged kids in {elapsed:.2f} s: {extra} JWKS fetch(es)")
+        assert 1 <= extra <= 1 + int(elapsed / cooldown)

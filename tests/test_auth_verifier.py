@@ -87,17 +87,22 @@ async def test_without_kid_the_key_is_found_by_algorithm() -> None:
 
 
 @pytest.mark.parametrize(
-    ("token_claims", "message"),
+    ("relative", "message"),
     [
-        (claims(exp=int(time.time()) - 10), "expired"),
-        (claims(nbf=int(time.time()) + 100), "not valid yet"),
-        (claims(iat=int(time.time()) + 100), "issued in the future"),
-        (claims(exp=None), "no 'exp' claim"),
-        (claims(exp="tomorrow"), "must be a number"),
-        (claims(exp=True), "must be a number"),
+        # Seconds from now, taken when the test runs (not when it is collected).
+        ({"exp": -10}, "expired"),
+        ({"nbf": 100}, "not valid yet"),
+        ({"iat": 100}, "issued in the future"),
+        ({"exp": None}, "no 'exp' claim"),
+        ({"exp": "tomorrow"}, "must be a number"),
+        ({"exp": True}, "must be a number"),
     ],
 )
-async def test_time_claims(token_claims: dict[str, Any], message: str) -> None:
+async def test_time_claims(relative: dict[str, Any], message: str) -> None:
+    now = int(time.time())
+    token_claims = claims(
+        **{k: now + v if type(v) is int else v for k, v in relative.items()}  # not bool: True stays True
+    )
     v = static_verifier()
     with pytest.raises(InvalidToken, match=message) as info:
         await v.verify(mint(RSA, "RS256", token_claims, kid="rsa"))
@@ -115,6 +120,30 @@ async def test_nan_exp_is_refused() -> None:
     signature = jwt.get_algorithm_by_name("HS256").sign(f"{header}.{payload}".encode(), SECRET.encode())
     with pytest.raises(InvalidToken, match="must be a number"):
         await v.verify(f"{header}.{payload}.{b64(signature)}")
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize(
+    "value", [None, "1", True, False, [1], {"t": 1}, pytest.param(10**400, id="10**400")]
+)
+@pytest.mark.parametrize("config", [{}, {"claims_to_verify": ()}, {"maximum_expiration": 3600}])
+async def test_registered_time_claims_must_be_numbers_when_present(
+    name: str, value: Any, config: dict[str, Any]
+) -> None:
+    # Issue 11 row 7: "exp": null read as "never expires", even with maximum_expiration.
+    # And an integer too big for a float must be a 401, not an OverflowError (a 500).
+    v = static_verifier(**config)
+    token_claims = {"sub": "alice", "exp": int(time.time()) + 60, name: value}
+    with pytest.raises(InvalidToken, match=f"the '{name}' claim must be a number") as info:
+        await v.verify(mint(RSA, "RS256", token_claims, kid="rsa"))
+    assert info.value.status == 401
+
+
+async def test_maximum_expiration_needs_an_exp() -> None:
+    v = static_verifier(maximum_expiration=3600)
+    with pytest.raises(InvalidToken, match="no 'exp' claim"):
+        await v.verify(mint(RSA, "RS256", {"sub": "alice"}, kid="rsa"))
+    assert await v.verify(mint(RSA, "RS256", {"sub": "alice", "exp": time.time() + 60.5}, kid="rsa"))
 
 
 async def test_leeway_accepts_slightly_expired_tokens() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -115,6 +116,29 @@ def test_the_access_log_goes_to_stderr_when_asked() -> None:
     tracing = [r for r in lines if r.get("trace_id") == "4bf92f3577b34da6a3ce929d0e0e4736"]
     assert len(tracing) == 1 and tracing[0]["route"] == "inventory"
     assert not any(line.startswith('{"time"') for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("tour", [False, True])
+def test_a_busy_port_is_one_line_naming_port(tour: bool) -> None:
+    # Issue 11 row 16: uvicorn's bind error, then a 25-line CancelledError traceback, exit 3.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [sys.executable, "-m", "gatekeep", "demo", "--port", str(port)] + (["--tour"] if tour else [])
+        result = _run(argv)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == f"gatekeep demo: port {port} on 127.0.0.1 is in use; pick another with --port\n"
+
+
+def test_an_address_the_services_cannot_listen_on_is_one_line_naming_host() -> None:
+    # The services and the issuer take any free port: only the address can fail them.
+    result = _run([sys.executable, "-m", "gatekeep", "demo", "--host", "192.0.2.1"])  # TEST-NET-1
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("gatekeep demo: cannot listen on 192.0.2.1 for the order-service (")
+    assert result.stderr.endswith("; pick another with --host\n")
 
 
 def test_gatekeep_command_lists_its_subcommands() -> None:

@@ -283,6 +283,71 @@ async def test_an_index_going_backwards_restarts_the_blocking_loop(caplog: pytes
             assert any("went backwards" in r.getMessage() for r in caplog.records)
 
 
+def _three_services(consul: ConsulEndpoint, **options: Any) -> dict[str, Any]:
+    return {
+        "services": [
+            {
+                "name": f"svc-{n}",
+                "discovery": {"consul": {"service": f"svc-{n}", "address": consul.address, **options}},
+                "routes": [{"name": n, "paths": [f"/{n}"]}],
+            }
+            for n in "abc"
+        ]
+    }
+
+
+async def test_a_hung_consul_does_not_hold_the_start_its_services_answer_503_until_it_answers() -> None:
+    # Issue 11 row 14: the watchers started one after another, each waiting 15 s for its first
+    # query, so a gateway with three Consul services took 45 s to start while Consul hung.
+    async with consul_endpoint() as consul, upstreams("a", "b", "c") as ports, AsyncExitStack() as stack:
+        double = needs_double(consul)
+        for n in "abc":
+            double.register(service_body(f"svc-{n}", n, ports[n]))
+        double.hold = anyio.Event()  # the agent accepts and reads, and answers nothing
+        started = time.monotonic()
+        gw = await stack.enter_async_context(gateway_for(_three_services(consul)))
+        took = time.monotonic() - started
+        print(f"gateway started in {took:.2f} s with Consul hung")
+        assert took < 2
+        for n in "abc":
+            r = await gw.client.get(f"/{n}")
+            assert r.status == 503, r.text
+            assert r.header("content-type") == "application/problem+json"
+            assert r.header("retry-after") == "1"
+            doc = r.json()
+            assert doc["type"].endswith("discovery-pending") and f"svc-{n}" in doc["detail"]
+        # Consul answers: each service is served by its instance.
+        double.hold.set()
+        with anyio.fail_after(WITHIN):
+            for n in "abc":
+                while (await gw.client.get(f"/{n}")).header("x-instance") != n:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+
+
+async def test_the_first_query_timeout_and_the_start_wait_are_settings() -> None:
+    async with consul_endpoint() as consul, upstreams("a", "b", "c") as ports, AsyncExitStack() as stack:
+        double = needs_double(consul)
+        for n in "abc":
+            double.register(service_body(f"svc-{n}", n, ports[n]))
+        double.hold = anyio.Event()
+        started = time.monotonic()
+        config = _three_services(consul, initial_timeout=0.2, query_timeout=0.3)
+        gw = await stack.enter_async_context(gateway_for(config))
+        assert time.monotonic() - started < 0.6  # one initial_timeout for all three
+        watchers = gw.gateway.discovery.watchers  # type: ignore[attr-defined]
+        # The hung first query times out after query_timeout and is tried again (with backoff).
+        await wait_for(lambda: all(w.stats.errors >= 1 for w in watchers.values()), within=2)
+        assert all(w.pending("") for w in watchers.values())
+        assert (await gw.client.get("/a")).status == 503
+        double.hold.set()
+        await wait_for(lambda: not any(w.pending("") for w in watchers.values()), within=5)
+        assert (await gw.client.get("/b")).header("x-instance") == "b"
+    with pytest.raises(ValueError, match="must be 0 or more"):
+        ConsulConfig(initial_timeout=-1)
+    with pytest.raises(ValueError, match="greater than 0"):
+        ConsulConfig(query_timeout=0)
+
+
 @asynccontextmanager
 async def watching(config: ConsulConfig, service: str = "orders") -> AsyncIterator[ConsulDiscovery]:
     discovery = ConsulDiscovery(config, service=service)

@@ -268,3 +268,29 @@ async def test_the_gateway_spreads_requests_by_srv_weight_and_fails_over_by_prio
         with anyio.fail_after(3):
             while (await gw.client.get("/")).header("x-instance") != "c":  # noqa: ASYNC110
                 await anyio.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_a_silent_nameserver_does_not_hold_the_start() -> None:
+    # As with a hung Consul (issue 11 row 14): start after initial_timeout, 503 + Retry-After
+    # until the first lookup succeeds, then serve.
+    server = DnsServer()
+    async with AsyncExitStack() as stack:
+        app = EchoUpstream(extra_headers=[("x-instance", "a")])
+        port = await stack.enter_async_context(serve_asgi(app))
+        server.set_a("a.node.", ["127.0.0.1"], ttl=1)
+        server.set_srv(NAME, [(10, 1, port, "a.node.")], ttl=1)
+        server.mode = "drop"
+        dns_port = await stack.enter_async_context(serve_dns(server))
+        dns = {"name": NAME, "nameserver": "127.0.0.1", "port": dns_port, "timeout": 0.5, "min_ttl": 0.1}
+        config = {"services": [{"name": "orders", "discovery": {"dns": dns}, "routes": [{"paths": ["/"]}]}]}
+        started = time.monotonic()
+        gw = await stack.enter_async_context(gateway_for(config))
+        assert time.monotonic() - started < 1.5
+        r = await gw.client.get("/")
+        assert r.status == 503 and r.header("retry-after") == "1", r.text
+        assert r.json()["type"].endswith("discovery-pending")
+        server.mode = "ok"
+        with anyio.fail_after(5):
+            while (await gw.client.get("/")).header("x-instance") != "a":  # noqa: ASYNC110
+                await anyio.sleep(0.05)

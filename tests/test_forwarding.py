@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gatekeep._edge import Edge
 from gatekeep._forwarding import (
     HOP_BY_HOP,
     downstream_response_headers,
@@ -165,3 +166,63 @@ def test_request_headers_are_not_mutated() -> None:
     req = request(list(headers))
     upstream_request_headers(req, host_header=b"h")
     assert req.headers.raw == headers
+
+
+# -- with the gateway's edge step in front (gatekeep._edge) ---------------------------
+
+SPELLINGS = st.sampled_from(
+    [
+        b"x-consumer-username",
+        b"X_Consumer_Username",
+        b"x_authenticated_roles",
+        b"X-Anonymous-Consumer",
+        b"x-credential-identifier",
+        b"X-Request-ID",
+        b"x_request_id",
+        b"x-forwarded-for",
+        b"forwarded",
+    ]
+)
+EDGE_NAMES = st.one_of(NAMES, SPELLINGS)
+# One for every example, so that the names it learnt as harmless are put to the test too.
+EDGE = Edge()
+ADDED = [
+    (b"x-consumer-username", b"guest"),
+    (b"x-anonymous-consumer", b"true"),
+    (b"x-credential-identifier", b"c1"),
+]
+
+
+@st.composite
+def edge_header_lists(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
+    # Host is checked by the edge step (test_host_and_target): left out here.
+    headers = [h for h in draw(st.lists(st.tuples(EDGE_NAMES, VALUES), max_size=12)) if h[0] != b"host"]
+    for _ in range(draw(st.integers(0, 2))):
+        named = draw(st.lists(EDGE_NAMES, max_size=5))
+        value = b",".join(b" " * draw(st.integers(0, 2)) + n for n in named)
+        headers.insert(draw(st.integers(0, len(headers))), (b"connection", value))
+    return headers
+
+
+@given(edge_header_lists())
+def test_after_the_edge_step_the_gateways_own_headers_always_reach_the_upstream(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    req = request(headers)
+    assert EDGE.apply(req) is None
+    # What the auth filters and the request-id step add after the edge step.
+    req.headers.raw.extend([*ADDED, (b"x-request-id", b"rid")])
+    out = upstream_request_headers(req, host_header=b"svc")
+    names = [k for k, _ in out]
+    for pair in [*ADDED, (b"x-request-id", b"rid")]:
+        assert pair in out
+    assert not (set(names) & (HOP_BY_HOP | {b"expect"}))
+    # Nothing the client sent in the identity families survives, in any spelling.
+    assert sorted(
+        k for k in names if k.replace(b"_", b"-").startswith((b"x-consumer-", b"x-anonymous-"))
+    ) == [
+        b"x-anonymous-consumer",
+        b"x-consumer-username",
+    ]
+    assert all(b"_" not in k for k in names)
+    assert dict(out)[b"x-forwarded-for"] == b"10.0.0.7"  # the peer: no trusted proxies configured

@@ -8,7 +8,7 @@ import pytest
 from gatekeep import Instance
 from gatekeep.resilience import HealthchecksConfig, HealthTracker
 from gatekeep.resilience._config import ActiveHealthcheck, PassiveHealthcheck, PassiveUnhealthy
-from gatekeep.resilience._health import HTTP, OK, TCP, TIMEOUT
+from gatekeep.resilience._health import CONNECT, CONNECT_TIMEOUT, HTTP, OK, TCP, TIMEOUT
 from tests._resilience_servers import cluster
 
 pytestmark = pytest.mark.anyio
@@ -92,6 +92,63 @@ def test_at_most_max_ejection_percent_are_ejected_and_never_all() -> None:
     assert tracker.available(single) == single
 
 
+def test_by_default_one_failed_connect_ejects_and_nothing_else_does() -> None:
+    """No ``passive`` table: connect failures only, one is enough (nginx's max_fails=1)."""
+    clock = Clock()
+    tracker = HealthTracker(HealthchecksConfig(), clock=clock, name="svc")
+    inst = [Instance("10.0.0.1", p) for p in (1, 2, 3, 4)]
+    tracker.available(inst)
+    for _ in range(20):  # answers and failures after a connection: never ejected by default
+        tracker.report(inst[0], OK, 503)
+        tracker.report(inst[0], TCP)
+        tracker.report(inst[0], TIMEOUT)
+    assert tracker.available(inst) is inst
+    tracker.report(inst[1], CONNECT_TIMEOUT)
+    assert tracker.available(inst) == [inst[0], inst[2], inst[3]]
+    tracker.report(inst[2], CONNECT)
+    assert tracker.available(inst) == [inst[0], inst[3]]
+    tracker.report(inst[3], CONNECT)  # max_ejection_percent = 50: two of four at most
+    assert tracker.available(inst) == [inst[0], inst[3]]
+    clock.now += 30  # base_ejection_time
+    assert tracker.available(inst) == inst
+
+
+def test_connect_failures_count_as_tcp_or_timeout_failures_and_an_answer_resets_them() -> None:
+    tracker, clock, inst = _tracker_with(connect_failures=3, tcp_failures=2, timeouts=2)
+    tracker.report(inst[0], CONNECT)
+    tracker.report(inst[0], OK, 200)  # resets every count
+    tracker.report(inst[0], CONNECT)
+    assert tracker.available(inst) is inst
+    tracker.report(inst[0], TCP)  # it connected: the connect streak ends, the tcp one goes on
+    assert tracker.available(inst) == inst[1:]
+    tracker.report(inst[1], CONNECT_TIMEOUT)
+    tracker.report(inst[1], TIMEOUT)
+    assert tracker.health(inst[1]) == "ejected"
+
+
+def test_a_threshold_of_zero_turns_its_kind_off() -> None:
+    tracker, clock, inst = _tracker_with(connect_failures=0, tcp_failures=0, timeouts=2, http_failures=0)
+    for _ in range(10):
+        tracker.report(inst[0], CONNECT)
+        tracker.report(inst[0], OK, 500)
+    assert tracker.available(inst) is inst
+    tracker.report(inst[0], CONNECT_TIMEOUT)
+    tracker.report(inst[0], CONNECT_TIMEOUT)
+    assert tracker.available(inst) == inst[1:]
+    unhealthy = PassiveUnhealthy(http_failures=0, tcp_failures=0, timeouts=0, connect_failures=0)
+    off = HealthTracker(HealthchecksConfig(passive=PassiveHealthcheck(unhealthy=unhealthy)))
+    assert off.health(inst[0]) == "healthchecks_off"
+
+
+def _tracker_with(**unhealthy: int) -> tuple[HealthTracker, Clock, list[Instance]]:
+    clock = Clock()
+    passive = PassiveHealthcheck(unhealthy=PassiveUnhealthy(**unhealthy), max_ejection_percent=100)
+    tracker = HealthTracker(HealthchecksConfig(passive=passive), clock=clock, name="svc")
+    instances = [Instance("10.0.0.1", p) for p in (1, 2, 3, 4)]
+    tracker.available(instances)
+    return tracker, clock, instances
+
+
 def test_active_thresholds_and_state_changes() -> None:
     clock = Clock()
     config = HealthchecksConfig(active=ActiveHealthcheck())
@@ -109,8 +166,10 @@ def test_active_thresholds_and_state_changes() -> None:
     tracker.probe_result(a, OK)  # healthy.successes = 2
     assert tracker.health(a) == "healthy"
     assert changes == [(1, "healthy", "unhealthy"), (1, "unhealthy", "healthy")]
-    off = HealthTracker(HealthchecksConfig())
+    off = HealthTracker(HealthchecksConfig(passive=None))
     assert off.health(a) == "healthchecks_off"
+    # By default passive ejection watches failed connects: the state is known.
+    assert HealthTracker(HealthchecksConfig()).health(a) == "healthy"
 
 
 async def test_passive_ejection_through_the_gateway_then_the_instance_returns() -> None:

@@ -7,9 +7,19 @@ import random
 import anyio
 import pytest
 
-from gatekeep import Headers, Request, UpstreamConnectError, UpstreamProtocolError
-from gatekeep._http import is_replayable
-from gatekeep.resilience import RetryBudget, RetryConfig, RetryPolicy, is_idempotent, prepare_body
+from gatekeep import Headers, Instance, Request, Response, UpstreamConnectError, UpstreamProtocolError
+from gatekeep._balancer import RoundRobin
+from gatekeep._http import EMPTY_BODY, is_replayable
+from gatekeep.resilience import (
+    HealthchecksConfig,
+    RetryBudget,
+    RetryConfig,
+    RetryPolicy,
+    UpstreamGuard,
+    is_idempotent,
+    prepare_body,
+)
+from gatekeep.resilience._health import CONNECT
 from tests._resilience_servers import cluster
 
 pytestmark = pytest.mark.anyio
@@ -137,7 +147,8 @@ async def test_a_post_to_a_dead_instance_is_retried_because_it_never_left() -> N
 
 
 async def test_a_body_too_big_to_keep_is_never_resent() -> None:
-    async with cluster(2, retries=2, retry_policy={"body_limit": 1024}) as c:
+    # Unbuffered: a buffered body (docs/configuration.md, "Request bodies") is kept whole and may be resent.
+    async with cluster(2, retries=2, retry_policy={"body_limit": 1024}, request_buffering=False) as c:
         c.instances[0].status = c.instances[1].status = 503
         response = await c.client.put("/", body=b"x" * 2048)
         assert response.status == 503
@@ -194,3 +205,88 @@ async def test_retries_zero_means_one_try() -> None:
         c.instances[0].status = c.instances[1].status = 503
         assert (await c.client.get("/")).status == 503
         assert c.instances[0].requests + c.instances[1].requests == 1
+
+
+# -- failover after a failed connect ------------------------------------------------
+
+
+async def test_a_refused_connect_fails_over_whatever_retries_and_the_budget_say() -> None:
+    """It never reached the instance: not a retry, so ``retries = 0`` and an empty
+    budget do not stop it (before: half the requests were 502)."""
+    policy = {"budget_percent": 0, "min_retries_per_second": 0}
+    async with cluster(2, dead=[0], retries=0, retry_policy=policy, healthchecks={"passive": None}) as c:
+        for n in range(10):
+            response = await c.client.post("/", body=b"order", headers={"x-call-id": f"c{n}"})
+            assert response.status == 200
+        assert c.instances[1].seen == {f"c{n}": 1 for n in range(10)}
+        assert c.gateway.services["svc"].guard.budget.stats()["retries"] == 0
+
+
+async def test_failovers_zero_turns_it_off() -> None:
+    async with cluster(
+        2, dead=[0], retries=0, retry_policy={"failovers": 0}, healthchecks={"passive": None}
+    ) as c:
+        statuses = sorted([(await c.client.get("/")).status for _ in range(4)])
+        assert statuses == [200, 200, 502, 502]
+
+
+async def test_a_streamed_body_not_yet_read_fails_over_too() -> None:
+    """A body too big to keep is never re-sent, but after a refused connect not a byte of
+    it was read: it goes whole to the other instance."""
+    async with cluster(
+        2,
+        dead=[0],
+        retries=0,
+        retry_policy={"body_limit": 16},
+        request_buffering=False,
+        healthchecks={"passive": None},
+    ) as c:
+        for _ in range(4):
+            assert (await c.client.put("/", body=b"x" * 4096)).status == 200
+        assert c.instances[1].bodies == [b"x" * 4096] * 4
+
+
+async def test_failover_tries_each_instance_once_then_answers_502() -> None:
+    async with cluster(4, dead=[0, 1, 2, 3], retries=0) as c:
+        start = anyio.current_time()
+        response = await c.client.post("/", body=b"x")
+        assert response.status == 502
+        assert "cannot connect" in response.json()["detail"]
+        assert anyio.current_time() - start < 2.0
+
+
+async def test_when_every_healthy_instance_refused_the_ejected_ones_are_the_last_resort() -> None:
+    """Envoy's panic mode: an ejected instance (it may be back) is tried before a 502."""
+    a, b = Instance("127.0.0.1", 1), Instance("127.0.0.1", 2)
+    guard = UpstreamGuard("svc", RoundRobin(), retries=0, healthchecks=HealthchecksConfig())
+    assert guard.health is not None
+    guard.health.available([a, b])
+    guard.health.report(a, CONNECT)  # a is ejected
+    assert guard.health.available([a, b]) == [b]
+    calls: list[int] = []
+
+    async def send(instance: Instance) -> Response:
+        calls.append(instance.port)
+        if instance is b:
+            error = _sent(UpstreamConnectError("cannot connect: refused"), False)
+            error.connect_failed = True  # type: ignore[attr-defined]
+            raise error
+        return Response(200, Headers(), b"ok", "service")
+
+    response = await guard.call([a, b], Request("POST", "/", body=EMPTY_BODY), send)
+    assert (response.status, calls) == (200, [2, 1])
+
+
+async def test_an_error_after_the_connect_is_no_failover() -> None:
+    """A POST that may have reached the instance (reset after the write) is never re-sent."""
+    a, b = Instance("127.0.0.1", 1), Instance("127.0.0.1", 2)
+    guard = UpstreamGuard("svc", RoundRobin(), retries=2, healthchecks=HealthchecksConfig())
+    calls: list[int] = []
+
+    async def send(instance: Instance) -> Response:
+        calls.append(instance.port)
+        raise _sent(UpstreamProtocolError("connection reset while reading the response"), True)
+
+    with pytest.raises(UpstreamProtocolError):
+        await guard.call([a, b], Request("POST", "/", body=EMPTY_BODY), send)
+    assert len(calls) == 1

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from ._codec import END_OF_RESPONSE, NEED_DATA, Codec, CodecEvent, H11Codec, ResponseHead, codec_for
 from ._config import PoolLimits, Timeouts, TLSSettings
-from ._pool import UpstreamPool, host_header, request_sent
+from ._pool import (
+    UpstreamPool,
+    body_untouched,
+    check_transfer_coding,
+    connect_failed,
+    host_header,
+    request_sent,
+)
 
 __all__ = [
     "END_OF_RESPONSE",
@@ -25,7 +32,10 @@ __all__ = [
     "TLSSettings",
     "Timeouts",
     "UpstreamPool",
+    "body_untouched",
+    "check_transfer_coding",
     "codec_for",
+    "connect_failed",
     "host_header",
     "request_sent",
 ]

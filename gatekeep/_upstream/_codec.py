@@ -20,8 +20,14 @@ One request/response *cycle* looks like this::
 
 Sending and receiving are independent: a response may be read while the body
 is still being sent (an early ``413``); then the cycle is not reusable.
-Informational (1xx) responses are skipped by the codec; a ``101`` is refused
-because the upstream client never asks for an upgrade.
+Informational (1xx) responses are skipped by the codec (at most
+``MAX_INFORMATIONAL`` per cycle, so an upstream cannot stall a request with
+an endless stream of them); a ``101`` is refused because the upstream client
+never asks for an upgrade.  A final status outside 200-599 is refused, as is
+a response framed by anything but ``content-length`` or a lone ``chunked``
+(RFC 9112 §6.1: ``chunked`` must be the last coding, and gatekeep decodes
+no other), and a connection with bytes left after the end of a response is
+never reused: those bytes would be read as the answer to the next request.
 
 A codec reports framing errors as the exception types it lists in
 ``remote_errors`` (the upstream broke the protocol) and ``local_errors``
@@ -62,6 +68,9 @@ class _Sentinel:
     def __repr__(self) -> str:
         return self._name
 
+
+# Informational (1xx) responses skipped before a final one, at most.
+MAX_INFORMATIONAL: Final = 16
 
 NEED_DATA: Final = _Sentinel("NEED_DATA")
 END_OF_RESPONSE: Final = _Sentinel("END_OF_RESPONSE")
@@ -136,7 +145,7 @@ _h11_END = h11.EndOfMessage()
 class H11Codec:
     """The default codec, on top of h11's client state machine."""
 
-    __slots__ = ("_conn", "_eof")
+    __slots__ = ("_conn", "_eof", "_informational")
 
     remote_errors: ClassVar[tuple[type[Exception], ...]] = (h11.RemoteProtocolError,)
     local_errors: ClassVar[tuple[type[Exception], ...]] = (h11.LocalProtocolError,)
@@ -145,6 +154,7 @@ class H11Codec:
         # 64 KiB is h11's default too; it bounds how much of a head we buffer.
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
         self._eof = False
+        self._informational = 0
 
     def send_request_head(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
         data = self._conn.send(h11.Request(method=method, target=target, headers=headers))
@@ -178,9 +188,15 @@ class H11Codec:
                 # h11 hands out bytearray slices for chunked bodies: one copy here.
                 return data if type(data) is bytes else bytes(data)
             if cls is _h11_Response:
+                status: int = event.status_code  # type: ignore[union-attr]
+                if status > 599:
+                    # h11 takes any three digits; no server and no client downstream does.
+                    raise h11.RemoteProtocolError(f"invalid status code {status}")
+                headers = list(event.headers)  # type: ignore[union-attr]
+                _check_framing(headers)
                 return ResponseHead(
-                    event.status_code,  # type: ignore[union-attr]
-                    list(event.headers),  # type: ignore[union-attr]
+                    status,
+                    headers,
                     event.reason,  # type: ignore[union-attr]
                     event.http_version,  # type: ignore[union-attr]
                 )
@@ -189,6 +205,9 @@ class H11Codec:
             if cls is _h11_InformationalResponse:
                 if event.status_code == 101:  # type: ignore[union-attr]
                     raise h11.RemoteProtocolError("unexpected 101 Switching Protocols")
+                self._informational += 1
+                if self._informational > MAX_INFORMATIONAL:
+                    raise h11.RemoteProtocolError("too many informational (1xx) responses")
                 continue  # 100 Continue, 103 Early Hints: not forwarded
             # ConnectionClosed, or PAUSED (which a client never sees mid-response).
             raise h11.RemoteProtocolError("connection closed before the response ended")
@@ -196,10 +215,35 @@ class H11Codec:
     @property
     def is_reusable(self) -> bool:
         conn = self._conn
-        return conn.our_state is _h11_DONE and conn.their_state is _h11_DONE and not self._eof
+        return (
+            conn.our_state is _h11_DONE
+            and conn.their_state is _h11_DONE
+            and not self._eof
+            # Bytes after the end of the response (h11 keeps them for the next
+            # cycle) would be read as the answer to the next request.
+            and not conn.trailing_data[0]
+        )
 
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()
+        self._informational = 0
+
+
+def _check_framing(headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse a response framed by both ``content-length`` and ``transfer-encoding``.
+
+    h11 lets the transfer coding win (RFC 9112 §6.3 allows it); llhttp refuses, and
+    so does nginx: the pair is the signature of response splitting, so both
+    codecs answer 502.  (h11 itself refuses any coding but a lone ``chunked``.)
+    """
+    has_length = has_coding = False
+    for name, _ in headers:
+        if name == b"content-length":
+            has_length = True
+        elif name == b"transfer-encoding":
+            has_coding = True
+    if has_length and has_coding:
+        raise h11.RemoteProtocolError("both content-length and transfer-encoding in the response")
 
 
 def codec_for(name: str) -> Callable[[], Codec]:

@@ -186,6 +186,11 @@ class BodySource:
                 return data
         return None
 
+    @property
+    def untouched(self) -> bool:
+        """No chunk was read from the body yet."""
+        return self._size == 0 and not self._exhausted and self._kept == [] and self._pos == 0
+
     def rewind(self) -> bool:
         """Start the body over; ``False`` when that is no longer possible."""
         if self._replayable:

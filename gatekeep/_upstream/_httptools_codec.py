@@ -8,9 +8,14 @@ response side feeds bytes to llhttp, whose callbacks queue events
 hands out.  llhttp does not know the request method, so two cases are
 handled here: the answer to a ``HEAD`` ends with its head, and a body with
 neither ``content-length`` nor chunked coding ends at EOF (llhttp's own
-end-of-input call is not exposed by httptools).  1xx responses are skipped;
-``101`` is refused.  Anything after the end of the response, before the next
-request, makes the connection not reusable.
+end-of-input call is not exposed by httptools).  1xx responses are skipped
+(at most ``MAX_INFORMATIONAL``); ``101`` is refused, and so is a status
+outside 100-599.  llhttp reads a body whose transfer codings do not end in
+``chunked`` until EOF, and takes ``gzip, chunked`` as chunked: both would
+hand framing or still-coded bytes on as the body, so any
+``transfer-encoding`` but a lone ``chunked`` is refused (RFC 9112 §6.1/§6.3;
+gatekeep decodes no other coding).  Anything after the end of the response,
+before the next request, makes the connection not reusable.
 
 The request side writes the request line and headers itself, after checking
 every name is an HTTP token and no value carries CR, LF or NUL (so a filter
@@ -30,7 +35,7 @@ from typing import Any, ClassVar, Final
 import httptools
 
 from .._http import header_names, is_header_name
-from ._codec import END_OF_RESPONSE, NEED_DATA, CodecEvent, ResponseHead
+from ._codec import END_OF_RESPONSE, MAX_INFORMATIONAL, NEED_DATA, CodecEvent, ResponseHead
 
 __all__ = ["HttptoolsCodec", "LocalFramingError", "RemoteFramingError"]
 
@@ -64,6 +69,7 @@ class HttptoolsCodec:
         "_events",
         "_head",
         "_headers",
+        "_informational",
         "_is_head",
         "_keep_alive",
         "_left",
@@ -97,6 +103,7 @@ class HttptoolsCodec:
         self._request_close = False
         self._chunked = False
         self._left: int | None = 0
+        self._informational = 0
 
     # -- request side ------------------------------------------------------
 
@@ -197,6 +204,11 @@ class HttptoolsCodec:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             raise RemoteFramingError("unexpected protocol upgrade") from exc
+        except httptools.HttpParserCallbackError as exc:
+            # Our own callbacks refused the response: say why, not "User callback error".
+            if isinstance(exc.__context__, RemoteFramingError):
+                raise exc.__context__ from None
+            raise
 
     def next_event(self) -> CodecEvent:
         events = self._events
@@ -238,12 +250,21 @@ class HttptoolsCodec:
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        if 100 <= status < 200:
+        if not 100 <= status <= 599:
+            # llhttp takes any three digits; no server and no client downstream does.
+            raise RemoteFramingError(f"invalid status code {status:03d}")
+        if status < 200:
             if status == 101:
                 raise RemoteFramingError("unexpected 101 Switching Protocols")
+            self._informational += 1
+            if self._informational > MAX_INFORMATIONAL:
+                raise RemoteFramingError("too many informational (1xx) responses")
             self._skipping = True  # 100 Continue, 103 Early Hints: not forwarded
             return
         headers = self._headers
+        names = header_names(headers)
+        if b"transfer-encoding" in names:
+            _check_coding(headers)
         # Read it now: llhttp forgets it once the message is complete.
         self._keep_alive = bool(parser.should_keep_alive())
         head = ResponseHead(status, headers, b"", parser.get_http_version().encode("ascii"))
@@ -255,13 +276,8 @@ class HttptoolsCodec:
             return
         if status in (204, 304):
             return  # llhttp ends these itself
-        names = header_names(headers)
-        if b"content-length" in names:
-            return
-        if b"transfer-encoding" in names:
-            for name, value in headers:
-                if name == b"transfer-encoding" and b"chunked" in value.lower():
-                    return
+        if b"content-length" in names or b"transfer-encoding" in names:
+            return  # (a lone ``chunked``, checked above)
         self._close_delimited = True
 
     def on_body(self, body: bytes) -> None:
@@ -278,3 +294,17 @@ class HttptoolsCodec:
     def _finish(self) -> None:
         self._complete = True
         self._events.append(END_OF_RESPONSE)
+
+
+def _check_coding(headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse a response whose transfer codings are anything but one ``chunked``."""
+    codings = [
+        coding.strip().lower()
+        for name, value in headers
+        if name == b"transfer-encoding"
+        for coding in value.split(b",")
+        if coding.strip()
+    ]
+    if codings != [b"chunked"]:
+        shown = b", ".join(codings).decode("latin-1")
+        raise RemoteFramingError(f"unsupported transfer-encoding {shown!r} (only a lone chunked is read)")

@@ -20,7 +20,18 @@ fails with EOF or a reset before any response byte.  Such a failure on a
 says the request is idempotent (``retry_safe``) or when no byte of it was
 written; the body must be replayable (kept while small, see ``BodySource``).
 Every other failure is raised with ``request_sent`` set on the error, so that
-the gateway never replays a non-idempotent request that may have arrived.
+the gateway never replays a non-idempotent request that may have arrived;
+a failure to open a connection also carries ``connect_failed`` (the guard
+fails such a request over to another instance, see ``resilience._guard``) and
+``body_untouched``.
+
+Unread bytes.  A connection with anything left to read after its response
+ended (bytes the codec holds, or bytes or EOF that arrived since) goes back
+closed, not idle, and the peek at checkout catches what arrives while it
+idles: such bytes would otherwise be read as the answer to the next request.
+(Bytes an upstream sends *after* the next request was written cannot be told
+from its answer; no HTTP/1.1 client can, which is why a desynchronised
+connection is closed at the end of that answer.)
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from ._config import PoolLimits, Timeouts, TLSSettings
 from ._connection import BodySource, UpstreamConnection, open_connection, translate
 from ._tls import make_ssl_context
 
-__all__ = ["UpstreamPool", "request_sent"]
+__all__ = ["UpstreamPool", "body_untouched", "check_transfer_coding", "connect_failed", "request_sent"]
 
 
 _DEFAULT_TIMEOUTS: Final = Timeouts()
@@ -63,6 +74,18 @@ def request_sent(exc: BaseException) -> bool:
     anything else counts as sent (the safe answer: do not replay).
     """
     return bool(getattr(exc, "request_sent", True))
+
+
+def connect_failed(exc: BaseException) -> bool:
+    """Did ``exc`` come from opening a connection (refused, unreachable, connect
+    timeout, TLS handshake)?  Then the instance never saw the request."""
+    return bool(getattr(exc, "connect_failed", False))
+
+
+def body_untouched(exc: BaseException) -> bool:
+    """Was no byte of the request body read before ``exc``?  (Then the same
+    body can still be sent elsewhere, even a streamed one.)"""
+    return bool(getattr(exc, "body_untouched", False))
 
 
 class _Origin:
@@ -190,6 +213,7 @@ class UpstreamPool:
                 conn = await self._checkout(origin, timeouts, fresh)
             except GatekeepError as exc:
                 exc.request_sent = sent  # type: ignore[attr-defined]
+                exc.body_untouched = source is None or source.untouched  # type: ignore[attr-defined]
                 raise
             try:
                 head = await conn.exchange(
@@ -282,15 +306,19 @@ class UpstreamPool:
                     if conn.idle_since >= deadline and not conn.is_stale():
                         return conn
                     await conn.aclose()
-            return await open_connection(
-                origin.host,
-                origin.port,
-                label=origin.label,
-                codec=self._codec_factory(),
-                connect_timeout=timeouts.connect,
-                ssl_context=origin.ssl_context,
-                server_name=origin.server_name,
-            )
+            try:
+                return await open_connection(
+                    origin.host,
+                    origin.port,
+                    label=origin.label,
+                    codec=self._codec_factory(),
+                    connect_timeout=timeouts.connect,
+                    ssl_context=origin.ssl_context,
+                    server_name=origin.server_name,
+                )
+            except GatekeepError as exc:
+                exc.connect_failed = True  # type: ignore[attr-defined]
+                raise
         except BaseException:
             slots.release()
             raise
@@ -298,7 +326,13 @@ class UpstreamPool:
     async def _release(self, origin: _Origin, conn: UpstreamConnection, *, reuse: bool) -> None:
         """Give back the slot, and the connection if it can carry another cycle."""
         idle = origin.idle
-        if reuse and not self._closed and conn.is_reusable and len(idle) < self._limits.max_idle:
+        if (
+            reuse
+            and not self._closed
+            and conn.is_reusable
+            and len(idle) < self._limits.max_idle
+            and not conn.is_stale()  # bytes after the response, or EOF: never reused
+        ):
             conn.start_next_cycle()
             now = self._clock()
             conn.idle_since = now
@@ -374,13 +408,18 @@ _BODY_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
 def _frame_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
-    """Copy ``headers`` without ``transfer-encoding``; find ``content-length`` and ``host``."""
+    """Copy ``headers`` without ``transfer-encoding``; find ``content-length`` and ``host``.
+
+    Raises:
+        BadRequest: a bad ``content-length``, or a ``transfer-encoding`` other than one ``chunked``.
+    """
     names = header_names(headers)
     if names.isdisjoint(_BODY_FRAMING):
         return list(headers), None, b"host" in names
     out: list[tuple[bytes, bytes]] = []
     length: int | None = None
     has_host = False
+    chunked = False  # one transfer-encoding seen already
     for pair in headers:
         name = pair[0]
         if name == b"content-length":
@@ -391,9 +430,38 @@ def _frame_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes
         elif name == b"host":
             has_host = True
         elif name == b"transfer-encoding":
+            if chunked or pair[1].strip().lower() != b"chunked":
+                _refuse_coding(pair[1])
+            chunked = True
             continue
         out.append(pair)
     return out, length, has_host
+
+
+def check_transfer_coding(headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse a client's ``transfer-encoding`` other than one ``chunked``.
+
+    RFC 9112 §6.3: with ``chunked`` not last the body's length is unknown (400).
+    A coding before ``chunked`` (``gzip, chunked``, which llhttp and so uvicorn
+    let through, de-chunking only) would reach the upstream undecoded and
+    unannounced, the gateway re-framing the body as plain ``chunked``.
+
+    Raises:
+        BadRequest: any other ``transfer-encoding``.
+    """
+    chunked = False
+    for name, value in headers:
+        if name == b"transfer-encoding":  # (names come lower-cased from every adapter)
+            if chunked or value.strip().lower() != b"chunked":
+                _refuse_coding(value)
+            chunked = True
+
+
+def _refuse_coding(value: bytes) -> None:
+    raise BadRequest(
+        f"transfer-encoding {value.decode('latin-1')!r} cannot be forwarded: "
+        "only a single chunked coding is accepted (RFC 9112 §6.3)"
+    )
 
 
 def host_header(instance: Instance) -> bytes:

@@ -1,9 +1,12 @@
 """The identity headers sent upstream (Kong's names), and stripping spoofed ones.
 
 A client must never be able to claim an identity by sending these headers
-itself, so every header whose name starts with ``x-consumer-`` or
-``x-authenticated-``, and ``x-credential-identifier`` /
-``x-anonymous-consumer``, is removed before the gateway sets its own:
+itself, so every header whose name starts with ``x-consumer-``,
+``x-authenticated-``, ``x-credential-`` or ``x-anonymous-`` is removed before
+the gateway sets its own, in every spelling: names are compared in lower case
+with ``_`` read as ``-``, because CGI and WSGI servers (wsgiref, and
+``request.headers`` of most WSGI frameworks) give ``X_Consumer_Username`` and
+``X-Consumer-Username`` the same ``HTTP_X_CONSUMER_USERNAME`` key:
 
 ``X-Consumer-ID``, ``X-Consumer-Custom-ID``, ``X-Consumer-Username``
     the consumer (when the credential maps to one);
@@ -32,6 +35,7 @@ from .._protocols import Identity
 
 __all__ = [
     "IDENTITY_HEADERS",
+    "IDENTITY_PREFIXES",
     "identity_header_pairs",
     "is_identity_header",
     "set_identity_headers",
@@ -51,21 +55,22 @@ IDENTITY_HEADERS: Final = frozenset(
         b"x-authenticated-scope",
     }
 )
-_PREFIXES: Final = (b"x-consumer-", b"x-authenticated-")
-_EXACT: Final = frozenset({b"x-credential-identifier", b"x-anonymous-consumer"})
+# Every name starting with one of these (lower case, "-" spelling) is the gateway's to set.
+IDENTITY_PREFIXES: Final = (b"x-consumer-", b"x-authenticated-", b"x-credential-", b"x-anonymous-")
 
 
 def is_identity_header(name: bytes) -> bool:
-    """Whether ``name`` (lower-case) is reserved for the gateway's identity headers."""
-    return name in _EXACT or name.startswith(_PREFIXES)
+    """Whether ``name``, in any case and with ``_`` for ``-``, is reserved for the identity headers."""
+    # Every prefix starts with "x": most names are ruled out before any copy is made.
+    return name[:1] in b"xX" and name.lower().replace(b"_", b"-").startswith(IDENTITY_PREFIXES)
 
 
 def strip_identity_headers(headers: Headers) -> None:
-    """Remove every identity header from ``headers`` (in place; cheap when there is none)."""
+    """Remove every identity header, in any spelling, from ``headers`` (in place; cheap if none)."""
     raw = headers.raw
     for name, _ in raw:
-        if name in _EXACT or name.startswith(_PREFIXES):
-            headers.raw = [(k, v) for k, v in raw if not (k in _EXACT or k.startswith(_PREFIXES))]
+        if is_identity_header(name):
+            headers.raw = [pair for pair in raw if not is_identity_header(pair[0])]
             return
 
 

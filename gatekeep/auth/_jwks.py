@@ -9,8 +9,12 @@ injected monotonic clock, when to refresh:
 - a failed fetch (down, garbage, slow) keeps the last good keys and retries
   with exponential backoff from ``retry_min`` to ``retry_max``; keys stay
   usable up to ``max_stale`` seconds past their expiry, then are dropped;
-- a token with an unknown ``kid`` may trigger a refetch, at most once per
-  ``unknown_kid_cooldown`` seconds, so forged kids cannot flood the issuer.
+- a token with an unknown ``kid`` triggers a refetch unless a fetch (of any
+  kind: start-up, background, an earlier unknown kid) started less than
+  ``unknown_kid_cooldown`` seconds ago (5 s).  A key the issuer rotated in is
+  therefore usable within that time, even right after start-up, while forged
+  kids make at most one fetch per cooldown: the fetch is single-flight and the
+  cooldown counts from its start.
 
 ``RemoteKeySet`` is the I/O shell: discovery (``/.well-known/openid-configuration``),
 the fetch (``_fetch.fetch``), a background refresher in the task group given
@@ -62,7 +66,9 @@ class JWKSPolicy:
     max_ttl: float = attrs.field(default=86_400.0, validator=_positive)
     default_ttl: float = attrs.field(default=600.0, validator=_positive)
     refresh_ahead: float = attrs.field(default=0.8, validator=_positive)
-    unknown_kid_cooldown: float = attrs.field(default=60.0, validator=_positive)
+    # Short, so that a rotated key works within seconds; the fetch is single-flight, so a flood
+    # of forged kids still costs the issuer one request per cooldown (12 a minute).
+    unknown_kid_cooldown: float = attrs.field(default=5.0, validator=_positive)
     retry_min: float = attrs.field(default=5.0, validator=_positive)
     retry_max: float = attrs.field(default=300.0, validator=_positive)
     max_stale: float = attrs.field(default=86_400.0, validator=_positive)

@@ -199,13 +199,24 @@ def _b64(segment: bytes) -> bytes:
     return base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
 
 
+_ABSENT: Any = object()
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
+    # A registered time claim is a NumericDate (RFC 7519 §2) when present at all: "exp": null
+    # must not read as "never expires", nor a huge integer overflow into a 500.
+    value = claims.get(name, _ABSENT)
+    if value is _ABSENT:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidToken(f"the '{name}' claim must be a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidToken(f"the '{name}' claim must be a number") from None
+    if not math.isfinite(number):
+        raise InvalidToken(f"the '{name}' claim must be a number")
+    return number
 
 
 class JWTVerifier:
@@ -448,8 +459,12 @@ class JWTVerifier:
         if iat is not None and now < iat - leeway:
             raise InvalidToken("the token was issued in the future")
         max_exp = self.config.maximum_expiration
-        if max_exp and exp is not None and exp - now > max_exp + leeway:
-            raise InvalidToken("the token's lifetime exceeds the maximum allowed expiration")
+        if max_exp:
+            # Without exp the lifetime is unbounded: refuse rather than skip the check.
+            if exp is None:
+                raise InvalidToken("the token has no 'exp' claim")
+            if exp - now > max_exp + leeway:
+                raise InvalidToken("the token's lifetime exceeds the maximum allowed expiration")
         return exp
 
     # -- cache -------------------------------------------------------------

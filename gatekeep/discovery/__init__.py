@@ -8,7 +8,7 @@ See docs/discovery.md.
 
 from __future__ import annotations
 
-from ._composite import CompositeDiscovery, build_discovery
+from ._composite import CompositeDiscovery, build_discovery, no_instances
 from ._config import ConsulConfig, ConsulTLSConfig, DiscoveryConfig, DnsConfig
 from ._consul import ConsulClient, ConsulDiscovery, ConsulReply, DiscoveryStats
 from ._consul_api import aggregate_status, next_index, parse_duration, parse_health, parse_index
@@ -19,6 +19,7 @@ from ._errors import (
     ConsulResponseError,
     ConsulUnavailable,
     DiscoveryError,
+    DiscoveryPending,
     DnsError,
 )
 from ._registration import (
@@ -45,6 +46,7 @@ __all__ = [
     "ConsulUnavailable",
     "DiscoveryConfig",
     "DiscoveryError",
+    "DiscoveryPending",
     "DiscoveryStats",
     "DnsConfig",
     "DnsDiscovery",
@@ -58,6 +60,7 @@ __all__ = [
     "check_ids",
     "deregister",
     "next_index",
+    "no_instances",
     "order",
     "parse_duration",
     "parse_health",

@@ -3,7 +3,11 @@
 ``build_discovery`` is what the gateway uses by default: a service with a
 ``discovery`` table gets a Consul or DNS watcher, every other one keeps the
 static ``url``/``targets`` of its config.  ``CompositeDiscovery`` starts and
-stops the watchers with the gateway's lifespan.
+stops the watchers with the gateway's lifespan -- all at once, so that a hung
+Consul costs the start one ``initial_timeout``, not one per service.
+``no_instances`` is the error for a service without instances: 503
+``DiscoveryPending`` (with ``Retry-After``) while its discovery has not answered
+yet, else 503 ``NoHealthyUpstream``.
 """
 
 from __future__ import annotations
@@ -11,17 +15,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from anyio.abc import TaskGroup
 
 from .._discovery import StaticDiscovery
+from .._errors import NoHealthyUpstream, ServiceUnavailable
 from .._protocols import Discovery, Instance
 from ._consul import ConsulDiscovery, DiscoveryStats
 from ._dns import DnsDiscovery
+from ._errors import DiscoveryPending
 
 if TYPE_CHECKING:
     from .._config import GatewayConfig
 
-__all__ = ["CompositeDiscovery", "build_discovery"]
+__all__ = ["CompositeDiscovery", "build_discovery", "no_instances"]
 
 
 class CompositeDiscovery:
@@ -57,18 +64,39 @@ class CompositeDiscovery:
                 out[name] = stats
         return out
 
+    def pending(self, service: str) -> bool:
+        """Whether the discovery of ``service`` has not answered yet."""
+        watcher = self._dynamic.get(service)
+        pending = getattr(watcher, "pending", None)
+        return bool(pending is not None and pending(service))
+
     async def start(self, task_group: TaskGroup) -> None:
-        """Start every watcher; each returns after its first lookup, so none is empty by mistake."""
-        for watcher in (self._static, *self._dynamic.values()):
-            start = getattr(watcher, "start", None)
-            if start is not None:
-                await start(task_group)
-                self._started.append(watcher)
+        """Start every watcher at once; each returns after its first lookup or its ``initial_timeout``."""
+
+        async def start_one(watcher: Any, start: Any) -> None:
+            await start(task_group)
+            self._started.append(watcher)
+
+        async with anyio.create_task_group() as starting:
+            for watcher in (self._static, *self._dynamic.values()):
+                start = getattr(watcher, "start", None)
+                if start is not None:
+                    starting.start_soon(start_one, watcher, start)
 
     async def stop(self) -> None:
         started, self._started = self._started, []
         for watcher in reversed(started):
             await watcher.stop()
+
+
+def no_instances(discovery: Discovery, service: str) -> ServiceUnavailable:
+    """The 503 for a service with no instance: pending discovery, or none healthy."""
+    pending = getattr(discovery, "pending", None)
+    if pending is not None and pending(service):
+        return DiscoveryPending(
+            f"the instances of service {service!r} are not known yet; discovery is starting"
+        )
+    return NoHealthyUpstream(f"service {service!r} has no available instance")
 
 
 def build_discovery(config: GatewayConfig, static: Mapping[str, Sequence[Instance]]) -> Discovery:

@@ -43,6 +43,11 @@ def _positive(_: Any, attribute: Any, value: float) -> None:
         raise ValueError(f"must be greater than 0, got {value}")
 
 
+def _non_negative(_: Any, attribute: Any, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+
+
 def _agent_address(_: Any, attribute: Any, value: str) -> None:
     try:
         parts = urlsplit(value)
@@ -110,6 +115,11 @@ class ConsulConfig:
         tagged_address: use this tagged address (``wan``, ``lan_ipv4`` ...) when set.
         filter: a Consul filter expression (``Service.Meta.version == "2"``).
         connect_timeout: seconds to connect to the agent.
+        query_timeout: seconds a plain (non-blocking) query may take: the first one, and
+            the one after an error.  Blocking queries get ``wait`` + wait/16 + 10 s.
+        initial_timeout: seconds the gateway's start waits for the first answer; after
+            that it starts anyway and answers 503 with ``Retry-After`` for this service
+            until Consul answers (a hung agent must not hold the gateway).
         tls: TLS settings for an ``https://`` agent address.
     """
 
@@ -124,6 +134,8 @@ class ConsulConfig:
     tagged_address: str | None = None
     filter: str | None = None
     connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    query_timeout: float = attrs.field(default=10.0, validator=_positive)
+    initial_timeout: float = attrs.field(default=1.0, validator=_non_negative)
     tls: ConsulTLSConfig = ConsulTLSConfig()
 
     @property
@@ -148,6 +160,9 @@ class DnsConfig:
         timeout: seconds for one whole lookup.
         tcp: ask over TCP instead of UDP.
         address_types: which address records of the targets to use.
+        initial_timeout: seconds the gateway's start waits for the first lookup; after
+            that it starts anyway and answers 503 with ``Retry-After`` for this service
+            until the lookup succeeds.
     """
 
     name: str
@@ -159,6 +174,7 @@ class DnsConfig:
     timeout: float = attrs.field(default=5.0, validator=_positive)
     tcp: bool = False
     address_types: tuple[Literal["A", "AAAA"], ...] = ("A", "AAAA")
+    initial_timeout: float = attrs.field(default=1.0, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.min_ttl > self.max_ttl:

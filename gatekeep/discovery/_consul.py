@@ -12,6 +12,8 @@ the gateway's lifespan task group::
     index = 0
     loop:
         GET /v1/health/service/<name>?passing&tag=..&dc=..[&index=<index>&wait=<wait>]
+              (a plain read -- index 0 -- may take ``query_timeout``; a blocking one
+              ``wait`` + wait/16 + 10 s)
         ok    -> instances = parse(body); index = next_index(index, X-Consul-Index)
         error -> keep the last known good instances, count it, log once per
                  outage, sleep a backoff with jitter (0.25 s doubling to 30 s)
@@ -22,7 +24,9 @@ A blocking query returns as soon as the service changes (or when ``wait``
 passes, plus Consul's jitter of up to wait/16), so the gateway sees a change
 within one round trip.  ``instances()`` is a plain attribute read: the
 request path never waits for Consul.  An empty set is published as is; the
-gateway then answers 503 ``NoHealthyUpstream``.
+gateway then answers 503 ``NoHealthyUpstream``.  The gateway's start waits for
+the first answer at most ``initial_timeout``; until one arrives the watcher is
+``pending`` and the gateway answers 503 ``DiscoveryPending`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -238,6 +242,7 @@ class ConsulDiscovery(Watcher):
         self._retry_base = retry_base
         self._retry_max = retry_max
         self._wait = config.wait_seconds
+        self.initial_timeout = config.initial_timeout
         self._failures = 0
         self._client = ConsulClient(
             config.address,
@@ -289,7 +294,7 @@ class ConsulDiscovery(Watcher):
         """Run one (blocking, once an index is known) query; ``True`` when it succeeded."""
         held = self.index
         query = list(self._query)
-        read_timeout = 15.0
+        read_timeout = self.config.query_timeout
         if held > 0:
             query += [("index", str(held)), ("wait", self.config.wait)]
             read_timeout = self._wait + self._wait / 16 + 10.0
@@ -325,6 +330,7 @@ class ConsulDiscovery(Watcher):
                 self._failures,
             )
         self._failures = 0
+        self.answered = True
         stats.healthy = True
         stats.last_success = self._clock()
         if found != self._instances:

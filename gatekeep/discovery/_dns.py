@@ -131,6 +131,7 @@ class DnsDiscovery(Watcher):
         self._clock = clock
         self._retry_max = min(retry_max, config.max_ttl)
         self._failures = 0
+        self.initial_timeout = config.initial_timeout
         self._qname = dns.name.from_text(config.name)
         self._resolver = resolver if resolver is not None else self._make_resolver(config)
 
@@ -243,6 +244,7 @@ class DnsDiscovery(Watcher):
                 "dns discovery of %r works again after %d failed lookups", self.config.name, self._failures
             )
         self._failures = 0
+        self.answered = True
         stats.healthy = True
         stats.last_success = self._clock()
         self.records = found.records

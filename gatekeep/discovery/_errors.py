@@ -15,6 +15,7 @@ __all__ = [
     "ConsulResponseError",
     "ConsulUnavailable",
     "DiscoveryError",
+    "DiscoveryPending",
     "DnsError",
 ]
 
@@ -24,6 +25,16 @@ class DiscoveryError(ServiceUnavailable):
 
     title = "Discovery Failed"
     slug = "discovery-failed"
+
+
+class DiscoveryPending(DiscoveryError):
+    """The service's discovery has not answered yet (a slow or hung Consul at start-up)."""
+
+    title = "Discovery Pending"
+    slug = "discovery-pending"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail, headers=[("retry-after", str(retry_after))])
 
 
 class ConsulError(DiscoveryError):

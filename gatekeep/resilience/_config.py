@@ -39,6 +39,7 @@ __all__ = [
     "ActiveHealthcheck",
     "ActiveHealthy",
     "ActiveUnhealthy",
+    "CONNECT_EJECTION",
     "BreakerConfig",
     "HealthchecksConfig",
     "PassiveHealthcheck",
@@ -123,6 +124,10 @@ class RetryConfig:
     min_retries_per_second: float = attrs.field(default=3.0, validator=_non_negative)
     # A request body up to this size is read ahead into memory so that it can be re-sent.
     body_limit: int = attrs.field(default=64 * 1024, validator=_non_negative)
+    # After a connect failure (refused, unreachable, connect timeout, TLS handshake: the
+    # instance never saw the request) try this many other instances, for any method.
+    # Not a retry of a delivered request: neither ``retries`` nor the budget limit it.
+    failovers: int = attrs.field(default=3, validator=_non_negative)
 
 
 @attrs.frozen
@@ -160,10 +165,18 @@ class ActiveHealthcheck:
 
 @attrs.frozen
 class PassiveUnhealthy:
+    """Consecutive failures of a kind that eject an instance; 0 turns a kind off (Kong).
+
+    A failed connect counts as a ``connect_failures`` and as a ``tcp_failures``
+    (or ``timeouts``) failure; any answer resets every count.
+    """
+
     http_statuses: tuple[int, ...] = attrs.field(default=(500, 502, 503, 504), validator=_statuses)
-    http_failures: int = attrs.field(default=5, validator=_positive)
-    tcp_failures: int = attrs.field(default=5, validator=_positive)
-    timeouts: int = attrs.field(default=5, validator=_positive)
+    http_failures: int = attrs.field(default=5, validator=_non_negative)
+    tcp_failures: int = attrs.field(default=5, validator=_non_negative)
+    timeouts: int = attrs.field(default=5, validator=_non_negative)
+    # nginx's max_fails=1 for a connect error: nobody listens there (or it is unreachable).
+    connect_failures: int = attrs.field(default=1, validator=_non_negative)
 
 
 @attrs.frozen
@@ -182,9 +195,18 @@ class PassiveHealthcheck:
     max_ejection_percent: float = attrs.field(default=50.0, validator=_percent)
 
 
+# Without a ``healthchecks.passive`` table: eject an instance only for a failed connect.
+CONNECT_EJECTION = PassiveHealthcheck(unhealthy=PassiveUnhealthy(http_failures=0, tcp_failures=0, timeouts=0))
+
+
 @attrs.frozen
 class HealthchecksConfig:
-    """Kong's ``healthchecks`` table: either part is off unless given."""
+    """Kong's ``healthchecks`` table.
+
+    Active checks are off unless given.  Passive ejection is on by default for
+    connect failures only (``CONNECT_EJECTION``); a ``passive`` table gives the
+    full set (Kong's counters), ``passive = None`` (from Python) turns it off.
+    """
 
     active: ActiveHealthcheck | None = None
-    passive: PassiveHealthcheck | None = None
+    passive: PassiveHealthcheck | None = CONNECT_EJECTION

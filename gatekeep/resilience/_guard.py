@@ -13,8 +13,21 @@ a proxied request.  It composes the sans-IO parts:
 4. the outcome, to the balancer (``observe``: latency to the response head,
    ok or not), the instance breaker, passive health checks and, once per
    request, the service breaker;
-5. a retry when ``RetryPolicy`` says it is safe and the ``RetryBudget`` has
-   room, after a jittered backoff.
+5. a *failover* when the try failed to connect (refused, unreachable,
+   connect timeout, TLS handshake; ``connect_failed``): the instance never
+   saw the request, so it goes at once to an instance not tried yet, for any
+   method, up to ``retry_policy.failovers`` times and at most once per
+   instance, outside ``retries`` and the budget (a dead instance must not
+   cost a share of the traffic while the budget is spent: Envoy's and
+   nginx's ``proxy_next_upstream error`` do the same).  The failed connect
+   also goes to passive health, which ejects the instance (by default after
+   one failed connect);
+6. otherwise a retry when ``RetryPolicy`` says it is safe and the
+   ``RetryBudget`` has room, after a jittered backoff.
+
+Instances already tried are left out of the pick set while others are left;
+when only tried ones are left among the healthy, the ejected / unhealthy
+untried ones are the last resort (Envoy's panic mode) before giving up.
 
 The balancer's ``release`` runs when the response body is closed (or at once
 for a try that failed or is retried).  Everything else is decided by the
@@ -35,6 +48,7 @@ from .._balancer import InstanceKey
 from .._errors import NoHealthyUpstream, UpstreamError, UpstreamTimeout
 from .._http import EMPTY_BODY, Request, Response
 from .._protocols import Instance
+from .._upstream import body_untouched, connect_failed, request_sent
 from ._breaker import CLOSED, BreakerState, ChangeCallback, CircuitBreaker, circuit_open
 from ._config import BreakerConfig, HealthchecksConfig, RetryConfig
 from ._health import OK, ActiveChecker, HealthTracker, outcome_of
@@ -86,6 +100,8 @@ class UpstreamGuard:
         self._per_try = retry.per_try_timeout
         self._overall = retry.timeout
         self._body_limit = retry.body_limit
+        self._failovers = retry.failovers
+        self._prepare = bool(retries or retry.failovers)
         self._clock = clock
         self.breaker_config = breaker
         self._failure_statuses = frozenset(breaker.failure_statuses if breaker else (500, 502, 503, 504))
@@ -208,14 +224,16 @@ class UpstreamGuard:
         replayable = False
         idempotent = False
         deadline = 0.0
-        if self.retries:
-            self.budget.record_request()
+        if self._prepare:
             replayable = request.body is EMPTY_BODY or await prepare_body(request, self._body_limit)
-            idempotent = is_idempotent(request)
-            if self._overall is not None:
-                deadline = clock() + self._overall
+            if self.retries:
+                self.budget.record_request()
+                idempotent = is_idempotent(request)
+                if self._overall is not None:
+                    deadline = clock() + self._overall
         tried: list[Instance] = []
         attempt = 0
+        failovers = min(self._failovers, len(instances) - 1)
         observe = self._observe
         release = self._release
         health = self.health
@@ -240,6 +258,16 @@ class UpstreamGuard:
                     ib.on_failure()
                 if health is not None:
                     health.report(instance, outcome_of(exc))
+                if (
+                    failovers > 0
+                    and connect_failed(exc)
+                    and not request_sent(exc)
+                    and (replayable or body_untouched(exc))
+                    and (not deadline or clock() < deadline)
+                ):
+                    failovers -= 1
+                    tried.append(instance)
+                    continue
                 if (
                     policy.after_error(attempt, exc, idempotent, replayable)
                     and (not deadline or clock() < deadline)
@@ -290,6 +318,9 @@ class UpstreamGuard:
             candidates = self.health.available(candidates)
             if not candidates:
                 raise NoHealthyUpstream(f"service {self.name!r}: every instance is unhealthy")
+            if tried and candidates is not instances and all(i in tried for i in candidates):
+                # Every healthy instance failed this request: the excluded ones are the last resort.
+                candidates = [i for i in instances if i not in tried] or candidates
         if self._unclosed:
             closed = [i for i in candidates if self.breaker_for(i).available()]  # type: ignore[union-attr]
             if not closed:

@@ -13,12 +13,16 @@ unhealthy after ``unhealthy.http_failures`` / ``tcp_failures`` /
 *passive* (``healthchecks.passive``): live traffic reports each call.  After
 ``unhealthy.http_failures`` consecutive answers with an unhealthy status, or
 ``tcp_failures`` consecutive connection failures, or ``timeouts`` consecutive
-timeouts, the instance is *ejected* for ``base_ejection_time`` × (times
-ejected), at most ``max_ejection_time``; it returns by itself when that time
-passed.  The ejection count shrinks by one per ``base_ejection_time`` spent
-back in service, so an instance that recovered for good starts over.  At
-most ``max_ejection_percent`` % of the instances are ejected at once, and
-never the last one: the gateway must not take a whole service down by its
+timeouts, or ``connect_failures`` consecutive failed connects (a refused or
+timed-out connect counts as a ``TCP`` or ``TIMEOUT`` failure as well), the
+instance is *ejected* for ``base_ejection_time`` × (times ejected), at most
+``max_ejection_time``; it returns by itself when that time passed.  A
+threshold of 0 turns its kind off.  By default (no ``passive`` table) only
+failed connects count, one is enough: nginx's ``max_fails=1`` for connect
+errors, with Envoy's growing ejection time.  The ejection count shrinks by
+one per ``base_ejection_time`` spent back in service, so an instance that
+recovered for good starts over.  At most ``max_ejection_percent`` % of the
+instances are ejected at once, and never the last one: the gateway must not take a whole service down by its
 own judgement (a failure that reaches every instance is the breaker's
 business).
 
@@ -46,10 +50,20 @@ from .._balancer import InstanceKey, instance_key
 from .._errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 from .._http import empty_body
 from .._protocols import Instance
-from .._upstream import Timeouts, TLSSettings
+from .._upstream import Timeouts, TLSSettings, connect_failed
 from ._config import ActiveHealthcheck, HealthchecksConfig, PassiveHealthcheck
 
-__all__ = ["HTTP", "OK", "TCP", "TIMEOUT", "ActiveChecker", "HealthTracker", "outcome_of"]
+__all__ = [
+    "CONNECT",
+    "CONNECT_TIMEOUT",
+    "HTTP",
+    "OK",
+    "TCP",
+    "TIMEOUT",
+    "ActiveChecker",
+    "HealthTracker",
+    "outcome_of",
+]
 
 log = logging.getLogger("gatekeep.health")
 
@@ -58,10 +72,16 @@ OK: Final = "ok"
 HTTP: Final = "http"
 TCP: Final = "tcp"
 TIMEOUT: Final = "timeout"
+# A connect that failed (refused, unreachable, TLS) or timed out: counted as
+# ``CONNECT`` and as ``TCP`` or ``TIMEOUT``.
+CONNECT: Final = "connect"
+CONNECT_TIMEOUT: Final = "connect-timeout"
 
 
 def outcome_of(exc: BaseException) -> str:
     """The failure kind of an upstream error."""
+    if connect_failed(exc):
+        return CONNECT_TIMEOUT if isinstance(exc, UpstreamTimeout) else CONNECT
     if isinstance(exc, UpstreamTimeout):
         return TIMEOUT
     return TCP
@@ -82,7 +102,7 @@ class _Target:
         self.instance = instance
         self.active_healthy = True
         self.active_counts = {OK: 0, HTTP: 0, TCP: 0, TIMEOUT: 0}
-        self.passive_counts = {HTTP: 0, TCP: 0, TIMEOUT: 0}
+        self.passive_counts = {HTTP: 0, TCP: 0, TIMEOUT: 0, CONNECT: 0}
         self.ejected_until = 0.0
         self.ejections = 0
         self.returned_at = 0.0
@@ -95,11 +115,13 @@ class HealthTracker:
         "_active",
         "_callbacks",
         "_clock",
+        "_counting",
         "_next_return",
         "_out",
         "_passive",
         "_passive_statuses",
         "_targets",
+        "_thresholds",
         "_total",
         "name",
     )
@@ -112,8 +134,26 @@ class HealthTracker:
         name: str = "",
     ) -> None:
         self._active: ActiveHealthcheck | None = config.active
-        self._passive: PassiveHealthcheck | None = config.passive
-        self._passive_statuses = frozenset(config.passive.unhealthy.http_statuses if config.passive else ())
+        passive = config.passive
+        self._thresholds: dict[str, int] = {}
+        if passive is not None:
+            u = passive.unhealthy
+            self._thresholds = {
+                HTTP: u.http_failures,
+                TCP: u.tcp_failures,
+                TIMEOUT: u.timeouts,
+                CONNECT: u.connect_failures,
+            }
+            if not any(self._thresholds.values()):
+                passive = None  # every kind off: nothing to count
+        self._passive: PassiveHealthcheck | None = passive
+        # Statuses that count as failures; none when http_failures is off, so
+        # that every answer takes the fast path in ``report``.
+        self._passive_statuses = frozenset(
+            passive.unhealthy.http_statuses if passive is not None and passive.unhealthy.http_failures else ()
+        )
+        # Targets with a failure counted since their last good answer.
+        self._counting: set[InstanceKey] = set()
         self._clock = clock
         self.name = name
         self._targets: dict[InstanceKey, _Target] = {}
@@ -160,25 +200,34 @@ class HealthTracker:
     # -- passive: live traffic -----------------------------------------------
 
     def report(self, instance: Instance, kind: str, status: int = 0) -> None:
-        """One live call's outcome: ``OK`` with its status, or ``TCP``/``TIMEOUT``."""
+        """One live call's outcome: ``OK`` with its status, or a failure kind (``outcome_of``)."""
         passive = self._passive
         if passive is None:
             return
         if kind == OK:
             if status not in self._passive_statuses:
-                target = self._targets.get(instance_key(instance))
-                if target is not None:
-                    counts = target.passive_counts
-                    counts[HTTP] = counts[TCP] = counts[TIMEOUT] = 0
+                counting = self._counting
+                if counting:  # else nothing to reset: the common case, no lookup
+                    key = instance_key(instance)
+                    if key in counting:
+                        counting.discard(key)
+                        _reset(self._targets[key].passive_counts)
                 return
             kind = HTTP
         target = self._target(instance)
         counts = target.passive_counts
+        if kind == CONNECT or kind == CONNECT_TIMEOUT:
+            counts[CONNECT] += 1
+            kind = TCP if kind == CONNECT else TIMEOUT
+        else:
+            counts[CONNECT] = 0  # it connected: a failure of another kind
         counts[kind] += 1
-        unhealthy = passive.unhealthy
-        threshold = {HTTP: unhealthy.http_failures, TCP: unhealthy.tcp_failures, TIMEOUT: unhealthy.timeouts}
-        if counts[kind] >= threshold[kind]:
-            self._eject(instance, target, passive)
+        self._counting.add(instance_key(instance))
+        thresholds = self._thresholds
+        for counted, threshold in thresholds.items():
+            if threshold and counts[counted] >= threshold:
+                self._eject(instance, target, passive)
+                return
 
     def _eject(self, instance: Instance, target: _Target, passive: PassiveHealthcheck) -> None:
         now = self._clock()
@@ -195,8 +244,8 @@ class HealthTracker:
             target.ejections = max(0, target.ejections - int((now - target.returned_at) / base))
         target.ejections += 1
         target.ejected_until = now + min(base * target.ejections, passive.max_ejection_time)
-        counts = target.passive_counts
-        counts[HTTP] = counts[TCP] = counts[TIMEOUT] = 0
+        _reset(target.passive_counts)
+        self._counting.discard(instance_key(instance))
         old = "healthy" if target.active_healthy else "unhealthy"
         self._out.add(instance_key(instance))
         self._next_return = min(self._next_return, target.ejected_until)
@@ -275,6 +324,10 @@ class HealthTracker:
     def _changed(self, instance: Instance, old: str, new: str) -> None:
         for callback in self._callbacks:
             callback(instance, old, new)
+
+
+def _reset(counts: dict[str, int]) -> None:
+    counts[HTTP] = counts[TCP] = counts[TIMEOUT] = counts[CONNECT] = 0
 
 
 class ActiveChecker:

@@ -1,0 +1,44 @@
+"""The ``[server]`` table: limits and timeouts of ``gatekeep serve``'s front server.
+
+Defaults follow what a hardened nginx or Envoy does at the edge (see
+docs/serving.md for what each limit answers).  They are read once, when the
+server starts; a config reload does not change them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+__all__ = ["ServerSettings"]
+
+
+def _positive(_: Any, attribute: Any, value: float | int) -> None:
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+
+
+@attrs.frozen
+class ServerSettings:
+    """Limits of the front server (the ``[server]`` table of the config).
+
+    Attributes:
+        max_header_bytes: the whole request head (request line and fields); more → 431.
+            nginx's ``large_client_header_buffers 4 8k`` allows 32 KiB.
+        max_headers: header fields per request; more → 431 (Envoy's ``max_headers_count``).
+        max_target_bytes: the request target (path and query); longer → 414.
+        header_timeout: seconds for the whole head to arrive, from the connection's
+            first byte (or its accept); late → 408 and close.
+        keepalive_timeout: seconds a connection may sit idle between requests; then closed silently.
+        write_buffer_bytes: bytes queued for a slow reader before the app's ``send`` waits.
+        drain_timeout: on SIGTERM/SIGINT, seconds in-flight requests get to finish.
+    """
+
+    max_header_bytes: int = attrs.field(default=32 * 1024, validator=_positive)
+    max_headers: int = attrs.field(default=100, validator=_positive)
+    max_target_bytes: int = attrs.field(default=8 * 1024, validator=_positive)
+    header_timeout: float = attrs.field(default=10.0, validator=_positive)
+    keepalive_timeout: float = attrs.field(default=75.0, validator=_positive)
+    write_buffer_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
+    drain_timeout: float = attrs.field(default=30.0, validator=_positive)
