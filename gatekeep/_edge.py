@@ -40,6 +40,11 @@ that no filter, rule or upstream ever sees what it removes:
    absolute-form target (``GET http://a.example/x``) the target's authority
    is the request's host (§3.2.2) and must agree with ``Host`` (else 400);
    the path alone is routed.
+8. **Framing** (RFC 9112 §6.3): ``Content-Length`` together with
+   ``Transfer-Encoding`` → 400 and the connection closed.  h11 servers
+   (uvicorn ``--http h11``) pass such a request on, framed by the chunks; kept
+   alive, what follows the last chunk would be read as a second request where
+   a proxy in front (or the upstream, were the length forwarded) reads body.
 
 Cost: a request without anything to remove (almost every one) pays for one
 set of its header names and a subset test against the names already found
@@ -140,6 +145,11 @@ class Edge:
         """Clean ``request`` in place; return why it must be refused (400), or ``None``."""
         raw = request.headers.raw
         names = header_names(raw)
+        if b"transfer-encoding" in names and b"content-length" in names:
+            return BadRequest(
+                "a request may not carry both Content-Length and Transfer-Encoding (RFC 9112 §6.3)",
+                headers=[("Connection", "close")],
+            )
         if raw and not self._plain(raw, names):
             refusal = self._clean(request)
             if refusal is not None:

@@ -36,6 +36,7 @@ import anyio.to_thread
 
 from ._errors import BadRequest, ClientClosedRequest, GatekeepError, UpstreamError
 from ._filter import Exchange
+from ._forwarding import HOP_BY_HOP
 from ._gateway import Gateway
 from ._http import Headers, Request, Response
 
@@ -221,7 +222,11 @@ class WSGIApp:
         request = self.request_from_environ(environ)
         exchange = Exchange(request)
         response: Response = portal.call(self.gateway.handle, request, exchange)
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
+        # PEP 3333: no hop-by-hop fields from an app (wsgiref asserts); the server decides
+        # about the connection (a refusal's "Connection: close" is the ASGI servers' hint).
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw if k not in HOP_BY_HOP
+        ]
         start_response(_STATUS_LINES.get(response.status) or _reason(response.status), headers)
         return _ResponseIterator(self, response, exchange)
 

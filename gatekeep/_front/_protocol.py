@@ -146,6 +146,7 @@ class HTTPConnection(asyncio.Protocol):
         self.upgrade: bytes | None = None
         self.expect = False
         self.has_body = False
+        self.coded = False  # a Transfer-Encoding field
         # Priming a fresh parser after an ignored upgrade: its callbacks are not a request.
         self.priming = False
 
@@ -243,6 +244,7 @@ class HTTPConnection(asyncio.Protocol):
         self.upgrade = None
         self.expect = False
         self.has_body = False
+        self.coded = False
 
     def on_url(self, url: bytes) -> None:
         if self.priming:
@@ -260,6 +262,8 @@ class HTTPConnection(asyncio.Protocol):
         if len(headers) >= self.settings.max_headers:
             self._stop(HeaderFieldsTooLarge(f"more than {self.settings.max_headers} header fields"))
         name = name.lower()
+        # llhttp keeps trailing OWS, which is no part of the value (RFC 9110 §5.5).
+        value = value.rstrip(b" \t")
         headers.append((name, value))
         if name in _WATCHED:
             if name == b"host":
@@ -270,6 +274,7 @@ class HTTPConnection(asyncio.Protocol):
                 self.expect = value.lower() == b"100-continue"
             else:
                 self.has_body = self.has_body or value not in (b"0", b"")
+                self.coded = self.coded or name == b"transfer-encoding"
 
     def on_headers_complete(self) -> None:
         if self.priming:
@@ -323,6 +328,10 @@ class HTTPConnection(asyncio.Protocol):
         if self.shared.lifespan_state:
             scope["state"] = self.shared.lifespan_state.copy()
         keep_alive = parser.should_keep_alive() and not self.shared.draining
+        if self.coded and version == "1.0":
+            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+            # framing: it is answered, then the connection is closed.
+            keep_alive = False
         cycle = _Cycle(self, scope, keep_alive=keep_alive, expect=self.expect and version == "1.1")
         cycle.head_request = method == "HEAD"
         cycle.http_11 = version == "1.1"

@@ -287,7 +287,14 @@ def test_under_a_real_server(
         if server == "uvicorn" and not middleware:
             # Gone while the upstream thinks: the disconnect watch cancels the call.
             send_and_close(port, b"GET /hang HTTP/1.1\r\nHost: gw\r\n\r\n", linger=1.5)
+            want = {"499": 3}
         found = anyio.run(scrape_until, TestClient("127.0.0.1", port), want)
+        if server == "uvicorn" and not middleware:
+            # The access-log line comes from the same log phase as the metric: wait for it too.
+            deadline = time.monotonic() + 5
+            while '"path":"/hang"' not in proc.log():
+                assert time.monotonic() < deadline, proc.log()
+                time.sleep(0.05)
         log = proc.log()
     assert found.get("499", 0) >= 2 and not [c for c in found if c.startswith("5")], (found, log)
     if server != "uvicorn":

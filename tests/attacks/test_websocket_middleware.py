@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,20 +188,18 @@ def upstream() -> Iterator[int]:
         yield port
 
 
-MODES = [
+MIDDLEWARE = [
     ("uvicorn", "middleware"),
     ("hypercorn", "middleware"),
     ("granian", "middleware"),
     ("uvicorn", "no_extension"),
-    ("uvicorn", "standalone"),
 ]
 
 
-@pytest.fixture(scope="module", params=MODES, ids=[f"{s}-{a}" for s, a in MODES])
-def served(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, upstream: int
+@contextmanager
+def serve_mode(
+    tmp_path_factory: pytest.TempPathFactory, upstream: int, server: str, attribute: str
 ) -> Iterator[Served]:
-    server, attribute = request.param
     if importlib.util.find_spec(server) is None:
         pytest.skip(f"{server} cannot be imported")
     directory = tmp_path_factory.mktemp(f"ws-{server}-{attribute}")
@@ -213,6 +212,22 @@ def served(
     # The only traceback is the app's own bug (/api/broken), logged by the gateway.
     for trace in proc.log().split("Traceback")[1:]:
         assert "the app's own bug" in trace, proc.log()
+
+
+@pytest.fixture(scope="module", params=MIDDLEWARE, ids=[f"{s}-{a}" for s, a in MIDDLEWARE])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, upstream: int
+) -> Iterator[Served]:
+    """The gateway in middleware mode in front of a Starlette app, under each server."""
+    with serve_mode(tmp_path_factory, upstream, *request.param) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory: pytest.TempPathFactory, upstream: int) -> Iterator[Served]:
+    """``gatekeep.asgi(gateway)`` without a wrapped app, under uvicorn."""
+    with serve_mode(tmp_path_factory, upstream, "uvicorn", "standalone") as found:
+        yield found
 
 
 async def handshake(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
@@ -242,19 +257,12 @@ def assert_denied(served: Served, answer: tuple[int, dict[str, str], Any], statu
     return doc
 
 
-def middleware_only(served: Served) -> None:
-    if served.attribute == "standalone":
-        pytest.skip("no wrapped app in standalone mode")
-
-
 async def test_handshake_without_a_key_is_denied(served: Served) -> None:
-    middleware_only(served)
     assert (await TestClient("127.0.0.1", served.port).get("/api/data")).status == 401
     assert_denied(served, await handshake(served.url("/api/ws")), 401)
 
 
 async def test_handshake_with_a_key_reaches_the_app_with_the_gateways_identity(served: Served) -> None:
-    middleware_only(served)
     spoofed = {"apikey": KEY, "X-Consumer-Username": "root", "X_Authenticated_Roles": "admin"}
     code, _, seen = await handshake(served.url("/api/ws"), spoofed)
     assert code == 101, seen
@@ -266,7 +274,6 @@ async def test_handshake_with_a_key_reaches_the_app_with_the_gateways_identity(s
 
 
 async def test_spoofed_identity_alone_is_denied(served: Served) -> None:
-    middleware_only(served)
     headers = {
         "X-Consumer-Username": "alice",
         "X-Anonymous-Consumer": "false",
@@ -280,7 +287,6 @@ async def test_spoofed_identity_alone_is_denied(served: Served) -> None:
     ["/open/../api/ws", "/open/%2e%2e/api/ws", "/open/%2E%2E/api/ws", "//api/ws", "/api//ws", "/api/./ws"],
 )
 async def test_path_tricks_are_normalised_before_routing(served: Served, target: str) -> None:
-    middleware_only(served)
     assert_denied(served, await handshake(served.url(target)), 401)
     code, _, seen = await handshake(served.url(target), {"apikey": KEY})
     assert code == 101, seen
@@ -288,14 +294,12 @@ async def test_path_tricks_are_normalised_before_routing(served: Served, target:
 
 
 async def test_fallthrough_reaches_the_app_through_the_global_filters(served: Served) -> None:
-    middleware_only(served)
     code, _, seen = await handshake(served.url("/open/ws"))
     assert code == 101, seen
     assert seen["identity"] is False and seen["correlation"]
 
 
 async def test_rate_limit_counts_handshakes(served: Served) -> None:
-    middleware_only(served)
     answers = [await handshake(served.url("/limited/ws")) for _ in range(3)]
     assert [a[0] for a in answers[:2]] == [101, 101]
     assert_denied(served, answers[2], 429)
@@ -304,7 +308,6 @@ async def test_rate_limit_counts_handshakes(served: Served) -> None:
 
 
 async def test_the_apps_own_denial_and_failure(served: Served) -> None:
-    middleware_only(served)
     code, _, _ = await handshake(served.url("/api/deny"), {"apikey": KEY})
     assert code == 403  # the app closed before accept: the server's 403, as without the gateway
     assert_denied(served, await handshake(served.url("/api/broken"), {"apikey": KEY}), 502)
@@ -314,17 +317,23 @@ async def test_the_apps_own_denial_and_failure(served: Served) -> None:
     assert await served.statuses("/api/broken", 1) == [502]
 
 
-async def test_upstream_route_answers_501_after_its_filters(served: Served) -> None:
+async def upstream_route_answers_501_after_its_filters(served: Served) -> None:
     assert_denied(served, await handshake(served.url("/remote/ws")), 401)
     doc = assert_denied(served, await handshake(served.url("/remote/ws"), {"apikey": KEY}), 501)
     if doc:
         assert "not supported" in doc["detail"]
 
 
-async def test_standalone_unknown_path_is_a_404(served: Served) -> None:
-    if served.attribute != "standalone":
-        pytest.skip("fallthrough reaches the app in middleware mode")
-    assert_denied(served, await handshake(served.url("/nowhere/ws")), 404)
+async def test_upstream_route_answers_501_after_its_filters(served: Served) -> None:
+    await upstream_route_answers_501_after_its_filters(served)
+
+
+async def test_standalone_upstream_route_answers_501_after_its_filters(standalone: Served) -> None:
+    await upstream_route_answers_501_after_its_filters(standalone)
+
+
+async def test_standalone_unknown_path_is_a_404(standalone: Served) -> None:
+    assert_denied(standalone, await handshake(standalone.url("/nowhere/ws")), 404)
 
 
 async def test_unknown_scope_types_never_reach_the_app(tmp_path: Path) -> None:
