@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
 
 from gatekeep._http import Headers, Request  # noqa: E402
-from gatekeep.auth import JWTFilter, JWTFilterConfig, JWTVerifier, KeyConfig, VerifierConfig  # noqa: E402
+from gatekeep.auth import JWTVerifier, KeyConfig, VerifierConfig  # noqa: E402
+from gatekeep.plugins.jwt import JWTFilter, JWTFilterConfig  # noqa: E402
 
 SECRET = "benchmark-secret-0123456789abcdef"
 

@@ -38,7 +38,7 @@ from benchmarks._timing import add_net, print_table, us_per_call
 from gatekeep import Gateway
 from gatekeep._filter import Exchange
 from gatekeep._http import Headers, Request
-from gatekeep.observability import PrometheusFilter
+from gatekeep.plugins.prometheus import PrometheusFilter
 
 RESULTS = Path(__file__).parent / "results" / "prometheus.json"
 ALL_FLAGS = {

@@ -46,9 +46,9 @@ from ._errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ._filter import BaseFilter, Chain, Exchange, NoConfig, available_filters, register_filter
+from ._filter import BaseFilter, Chain, Exchange, Filter, NoConfig, available_filters, register_filter
 from ._gateway import Gateway
-from ._http import Headers, Request, Response, problem_response
+from ._http import Body, Headers, Request, Response, problem_response, replayable
 from ._normalise import normalise_path
 from ._protocols import (
     Authenticator,
@@ -57,7 +57,6 @@ from ._protocols import (
     Breaker,
     Decision,
     Discovery,
-    Filter,
     Identity,
     Instance,
     Limit,
@@ -81,6 +80,7 @@ __all__ = [
     "BadRequest",
     "Balancer",
     "BaseFilter",
+    "Body",
     "Breaker",
     "Chain",
     "CircuitBreaker",
@@ -147,5 +147,6 @@ __all__ = [
     "normalise_path",
     "problem_response",
     "register_filter",
+    "replayable",
     "wsgi",
 ]

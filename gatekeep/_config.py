@@ -13,10 +13,13 @@ A config is TOML (read with ``tomllib``) or the same as a dict::
     [[plugins]]
     name = "correlation-id"
 
-Loading runs in two passes: the shape and types of every field (errors carry
-their path), then the cross-checks that need the whole config (unique names,
-plugin references, each plugin's own config validated against its filter's
-``Config`` class).  Any error refuses the whole config.
+Loading runs in three passes: the shape and types of every field (errors carry
+their path); consumers' credentials (``jwt_secrets`` ...), each validated by
+the installed plugin that declares the field (``BaseFilter.consumer_credentials``,
+Kong's DAO schema: the core knows no credential field); then the cross-checks
+that need the whole config (unique names, plugin references, each plugin's own
+config validated against its filter's ``Config`` class).  Any error refuses
+the whole config.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._errors import ConfigError
+from ._filter import available_filters, credential_owners, load_filter_class
 from ._front import ServerSettings
 from ._http import is_header_name
-from ._structure import Errors, join, structure
-from .auth._credentials import JWTSecret, KeyAuthCredential
+from ._router import check_host_pattern, check_path_pattern
+from ._structure import EXTRA_FIELDS, Errors, join, structure, structure_or_raise
 from .discovery._config import DiscoveryConfig
 from .resilience._config import BreakerConfig, HealthchecksConfig, RetryConfig
 
@@ -193,15 +197,22 @@ class ServiceConfig:
 
 @attrs.frozen
 class ConsumerConfig:
-    """A client of the API (Kong's consumer); credentials come with auth filters."""
+    """A client of the API (Kong's consumer).
+
+    Its credentials are plugins' business: every other key of a consumer's
+    table (``jwt_secrets``, ``keyauth_credentials`` ...) is a credential field
+    declared by an installed plugin (``BaseFilter.consumer_credentials``) and
+    validated with that plugin's class when the config loads.  Plugins read
+    them as ``consumer.credentials.get("jwt_secrets", ())``: a tuple of the
+    declared class.
+    """
 
     username: str | None = None
     id: str | None = None
     custom_id: str | None = None
     groups: tuple[str, ...] = ()
     plugins: tuple[PluginConfig, ...] = ()
-    jwt_secrets: tuple[JWTSecret, ...] = ()
-    keyauth_credentials: tuple[KeyAuthCredential, ...] = ()
+    credentials: Mapping[str, tuple[Any, ...]] = attrs.field(factory=dict, metadata={EXTRA_FIELDS: True})
 
     @property
     def key(self) -> str:
@@ -311,6 +322,7 @@ def load_config(source: Mapping[str, Any] | str | Path | GatewayConfig) -> Gatew
         errors = Errors()
         config = structure(GatewayConfig, data, "", errors)
     if isinstance(config, GatewayConfig):
+        config = _with_credentials(config, errors)
         check(config, errors)
     if errors:
         raise ConfigError(errors)
@@ -346,11 +358,54 @@ def _check_url(url: str, path: str, errors: Errors) -> None:
         errors.add(path, f"URL must not have a query or fragment: {url!r}")
 
 
+_CONSUMER_FIELDS = tuple(
+    sorted(f.name for f in attrs.fields(ConsumerConfig) if f.init and not f.metadata.get(EXTRA_FIELDS))
+)
+
+
+def _with_credentials(config: GatewayConfig, errors: Errors) -> GatewayConfig:
+    """The config with every consumer's credentials checked by the plugin that owns them.
+
+    Plugins are loaded only when some consumer has a credential field.
+    """
+    if not any(c is not None and c.credentials for c in config.consumers):
+        return config
+    owners, broken = credential_owners()
+    consumers: list[ConsumerConfig] = []
+    for ci, consumer in enumerate(config.consumers):
+        if consumer is None or not consumer.credentials:
+            consumers.append(consumer)
+            continue
+        checked: dict[str, tuple[Any, ...]] = {}
+        for field, data in consumer.credentials.items():
+            fpath = join(join("consumers", ci), field)
+            found = owners.get(field, [])
+            if not found:
+                errors.add(fpath, _unknown_credential(owners, broken))
+                continue
+            if len(found) > 1:
+                names = " and ".join(repr(o.filter) for o in found)
+                errors.add(fpath, f"declared by more than one plugin ({names}); uninstall one")
+                continue
+            entries: Any = tuple[found[0].type, ...]  # type: ignore[misc]  # a type made at run time
+            value = structure(entries, data, fpath, errors)
+            if isinstance(value, tuple):
+                checked[field] = tuple(v for v in value if v is not None)
+        consumers.append(attrs.evolve(consumer, credentials=checked))
+    return attrs.evolve(config, consumers=tuple(consumers))
+
+
+def _unknown_credential(owners: Mapping[str, Any], broken: Mapping[str, str]) -> str:
+    message = f"unknown field (expected one of: {', '.join(_CONSUMER_FIELDS)}"
+    message += f"; credential fields of installed plugins: {', '.join(sorted(owners)) or 'none'})"
+    if broken:
+        failed = ", ".join(f"{name} ({error})" for name, error in sorted(broken.items()))
+        message += f"; plugins that failed to load: {failed}"
+    return message
+
+
 def check(config: GatewayConfig, errors: Errors) -> None:
     """Cross-checks that need the whole config."""
-    from ._filter import available_filters
-    from ._router import check_host_pattern, check_path_pattern
-
     installed = available_filters()
     service_names: dict[str, int] = {}
     route_names: dict[str, str] = {}
@@ -438,8 +493,6 @@ def _check_plugins(
     *,
     scoped: bool,
 ) -> None:
-    from ._filter import load_filter_class
-
     seen: set[tuple[str, str | None, str | None, str | None]] = set()
     for pi, plugin in enumerate(plugins):
         ppath = join(path, pi)
@@ -465,8 +518,5 @@ def _check_plugins(
 
 def plugin_config(plugin: PluginConfig) -> Any:
     """The validated ``Config`` object of a plugin (after ``load_config``)."""
-    from ._filter import load_filter_class
-    from ._structure import structure_or_raise
-
     cls = load_filter_class(plugin.name)
     return structure_or_raise(getattr(cls, "Config", Any), dict(plugin.config), "config")

@@ -61,7 +61,7 @@ from typing import Final, Literal
 
 from ._errors import BadRequest
 from ._http import Request, header_names
-from .auth._identity_headers import IDENTITY_PREFIXES
+from ._identity_headers import IDENTITY_PREFIXES
 
 __all__ = ["FORWARDING_HEADERS", "METHOD_OVERRIDE_HEADERS", "PROTECTED_HEADERS", "Edge"]
 

@@ -13,10 +13,13 @@ and any of three optional phases:
 
 ``bind(gateway)`` runs once when the gateway is built (to look up consumers,
 services ...); ``start(task_group)``/``stop()`` run with the gateway's
-lifespan, for background work.
+lifespan, for background work.  ``consumer_credentials`` declares the consumer
+credential fields a filter owns (Kong's DAO schema): the config loader
+validates ``consumers[].<field>`` with the declared class.
 
-Filters are found through the entry-point group ``gatekeep.filters``; the
-built-in ones register through the same group.  A route's chain is computed
+Filters are found through the entry-point group ``gatekeep.filters`` only; the
+built-in ones (``gatekeep.plugins``) register through the same group, and
+nothing here imports them.  A route's chain is computed
 once when the config is loaded; at request time the gateway only walks
 precomputed lists of bound methods.  Consumer-scoped filters are resolved
 when authentication names the consumer: the run switches to the chain
@@ -27,8 +30,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
@@ -37,16 +40,19 @@ from ._http import Request, Response
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from ._gateway import Gateway
     from ._protocols import Instance
 
 __all__ = [
     "BaseFilter",
     "Chain",
+    "CredentialOwner",
     "Exchange",
+    "Filter",
     "NoConfig",
     "available_filters",
+    "credential_owners",
     "load_filter_class",
+    "register_filter",
 ]
 
 ENTRY_POINT_GROUP = "gatekeep.filters"
@@ -69,6 +75,11 @@ class BaseFilter:
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 0
     Config: ClassVar[type[Any]] = NoConfig
+    # Consumer credential fields this filter owns and the attrs class of one entry
+    # (Kong's DAO schema): ``{"jwt_secrets": JWTSecret}`` makes ``consumers[].jwt_secrets``
+    # a list of ``JWTSecret``, checked when the config loads and read with
+    # ``consumer.credentials.get("jwt_secrets", ())``.
+    consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {}
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -82,11 +93,13 @@ class BaseFilter:
     async def on_log(self, exchange: Exchange) -> None:
         return None
 
-    def bind(self, gateway: Gateway) -> None:
-        """Called once when the gateway is built from its config.
+    def bind(self, gateway: Any) -> None:
+        """Called once with the ``gatekeep.Gateway`` when it is built from its config.
 
         Gives a filter what it needs from the whole config (consumers and
         their credentials, services, other filters) before any request.
+        (Typed ``Any`` so that the SDK does not import the gateway, which runs
+        the filters: filters annotate it as ``gatekeep.Gateway`` themselves.)
         """
         return None
 
@@ -181,25 +194,24 @@ _registry_cache: dict[str, Any] | None = None
 _registered: dict[str, Any] = {}
 
 
-def _builtin_filters() -> dict[str, Any]:
-    from .filters import BUILTIN_FILTERS
-
-    return dict(BUILTIN_FILTERS)
+def _entry_points() -> Sequence[EntryPoint]:
+    """The one place that reads the ``gatekeep.filters`` entry points."""
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))
 
 
 def available_filters(refresh: bool = False) -> Mapping[str, Any]:
     """Installed filters by name: entry points of ``gatekeep.filters``.
 
     Built-in filters are registered through the same group by gatekeep's own
-    package metadata; they are also added directly so that a source checkout
-    that was not installed still finds them.  Filters registered in code with
+    package metadata, so a source checkout must be installed (``pip install
+    -e .``) for them to be found.  Filters registered in code with
     ``register_filter`` come last and win.
     """
     global _registry_cache
     if _registry_cache is not None and not refresh:
         return _registry_cache
-    found: dict[str, Any] = dict(_builtin_filters())
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    found: dict[str, Any] = {}
+    for ep in _entry_points():
         found.setdefault(ep.name, ep)
     found.update(_registered)
     _registry_cache = found
@@ -226,3 +238,65 @@ def register_filter(cls: Any, name: str | None = None) -> None:
     global _registry_cache
     _registered[name or cls.name] = cls
     _registry_cache = None
+
+
+@attrs.frozen
+class CredentialOwner:
+    """A filter that declares a consumer credential field, and the class of one entry."""
+
+    filter: str
+    type: type[Any]
+
+
+def credential_owners() -> tuple[dict[str, list[CredentialOwner]], dict[str, str]]:
+    """Consumer credential fields declared by installed filters (``consumer_credentials``).
+
+    Returns ``(owners by field, load errors by filter name)``: every installed
+    filter class is loaded to read its declaration, and one that fails to load
+    is reported instead of failing the lookup (so that a broken package that
+    owns no field the config uses costs nothing).  A field may have several
+    owners when two filters declare it; the config loader refuses that when
+    the field is used.
+    """
+    owners: dict[str, list[CredentialOwner]] = {}
+    broken: dict[str, str] = {}
+    for name in sorted(available_filters()):
+        try:
+            cls = load_filter_class(name)
+        except Exception as exc:  # a broken third-party package
+            broken[name] = repr(exc)
+            continue
+        declared = getattr(cls, "consumer_credentials", None)
+        if not isinstance(declared, Mapping):
+            continue
+        for field, tp in declared.items():
+            found = owners.setdefault(str(field), [])
+            if all(o.type is not tp for o in found):
+                found.append(CredentialOwner(name, tp))
+    return owners, broken
+
+
+@runtime_checkable
+class Filter(Protocol):
+    """A plugin unit.  See ``gatekeep.BaseFilter`` for the optional phases:
+
+    ``on_request(request) -> Response | None`` (may answer early),
+    ``on_response(request, response) -> Response | None``,
+    ``on_log(exchange)`` (after the last byte was sent).
+    """
+
+    name: str
+    priority: int
+
+
+# Phases, for type checkers of filter authors.
+class RequestPhase(Protocol):
+    async def __call__(self, request: Request) -> Response | None: ...
+
+
+class ResponsePhase(Protocol):
+    async def __call__(self, request: Request, response: Response) -> Response | None: ...
+
+
+class LogPhase(Protocol):
+    async def __call__(self, exchange: Exchange) -> None: ...

@@ -3,7 +3,8 @@
 Each protocol is a one-line contract.  Built-in implementations are attrs
 classes that satisfy them; a user may pass any object of the right shape
 wherever one is expected.  The value types they exchange (``Instance``,
-``Identity``, ``Decision``) live here too.
+``Identity``, ``Decision``) live here too.  The filter protocols (``Filter``
+and its phases) live with the rest of the filter SDK in ``_filter.py``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 
 if TYPE_CHECKING:
-    from ._filter import Exchange
-    from ._http import Request, Response
+    from ._http import Request
 
 __all__ = [
     "Authenticator",
@@ -24,7 +24,6 @@ __all__ = [
     "Breaker",
     "Decision",
     "Discovery",
-    "Filter",
     "Identity",
     "Instance",
     "Limit",
@@ -153,29 +152,3 @@ class Breaker(Protocol):
 
     @property
     def state(self) -> str: ...
-
-
-@runtime_checkable
-class Filter(Protocol):
-    """A plugin unit.  See ``gatekeep.BaseFilter`` for the optional phases:
-
-    ``on_request(request) -> Response | None`` (may answer early),
-    ``on_response(request, response) -> Response | None``,
-    ``on_log(exchange)`` (after the last byte was sent).
-    """
-
-    name: str
-    priority: int
-
-
-# Phases, for type checkers of filter authors.
-class RequestPhase(Protocol):
-    async def __call__(self, request: Request) -> Response | None: ...
-
-
-class ResponsePhase(Protocol):
-    async def __call__(self, request: Request, response: Response) -> Response | None: ...
-
-
-class LogPhase(Protocol):
-    async def __call__(self, exchange: Exchange) -> None: ...

@@ -21,7 +21,12 @@ import attrs
 
 from ._errors import ConfigError, FieldError
 
-__all__ = ["Errors", "join", "resolve_secret", "structure", "structure_or_raise"]
+__all__ = ["EXTRA_FIELDS", "Errors", "join", "resolve_secret", "structure", "structure_or_raise"]
+
+# Metadata key of the one field of an attrs class that takes the table's keys no
+# other field names (as plain data, for a later pass) instead of refusing them:
+# ``consumers[].<credential field>``, declared by plugins, not by the core.
+EXTRA_FIELDS = "gatekeep.extra_fields"
 
 
 # What ``structure`` returns for a value of the wrong shape (already reported).
@@ -178,11 +183,15 @@ def _structure_attrs(cls: type[Any], data: Any, path: str, errors: Errors) -> An
         return INVALID
     hints = typing.get_type_hints(cls)
     fields = attrs.fields(cls)
-    known = {f.alias or f.name: f for f in fields if f.init}
+    extra = next((f for f in fields if f.init and f.metadata.get(EXTRA_FIELDS)), None)
+    known = {f.alias or f.name: f for f in fields if f.init and f is not extra}
     unknown = [k for k in data if k not in known]
-    for k in unknown:
-        errors.add(join(path, str(k)), f"unknown field (expected one of: {', '.join(sorted(known))})")
     kwargs: dict[str, Any] = {}
+    if extra is not None:
+        kwargs[extra.alias or extra.name] = {str(k): data[k] for k in unknown}
+    else:
+        for k in unknown:
+            errors.add(join(path, str(k)), f"unknown field (expected one of: {', '.join(sorted(known))})")
     start = len(errors)
     missing = False
     for key, field in known.items():

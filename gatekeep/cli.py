@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "token":
         return _token(args.issuer, args.user, args.secret)
-    from ._demo import run_demo
+    from .demo import run_demo
 
     demo = partial(run_demo, args.host, args.port, args.tour, redis=args.redis, access_log=args.access_log)
     try:
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_demo(demo: Callable[[], Awaitable[int]]) -> int:
-    from ._demo import ListenError
+    from .demo import ListenError
 
     code = 1
     try:
@@ -172,9 +172,10 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     from ._front import run
+    from ._serve import app_for
 
     return run(
-        path,
+        partial(app_for, path),
         config.server,
         host=args.host,
         port=args.port,

@@ -40,14 +40,8 @@ import anyio.from_thread
 from ._errors import AuthError, GatekeepError
 from ._http import problem_response
 from ._protocols import Identity
-from .authz.mtls import certificate_names, peer_certificate_from_environ, peer_certificate_from_tls
-from .authz.rbac import (
-    DEFAULT_ROLES_CLAIMS,
-    DEFAULT_SCOPES_CLAIMS,
-    Policy,
-    RbacConfig,
-    RuleConfig,
-)
+from .auth import certificate_names, peer_certificate_from_environ, peer_certificate_from_tls
+from .authz import DEFAULT_ROLES_CLAIMS, DEFAULT_SCOPES_CLAIMS, Policy, RbacConfig, RuleConfig
 
 __all__ = [
     "AuthMiddleware",

@@ -43,7 +43,7 @@ def test_toml_blocks_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 async def test_dev_issuer_token_endpoint() -> None:
-    from gatekeep.auth.devissuer import DevIssuer
+    from gatekeep.demo import DevIssuer
     from gatekeep.testing import TestClient, serve_asgi
 
     idp = DevIssuer()
@@ -73,7 +73,7 @@ async def test_dev_issuer_token_endpoint() -> None:
 def test_dev_issuer_key_file_is_shared(tmp_path: Path) -> None:
     import jwt as pyjwt
 
-    from gatekeep.auth.devissuer import DevIssuer
+    from gatekeep.demo import DevIssuer
 
     first = DevIssuer("http://127.0.0.1:1", key_file=tmp_path / "dev.pem")
     second = DevIssuer("http://127.0.0.1:1", key_file=tmp_path / "dev.pem")

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatekeep import ConfigError, Gateway, Headers, Request
-from gatekeep.auth import JWTFilter
+from gatekeep.plugins.jwt import JWTFilter
 from gatekeep.testing import ClientResponse, gateway_for
 from tests._jwks_server import jwks_server, mint, new_private_key
 from tests.test_auth_verifier import pem
@@ -399,7 +399,7 @@ def test_hidden_body_keys_are_gone_and_the_rest_is_kept(
     """Whatever the body, no key field reaches the upstream, other fields stay, never a 500."""
     from urllib.parse import parse_qsl, urlencode
 
-    from gatekeep.auth import KeyAuthFilter
+    from gatekeep.plugins.key_auth import KeyAuthFilter
 
     plugin = {
         "name": "key-auth",

@@ -11,7 +11,8 @@ import pytest
 import trustme
 
 from gatekeep import ConfigError, Gateway
-from gatekeep.auth import IssuerConfig, JWKSPolicy, JWTFilter, JWTVerifier, KeysUnavailable, VerifierConfig
+from gatekeep.auth import IssuerConfig, JWKSPolicy, JWTVerifier, KeysUnavailable, VerifierConfig
+from gatekeep.plugins.jwt import JWTFilter
 from gatekeep.testing import gateway_for
 from tests._jwks_server import JWKSServer, jwks_server
 

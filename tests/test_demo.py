@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import re
@@ -16,8 +17,11 @@ import jwt
 import pytest
 import redis
 
-from gatekeep._demo import OUTSIDER, _can_bind, _direct, _print_banner, _Service, order_service, run_tour
-from gatekeep.auth.devissuer import DevIssuer
+from gatekeep.demo import DEMO_CLIENTS, DevClient, DevIssuer, order_service, run_tour
+from gatekeep.demo._runner import _print_banner
+from gatekeep.demo._services import _Service
+from gatekeep.demo._steps import OUTSIDER
+from gatekeep.demo._tour import _can_bind, _direct
 from gatekeep.testing import ClientResponse, EchoUpstream, TestClient, serve_asgi
 
 DEMO = [sys.executable, "-m", "gatekeep", "demo", "--tour", "--port", "0"]
@@ -232,3 +236,11 @@ async def test_the_demo_order_service_checks_for_itself() -> None:
     async with serve_asgi(order_service(orders, trusted_peers=[OUTSIDER])) as port:
         assert (await _direct_to(port, "127.0.0.1", "GET", BOB)).status == 401
         assert (await _direct_to(port, OUTSIDER, "GET", BOB)).status == 200
+
+
+def test_the_dev_issuers_old_import_path_works_for_one_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/authentication.md showed gatekeep.auth.devissuer before the demo became a package.
+    monkeypatch.delitem(sys.modules, "gatekeep.auth.devissuer", raising=False)
+    with pytest.warns(DeprecationWarning, match="moved to gatekeep.demo"):
+        old = importlib.import_module("gatekeep.auth.devissuer")
+    assert (old.DevIssuer, old.DevClient, old.DEMO_CLIENTS) == (DevIssuer, DevClient, DEMO_CLIENTS)

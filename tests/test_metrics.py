@@ -27,7 +27,7 @@ from gatekeep import (
     Response,
     wsgi,
 )
-from gatekeep.observability import PrometheusFilter
+from gatekeep.plugins.prometheus import PrometheusFilter
 from gatekeep.testing import ClientResponse, EchoUpstream, TestClient, gateway_for, serve_asgi
 
 pytestmark = pytest.mark.anyio

@@ -68,7 +68,7 @@ def test_json_example_has_every_access_log_field() -> None:
     [block] = blocks("observability.md", "json")
     fields = set(re.findall(r'"(\w+)":', block))
     from gatekeep import Exchange, Request
-    from gatekeep.observability.access_log import access_fields
+    from gatekeep.plugins.access_log import access_fields
 
     exchange = Exchange(Request("GET", "/"))
     assert set(access_fields(exchange)) | {"request", "gateway", "upstream"} == fields

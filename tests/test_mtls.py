@@ -18,14 +18,13 @@ import httpx
 import pytest
 
 from gatekeep import ConfigError, ConsumerConfig, Gateway, Request, asgi
-from gatekeep.authz.mtls import (
+from gatekeep.auth import certificate_names, peer_certificate_from_tls
+from gatekeep.plugins.mtls_auth import (
     MTLSAuthConfig,
     MTLSAuthenticator,
     MTLSAuthFilter,
     NoClientCertificate,
     UnknownClientCertificate,
-    certificate_names,
-    peer_certificate_from_tls,
 )
 from gatekeep.testing import EchoUpstream, serve_asgi
 

@@ -11,7 +11,7 @@ import pytest
 from gatekeep import BaseFilter, Identity, Request, Response
 from gatekeep._errors import ConfigError
 from gatekeep._structure import structure_or_raise
-from gatekeep.filters.rate_limiting import RateLimitingConfig, RateLimitingFilter
+from gatekeep.plugins.rate_limiting import RateLimitingConfig, RateLimitingFilter
 from gatekeep.testing import ClientResponse, Harness, gateway_for
 
 pytestmark = pytest.mark.anyio

@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from gatekeep._ratelimit import _connect
-from gatekeep.filters import rate_limiting
-from gatekeep.filters.rate_limiting import RateLimitingFilter
+from gatekeep.plugins import rate_limiting
+from gatekeep.plugins.rate_limiting import RateLimitingFilter
 from gatekeep.testing import Harness, gateway_for
 from tests._redis_fixture import RedisProcess
 

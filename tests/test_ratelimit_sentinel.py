@@ -11,8 +11,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from gatekeep.filters import rate_limiting
-from gatekeep.filters.rate_limiting import RateLimitingFilter
+from gatekeep.plugins import rate_limiting
+from gatekeep.plugins.rate_limiting import RateLimitingFilter
 from gatekeep.testing import Harness, gateway_for
 from tests._redis_fixture import _free_port
 from tests._redis_sentinel import MASTER, SentinelGroup

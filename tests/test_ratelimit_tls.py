@@ -12,7 +12,7 @@ import redis
 
 from gatekeep._errors import ConfigError
 from gatekeep._structure import structure_or_raise
-from gatekeep.filters.rate_limiting import RateLimitingConfig, RateLimitingFilter
+from gatekeep.plugins.rate_limiting import RateLimitingConfig, RateLimitingFilter
 from gatekeep.testing import Harness, gateway_for
 from tests._redis_fixture import TLS_NAME, TLSRedis
 

@@ -52,15 +52,8 @@ def _configure_logging(level: str) -> None:
     )
 
 
-def _app_from_config(config_path: str) -> ASGI:
-    os.environ["GATEKEEP_CONFIG"] = config_path
-    from .._serve import app
-
-    return app()
-
-
 def run(
-    config_path: str,
+    app_factory: Callable[[], ASGI],
     settings: ServerSettings,
     *,
     host: str = "127.0.0.1",
@@ -69,10 +62,15 @@ def run(
     log_level: str = "info",
     access_log: bool = False,
 ) -> int:
-    """Serve the gateway of ``config_path`` until SIGTERM/SIGINT; the exit code."""
+    """Serve the app ``app_factory`` builds until SIGTERM/SIGINT; the exit code.
+
+    Each worker process calls ``app_factory`` itself, so it must be picklable (a
+    module-level function, or a ``functools.partial`` of one): the caller, not the
+    server, knows how to build the gateway (``gatekeep._serve.app_for``).
+    """
     _configure_logging(log_level)
     if workers <= 1:
-        app = _app_from_config(config_path)
+        app = app_factory()
         with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
             return runner.run(serve(app, settings, host=host, port=port, access_log=access_log))
     try:
@@ -80,7 +78,7 @@ def run(
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s (choose another with --port)", host, port, exc.strerror)
         return 1
-    return _supervise(config_path, settings, sock, workers, log_level, access_log)
+    return _supervise(app_factory, settings, sock, workers, log_level, access_log)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -202,20 +200,24 @@ class _Lifespan:
 
 
 def _worker(
-    config_path: str, settings: ServerSettings, sock: socket.socket, log_level: str, access_log: bool
+    app_factory: Callable[[], ASGI],
+    settings: ServerSettings,
+    sock: socket.socket,
+    log_level: str,
+    access_log: bool,
 ) -> None:
     """A worker process: serve on the parent's socket (see the module doc)."""
     # Until the loop's handlers are in, a signal must not kill the worker mid-start.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _configure_logging(log_level)
-    app = _app_from_config(config_path)
+    app = app_factory()
     with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
         code = runner.run(serve(app, settings, sock=sock, access_log=access_log))
     sys.exit(code)
 
 
 def _supervise(
-    config_path: str,
+    app_factory: Callable[[], ASGI],
     settings: ServerSettings,
     sock: socket.socket,
     workers: int,
@@ -226,7 +228,7 @@ def _supervise(
     processes = [
         context.Process(
             target=_worker,
-            args=(config_path, settings, sock, log_level, access_log),
+            args=(app_factory, settings, sock, log_level, access_log),
             name=f"gatekeep-worker-{n}",
         )
         for n in range(workers)

@@ -10,7 +10,8 @@ for one exchange and the error boundary.
 
 from __future__ import annotations
 
-from ._codec import END_OF_RESPONSE, NEED_DATA, Codec, CodecEvent, H11Codec, ResponseHead, codec_for
+from ._codec import END_OF_RESPONSE, NEED_DATA, Codec, CodecEvent, H11Codec, ResponseHead
+from ._codec_choice import codec_for
 from ._config import PoolLimits, Timeouts, TLSSettings
 from ._pool import (
     UpstreamPool,

@@ -37,13 +37,12 @@ A codec reports framing errors as the exception types it lists in
 ``H11Codec`` needs nothing beyond gatekeep's own dependencies;
 ``HttptoolsCodec`` (``_httptools_codec.py``) implements the same protocol on
 llhttp and is several times cheaper per cycle.  ``codec_for`` picks one by
-name; ``"auto"`` (the default, as in uvicorn's ``--http auto``) takes
-httptools when it can be imported, else h11.
+name (``_codec_choice.py``); ``"auto"`` (the default, as in uvicorn's ``--http auto``)
+takes httptools when it can be imported, else h11.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar, Final, Protocol
 
 import h11
@@ -55,7 +54,6 @@ __all__ = [
     "CodecEvent",
     "H11Codec",
     "ResponseHead",
-    "codec_for",
 ]
 
 
@@ -244,20 +242,3 @@ def _check_framing(headers: list[tuple[bytes, bytes]]) -> None:
             has_coding = True
     if has_length and has_coding:
         raise h11.RemoteProtocolError("both content-length and transfer-encoding in the response")
-
-
-def codec_for(name: str) -> Callable[[], Codec]:
-    """The codec class for ``http_codec`` = ``"auto"`` | ``"h11"`` | ``"httptools"``.
-
-    Raises:
-        ImportError: ``"httptools"`` was asked for and is not installed.
-    """
-    if name == "h11":
-        return H11Codec
-    try:
-        from ._httptools_codec import HttptoolsCodec
-    except ImportError:
-        if name == "httptools":
-            raise
-        return H11Codec
-    return HttptoolsCodec

@@ -47,7 +47,8 @@ import anyio
 from .._errors import BadRequest, GatekeepError, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from .._http import EMPTY_BODY, Body, Headers, Response, header_names, is_replayable
 from .._protocols import Instance
-from ._codec import Codec, codec_for
+from ._codec import Codec
+from ._codec_choice import codec_for
 from ._config import PoolLimits, Timeouts, TLSSettings
 from ._connection import BodySource, UpstreamConnection, open_connection, translate
 from ._tls import make_ssl_context

@@ -1,53 +1,76 @@
-"""Authentication: JWT/OIDC verification with JWKS, API keys, identity headers.
+"""Authentication libraries: JWT/OIDC verification with JWKS, keys, peer certificates.
 
-``JWTVerifier`` is usable without the gateway (service-side helpers);
-``JWTFilter`` (``jwt``) and ``KeyAuthFilter`` (``key-auth``) are the
-built-in filters.  See ``docs/authentication.md``.
+``JWTVerifier`` is usable without the gateway (service-side helpers).  The
+built-in auth plugins build on this package: ``jwt``
+(``gatekeep.plugins.jwt``), ``key-auth`` (``gatekeep.plugins.key_auth``) and
+``mtls-auth`` (``gatekeep.plugins.mtls_auth``); so may third-party ones
+(``authenticate`` records an identity and sets Kong's identity headers;
+``resolve_anonymous`` gives the ``anonymous`` option Kong's meaning).
+See ``docs/authentication.md``.
 """
 
 from __future__ import annotations
 
-from ._credentials import JWTSecret, KeyAuthCredential, KeyConfig
-from ._errors import InvalidCredentials, InvalidToken, KeysUnavailable, MissingCredentials
-from ._identity_headers import (
+from .._identity_headers import (
     IDENTITY_HEADERS,
     is_identity_header,
     set_identity_headers,
     strip_identity_headers,
 )
+from ._anonymous import (
+    HeaderCache,
+    already_authenticated,
+    anonymous_identity,
+    authenticate,
+    resolve_anonymous,
+)
+from ._certificates import (
+    CertificateNames,
+    NameKind,
+    certificate_names,
+    peer_certificate,
+    peer_certificate_from_environ,
+    peer_certificate_from_tls,
+)
+from ._errors import InvalidCredentials, InvalidToken, KeysUnavailable, MissingCredentials
 from ._jwks import JWKSPolicy, JWKSStats, KeySetState, RemoteKeySet
 from ._jwt import Credential, IssuerConfig, JWTVerifier, VerifierConfig
+from ._key_config import Algorithm, KeyConfig
 from ._keys import BadKey, VerificationKey, key_from_jwk, key_from_pem, key_from_secret
-from .jwt_filter import JWTFilter, JWTFilterConfig
-from .key_auth import KeyAuthConfig, KeyAuthFilter
 
 __all__ = [
     "IDENTITY_HEADERS",
+    "Algorithm",
     "BadKey",
+    "CertificateNames",
     "Credential",
+    "HeaderCache",
     "InvalidCredentials",
     "InvalidToken",
     "IssuerConfig",
     "JWKSPolicy",
     "JWKSStats",
-    "JWTFilter",
-    "JWTFilterConfig",
-    "JWTSecret",
     "JWTVerifier",
-    "KeyAuthConfig",
-    "KeyAuthCredential",
-    "KeyAuthFilter",
     "KeyConfig",
     "KeySetState",
     "KeysUnavailable",
     "MissingCredentials",
+    "NameKind",
     "RemoteKeySet",
     "VerificationKey",
     "VerifierConfig",
+    "already_authenticated",
+    "anonymous_identity",
+    "authenticate",
+    "certificate_names",
     "is_identity_header",
     "key_from_jwk",
     "key_from_pem",
     "key_from_secret",
+    "peer_certificate",
+    "peer_certificate_from_environ",
+    "peer_certificate_from_tls",
+    "resolve_anonymous",
     "set_identity_headers",
     "strip_identity_headers",
 ]

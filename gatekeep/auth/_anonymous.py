@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigError, FieldError
 from .._http import Request
+from .._identity_headers import identity_header_pairs, set_identity_headers
 from .._protocols import Identity
 from .._structure import join
-from ._identity_headers import identity_header_pairs, set_identity_headers
 
 if TYPE_CHECKING:
     from .._gateway import Gateway

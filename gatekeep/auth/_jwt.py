@@ -49,10 +49,10 @@ from anyio.abc import TaskGroup
 
 from .._protocols import Identity
 from ._claims import strings_at
-from ._credentials import Algorithm, KeyConfig
 from ._errors import InvalidToken, KeysUnavailable
 from ._fetch import is_loopback_url
 from ._jwks import JWKSPolicy, JWKSStats, RemoteKeySet
+from ._key_config import Algorithm, KeyConfig
 from ._keys import ALGORITHMS, VerificationKey
 
 __all__ = ["Credential", "IssuerConfig", "JWTVerifier", "VerifierConfig"]

@@ -1,28 +1,33 @@
-"""Authorization: the ``rbac`` filter and its rule engine, claim paths, and
-the ``mtls-auth`` peer-certificate authenticator."""
+"""Authorization library: the RBAC policy engine and its claim paths.
+
+The ``rbac`` plugin (``gatekeep.plugins.rbac``) and ``gatekeep.service``'s
+middleware enforce the same ``Policy``; see ``docs/authorization.md``.
+"""
 
 from __future__ import annotations
 
-from .rbac import (
+from ._policy import (
+    DEFAULT_ROLES_CLAIMS,
+    DEFAULT_SCOPES_CLAIMS,
     AuthenticationRequired,
     Grants,
     InsufficientRole,
     InsufficientScope,
     Policy,
     RbacConfig,
-    RbacFilter,
     RuleConfig,
     role_closure,
 )
 
 __all__ = [
+    "DEFAULT_ROLES_CLAIMS",
+    "DEFAULT_SCOPES_CLAIMS",
     "AuthenticationRequired",
     "Grants",
     "InsufficientRole",
     "InsufficientScope",
     "Policy",
     "RbacConfig",
-    "RbacFilter",
     "RuleConfig",
     "role_closure",
 ]

@@ -13,7 +13,7 @@ yet, else 503 ``NoHealthyUpstream``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -21,12 +21,10 @@ from anyio.abc import TaskGroup
 from .._discovery import StaticDiscovery
 from .._errors import NoHealthyUpstream, ServiceUnavailable
 from .._protocols import Discovery, Instance
+from ._config import DiscoveryConfig
 from ._consul import ConsulDiscovery, DiscoveryStats
 from ._dns import DnsDiscovery
 from ._errors import DiscoveryPending
-
-if TYPE_CHECKING:
-    from .._config import GatewayConfig
 
 __all__ = ["CompositeDiscovery", "build_discovery", "no_instances"]
 
@@ -99,12 +97,31 @@ def no_instances(discovery: Discovery, service: str) -> ServiceUnavailable:
     return NoHealthyUpstream(f"service {service!r} has no available instance")
 
 
-def build_discovery(config: GatewayConfig, static: Mapping[str, Sequence[Instance]]) -> Discovery:
-    """The gateway's default discovery for ``config``: static unless a service has ``discovery``."""
+class _Service(Protocol):
+    # What ``build_discovery`` reads of a ``ServiceConfig`` (the config module imports
+    # this package for ``DiscoveryConfig``: naming its classes here would be a cycle).
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def protocol(self) -> str: ...
+
+    @property
+    def discovery(self) -> DiscoveryConfig | None: ...
+
+
+class _Config(Protocol):
+    @property
+    def services(self) -> Sequence[_Service]: ...
+
+
+def build_discovery(config: _Config, static: Mapping[str, Sequence[Instance]]) -> Discovery:
+    """The gateway's default discovery for ``config`` (a ``GatewayConfig``): static unless
+    a service has ``discovery``."""
     fixed = StaticDiscovery(static)
     dynamic: dict[str, Discovery] = {}
     for sc in config.services:
-        dc = getattr(sc, "discovery", None)
+        dc = sc.discovery
         if dc is None:
             continue
         if dc.consul is not None:

@@ -1,28 +1,45 @@
-"""Observability: Prometheus metrics, the access log and W3C trace context.
+"""Observability libraries the built-in plugins build on.
 
-* ``prometheus`` (``PrometheusFilter``): per-request metrics recorded after
-  the last byte, component state read at scrape time, ``/metrics`` for ASGI
-  and WSGI, multiprocess mode.
-* ``access-log`` (``AccessLogFilter``): one JSON line per request on the
-  ``gatekeep.access`` logger.
-* ``tracing`` (``TracingFilter``): W3C ``traceparent``/``tracestate``
-  propagated upstream, started when absent, a new span id per hop.
+* Prometheus: ``GatewayCollector`` reads component state (rate limits,
+  breakers, health, discovery, JWKS) at scrape time; ``MetricsEndpoint``
+  serves the exposition for ASGI and WSGI, multiprocess mode included.  The
+  ``prometheus`` plugin (``gatekeep.plugins.prometheus``) records per-request
+  metrics and attaches both.
+* W3C Trace Context: ``TraceContext``, ``parse_traceparent`` and
+  ``format_traceparent``, used by the ``tracing`` plugin
+  (``gatekeep.plugins.tracing``) and third-party tracers.
+
+The ``access-log`` plugin (``gatekeep.plugins.access_log``) needs no library.
 """
 
 from __future__ import annotations
 
-from .access_log import AccessLogConfig, AccessLogFilter
-from .prometheus import PrometheusConfig, PrometheusFilter
-from .tracing import TraceContext, TracingConfig, TracingFilter, format_traceparent, parse_traceparent
+from ._collectors import BREAKER_STATES, GatewayCollector
+from ._exposition import MetricsEndpoint, multiprocess_dir
+from ._trace_context import (
+    SAMPLED,
+    TRACEPARENT,
+    TRACESTATE,
+    TRACESTATE_MAX,
+    TraceContext,
+    format_traceparent,
+    new_span_id,
+    new_trace_id,
+    parse_traceparent,
+)
 
 __all__ = [
-    "AccessLogConfig",
-    "AccessLogFilter",
-    "PrometheusConfig",
-    "PrometheusFilter",
+    "BREAKER_STATES",
+    "SAMPLED",
+    "TRACEPARENT",
+    "TRACESTATE",
+    "TRACESTATE_MAX",
+    "GatewayCollector",
+    "MetricsEndpoint",
     "TraceContext",
-    "TracingConfig",
-    "TracingFilter",
     "format_traceparent",
+    "multiprocess_dir",
+    "new_span_id",
+    "new_trace_id",
     "parse_traceparent",
 ]

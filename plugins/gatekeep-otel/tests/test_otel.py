@@ -19,7 +19,7 @@ from gatekeep import (
     available_filters,
     load_config,
 )
-from gatekeep.observability import TracingFilter
+from gatekeep.plugins.tracing import TracingFilter
 from gatekeep.testing import EchoUpstream, gateway_for
 
 pytest.importorskip(

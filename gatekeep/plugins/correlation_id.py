@@ -13,8 +13,7 @@ from typing import ClassVar, Literal
 
 import attrs
 
-from .._filter import BaseFilter
-from .._http import Request, Response
+from gatekeep import BaseFilter, Request, Response
 
 
 def _header_name(_: object, attribute: object, value: str) -> None:

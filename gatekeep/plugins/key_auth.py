@@ -1,6 +1,7 @@
 """``key-auth``: API keys in a header or a query parameter (Kong's plugin).
 
-Consumers carry ``keyauth_credentials = [{key = "..."}]``.  Keys are kept
+Consumers carry ``keyauth_credentials = [{key = "..."}]`` (``KeyAuthCredential``,
+Kong's shape), a credential field this plugin declares.  Keys are kept
 in memory only as SHA-256 digests: a presented key is hashed and looked up
 in a dict of digests, so the lookup's timing depends on the digest, which
 tells an attacker nothing about any stored key, and no plain key stays in
@@ -29,32 +30,36 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote_to_bytes
 
 import attrs
 
-from .._errors import AuthError, ConfigError, FieldError
-from .._filter import BaseFilter
-from .._http import Request, Response, replayable
-from .._protocols import Identity
-from ._anonymous import (
+from gatekeep import AuthError, BaseFilter, ConfigError, FieldError, Identity, Request, Response, replayable
+from gatekeep.auth import (
     HeaderCache,
+    InvalidCredentials,
+    MissingCredentials,
     already_authenticated,
     anonymous_identity,
     authenticate,
     resolve_anonymous,
 )
-from ._errors import InvalidCredentials, MissingCredentials
 
 if TYPE_CHECKING:
-    from .._gateway import Gateway
+    from gatekeep import Gateway
 
-__all__ = ["KeyAuthConfig", "KeyAuthFilter"]
+__all__ = ["KeyAuthConfig", "KeyAuthCredential", "KeyAuthFilter"]
 
 _FORM = b"application/x-www-form-urlencoded"
 _JSON = b"application/json"
 _MAX_BODY = 64 * 1024
+
+
+def _non_empty(_: Any, attribute: Any, value: str) -> None:
+    if not value:
+        raise ValueError("must not be empty")
 
 
 def _key_names(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
@@ -75,6 +80,15 @@ class KeyAuthConfig:
     anonymous: str | None = None
     run_on_preflight: bool = True
     realm: str = "gatekeep"
+
+
+@attrs.frozen
+class KeyAuthCredential:
+    """A consumer's API key (Kong's ``keyauth_credentials`` entry)."""
+
+    key: str = attrs.field(validator=_non_empty, repr=False)
+    id: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 def digest(key: str | bytes) -> bytes:
@@ -110,6 +124,7 @@ class KeyAuthFilter(BaseFilter):
     priority: ClassVar[int] = 1250
     Config = KeyAuthConfig
     config: KeyAuthConfig
+    consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {"keyauth_credentials": KeyAuthCredential}
 
     def __init__(self, config: KeyAuthConfig | None = None) -> None:
         super().__init__(config)
@@ -126,7 +141,8 @@ class KeyAuthFilter(BaseFilter):
         self.anonymous = resolve_anonymous(gateway, self.name, self.config.anonymous)
         errors = []
         for ci, consumer in enumerate(gateway.config.consumers):
-            for ki, credential in enumerate(consumer.keyauth_credentials):
+            credentials: tuple[KeyAuthCredential, ...] = consumer.credentials.get("keyauth_credentials", ())
+            for ki, credential in enumerate(credentials):
                 d = digest(credential.key)
                 if d in self.keys:
                     errors.append(

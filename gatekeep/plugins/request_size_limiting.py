@@ -13,9 +13,7 @@ from typing import ClassVar, Literal
 
 import attrs
 
-from .._errors import BadRequest, PayloadTooLarge
-from .._filter import BaseFilter
-from .._http import Body, Request, Response
+from gatekeep import BadRequest, BaseFilter, Body, PayloadTooLarge, Request, Response
 
 _UNITS = {"megabytes": 1024 * 1024, "kilobytes": 1024, "bytes": 1}
 

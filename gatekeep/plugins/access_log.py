@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from .._filter import BaseFilter, Exchange
+from gatekeep import BaseFilter, Exchange
 
 __all__ = ["AccessLogConfig", "AccessLogFilter"]
 

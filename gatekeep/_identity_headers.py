@@ -30,8 +30,8 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from .._http import Headers
-from .._protocols import Identity
+from ._http import Headers
+from ._protocols import Identity
 
 __all__ = [
     "IDENTITY_HEADERS",

@@ -1,7 +1,9 @@
-"""``rbac``: role- and scope-based access rules per route and method.
+"""The RBAC policy engine: role- and scope-based access rules per route and method.
 
-Kong's ``acl`` allows or denies consumer groups; ``rbac`` does more, and is
-meant to read well in a TOML config::
+The ``rbac`` plugin (``gatekeep.plugins.rbac``) and ``gatekeep.service``'s
+middleware and ``require_roles`` enforce a ``Policy`` compiled from an
+``RbacConfig``.  Kong's ``acl`` allows or denies consumer groups; ``rbac`` does
+more, and is meant to read well in a TOML config::
 
     [[services.routes.plugins]]
     name = "rbac"
@@ -45,14 +47,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 
 from .._errors import AuthError, Forbidden
-from .._filter import BaseFilter
-from .._http import Request, Response
 from .._protocols import Identity
+from .._structure import structure_or_raise
 from ._claims import ClaimPath, compile_paths, extract, path_problem
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
     "InsufficientScope",
     "Policy",
     "RbacConfig",
-    "RbacFilter",
     "RuleConfig",
     "Grants",
     "role_closure",
@@ -398,8 +398,6 @@ class Policy:
         """A policy from an ``RbacConfig`` or the same as a dict (checked, errors with paths)."""
         if isinstance(config, RbacConfig):
             return cls(config)
-        from .._structure import structure_or_raise
-
         checked: RbacConfig = structure_or_raise(RbacConfig, dict(config))
         return cls(checked)
 
@@ -506,28 +504,3 @@ def _quote(text: str) -> str:
 
 def _split(path: str) -> list[str]:
     return [s for s in path.split("/") if s]
-
-
-# -- the filter -----------------------------------------------------------------
-
-
-class RbacFilter(BaseFilter):
-    """Enforce ``rules`` after authentication (priority 950, Kong's ``acl``)."""
-
-    name: ClassVar[str] = "rbac"
-    priority: ClassVar[int] = 950
-    Config = RbacConfig
-
-    def __init__(self, config: RbacConfig | None = None) -> None:
-        super().__init__(config)
-        self.policy = Policy(self.config)
-
-    async def on_request(self, request: Request) -> Response | None:
-        identity = request.identity
-        consumer = request.consumer
-        groups = getattr(consumer, "groups", ()) if consumer is not None else ()
-        policy = self.policy
-        grants = policy.grants(identity if isinstance(identity, Identity) else None, groups)
-        if not policy.allows(request.method, request.path, grants):
-            policy.check(request.method, request.path, grants)  # raises with the reasons
-        return None

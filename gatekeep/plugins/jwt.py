@@ -7,7 +7,8 @@ Kong's fields: ``key_claim_name``, ``secret_is_base64``, ``claims_to_verify``,
 ``cache_size``, ``roles_claim``/``scopes_claim``/``groups_claim``,
 ``consumer_claim``, ``hide_credentials``, ``jwks`` (cache policy).
 
-Consumer credentials are the consumers' ``jwt_secrets`` (read in ``bind``).
+Consumer credentials are the consumers' ``jwt_secrets`` (``JWTSecret``, Kong's
+shape), a credential field this plugin declares and reads in ``bind``.
 On success the filter sets ``request.identity`` (a ``gatekeep.Identity``),
 ``request.consumer`` (the ``ConsumerConfig`` when the token maps to one)
 and the identity headers sent upstream.  Failures are 401 problem+json with
@@ -18,35 +19,94 @@ an RFC 6750 ``WWW-Authenticate`` challenge (``error="invalid_token"``, or no
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import unquote_to_bytes
 
 import attrs
 
-from .._errors import AuthError
-from .._filter import BaseFilter
-from .._http import Request, Response
-from ._anonymous import (
+from gatekeep import AuthError, BaseFilter, ConfigError, FieldError, Request, Response
+from gatekeep.auth import (
+    Algorithm,
+    BadKey,
+    Credential,
     HeaderCache,
+    InvalidToken,
+    IssuerConfig,
+    JWKSPolicy,
+    JWTVerifier,
+    KeyConfig,
+    KeysUnavailable,
+    MissingCredentials,
+    VerificationKey,
+    VerifierConfig,
     already_authenticated,
     anonymous_identity,
     authenticate,
+    key_from_pem,
+    key_from_secret,
     resolve_anonymous,
 )
-from ._credentials import KeyConfig
-from ._errors import InvalidToken, KeysUnavailable, MissingCredentials
-from ._jwks import JWKSPolicy
-from ._jwt import Credential, IssuerConfig, JWTVerifier, VerifierConfig
-from ._keys import BadKey
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from .._gateway import Gateway
+    from gatekeep import Gateway
 
-__all__ = ["JWTFilter", "JWTFilterConfig"]
+__all__ = ["JWTFilter", "JWTFilterConfig", "JWTSecret"]
 
 _BEARER = re.compile(rb"^\s*[Bb][Ee][Aa][Rr][Ee][Rr]\s+([^\s]+)\s*$")
+
+
+def _non_empty(_: Any, attribute: Any, value: str) -> None:
+    if not value:
+        raise ValueError("must not be empty")
+
+
+@attrs.frozen
+class JWTSecret:
+    """A consumer's JWT credential (Kong's ``jwt_secrets`` entry).
+
+    ``key`` is matched against the token's ``key_claim_name`` claim (``iss``
+    by default).  HS algorithms take ``secret``; the others take
+    ``rsa_public_key`` (Kong's name, used for EC and EdDSA PEMs too).
+    """
+
+    key: str = attrs.field(validator=_non_empty)
+    algorithm: Algorithm = "HS256"
+    secret: str | None = attrs.field(default=None, repr=False)
+    rsa_public_key: str | None = None
+    id: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if attrs.validators.get_disabled():
+            return  # a config with errors already reported, built for the other checks
+        if self.algorithm.startswith("HS"):
+            if not self.secret:
+                raise ValueError(f"{self.algorithm} needs a 'secret'")
+            if self.rsa_public_key:
+                raise ValueError(f"{self.algorithm} takes a 'secret', not an 'rsa_public_key'")
+        else:
+            if not self.rsa_public_key:
+                raise ValueError(f"{self.algorithm} needs an 'rsa_public_key' (a PEM public key)")
+            if self.secret:
+                raise ValueError(f"{self.algorithm} takes an 'rsa_public_key', not a 'secret'")
+            try:
+                key_from_pem(self.algorithm, self.rsa_public_key)
+            except BadKey as exc:
+                raise ValueError(f"rsa_public_key: {exc}") from None
+
+    def verification_key(self, *, secret_is_base64: bool = False) -> VerificationKey:
+        """The key tokens of this credential are verified with.
+
+        Raises:
+            BadKey: the secret is not valid base64 (with ``secret_is_base64``) or unusable.
+        """
+        if self.secret is not None:
+            return key_from_secret(self.algorithm, self.secret, base64_encoded=secret_is_base64)
+        assert self.rsa_public_key is not None
+        return key_from_pem(self.algorithm, self.rsa_public_key)
 
 
 def _non_negative(_: Any, attribute: Any, value: float) -> None:
@@ -116,6 +176,7 @@ class JWTFilter(BaseFilter):
     priority: ClassVar[int] = 1450
     Config = JWTFilterConfig
     config: JWTFilterConfig
+    consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {"jwt_secrets": JWTSecret}
 
     def __init__(self, config: JWTFilterConfig | None = None, *, verifier: JWTVerifier | None = None) -> None:
         super().__init__(config)
@@ -134,7 +195,8 @@ class JWTFilter(BaseFilter):
         errors = []
         for ci, consumer in enumerate(gateway.config.consumers):
             self.consumers[consumer.key] = consumer
-            for si, secret in enumerate(consumer.jwt_secrets):
+            secrets: tuple[JWTSecret, ...] = consumer.credentials.get("jwt_secrets", ())
+            for si, secret in enumerate(secrets):
                 try:
                     key = secret.verification_key(secret_is_base64=self.config.secret_is_base64)
                 except BadKey as exc:
@@ -146,8 +208,6 @@ class JWTFilter(BaseFilter):
                     key, consumer.key, secret.id or secret.key, frozenset(consumer.groups)
                 )
         if errors:
-            from .._errors import ConfigError, FieldError
-
             raise ConfigError([FieldError(p, m) for p, m in errors])
         self.verifier.credentials.update(credentials)
         if self.config.consumer_claim:

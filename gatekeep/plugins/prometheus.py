@@ -13,9 +13,9 @@ Two kinds of metrics live in one ``CollectorRegistry`` that the gateway owns
   they write to per-process mmap files that the exposition adds up.
 * **Component state** (rate-limit decisions, breaker states, upstream health,
   discovery instances, JWKS fetches, ``gatekeep_info``) is read from the
-  components themselves at scrape time by the custom collector in
-  ``_collectors.py``; nothing is counted twice and the request path pays
-  nothing for it.
+  components themselves at scrape time by the custom collector
+  (``gatekeep.observability.GatewayCollector``); nothing is counted twice and
+  the request path pays nothing for it.
 
 The hot path: the labelled children of every metric are looked up once per
 distinct ``(route, method, status, source, consumer)`` and cached in a dict,
@@ -38,15 +38,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from .._errors import FilterError
-from .._filter import BaseFilter, Exchange
-from ._collectors import BREAKER_STATES, GatewayCollector
-from ._exposition import MetricsEndpoint
+from gatekeep import BaseFilter, Exchange, FilterError
+from gatekeep.observability import BREAKER_STATES, GatewayCollector, MetricsEndpoint
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from .._gateway import Gateway
+    from gatekeep import Gateway
 
 __all__ = ["PrometheusConfig", "PrometheusFilter"]
 

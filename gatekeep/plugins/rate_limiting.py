@@ -34,18 +34,22 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import attrs
 
-from .._errors import BadRequest, RateLimited
-from .._filter import BaseFilter
-from .._http import Request, Response
-from .._protocols import Decision, Limit
-from .._ratelimit import MemoryRateLimiter, RateLimiterUnavailable, bucket_key
-from .._ratelimit._connect import RedisSettings, SentinelNode, close_store, open_store
-from .._ratelimit._lease import LeasedRateLimiter
+from gatekeep import BadRequest, BaseFilter, Decision, Limit, RateLimited, Request, Response
+from gatekeep._ratelimit import (
+    LeasedRateLimiter,
+    MemoryRateLimiter,
+    RateLimiterUnavailable,
+    RedisSettings,
+    SentinelNode,
+    bucket_key,
+    close_store,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from .._gateway import Gateway
+    from gatekeep import Gateway
 
 __all__ = [
     "RateLimitStats",

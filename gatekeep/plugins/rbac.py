@@ -1,0 +1,45 @@
+"""``rbac``: enforce role- and scope-based access rules after authentication.
+
+The rules, the role hierarchy and the claim paths are the policy engine's
+(``gatekeep.authz``, where the theory of operation is); this plugin runs a
+``Policy`` on every request of the routes it is attached to::
+
+    [[services.routes.plugins]]
+    name = "rbac"
+    config.hierarchy = { admin = ["user"] }
+    config.rules = [
+      { methods = ["GET"], any_of = ["admin"] },
+      { methods = ["POST"], any_of = ["user"] },
+    ]
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from gatekeep import BaseFilter, Identity, Request, Response
+from gatekeep.authz import Policy, RbacConfig
+
+__all__ = ["RbacFilter"]
+
+
+class RbacFilter(BaseFilter):
+    """Enforce ``rules`` after authentication (priority 950, Kong's ``acl``)."""
+
+    name: ClassVar[str] = "rbac"
+    priority: ClassVar[int] = 950
+    Config = RbacConfig
+
+    def __init__(self, config: RbacConfig | None = None) -> None:
+        super().__init__(config)
+        self.policy = Policy(self.config)
+
+    async def on_request(self, request: Request) -> Response | None:
+        identity = request.identity
+        consumer = request.consumer
+        groups = getattr(consumer, "groups", ()) if consumer is not None else ()
+        policy = self.policy
+        grants = policy.grants(identity if isinstance(identity, Identity) else None, groups)
+        if not policy.allows(request.method, request.path, grants):
+            policy.check(request.method, request.path, grants)  # raises with the reasons
+        return None
