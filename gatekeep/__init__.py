@@ -10,7 +10,6 @@ app = gatekeep.asgi(gateway, app=my_fastapi_app)   # middleware mode
 
 from __future__ import annotations
 
-from ._asgi import ASGIApp, asgi
 from ._balancer import ConsistentHash, LeastOutstanding, PowerOfTwoEWMA, RoundRobin
 from ._config import (
     ConsumerConfig,
@@ -46,7 +45,16 @@ from ._errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ._filter import BaseFilter, Chain, Exchange, Filter, NoConfig, available_filters, register_filter
+from ._filter import (
+    BaseFilter,
+    BasePlugin,
+    Chain,
+    Exchange,
+    Filter,
+    NoConfig,
+    available_filters,
+    register_filter,
+)
 from ._gateway import Gateway
 from ._http import Body, Headers, Request, Response, problem_response, replayable
 from ._normalise import normalise_path
@@ -65,7 +73,7 @@ from ._protocols import (
 )
 from ._ratelimit import MemoryRateLimiter, RateLimiterUnavailable, RedisRateLimiter
 from ._router import CompiledRouter, RouteMatch, RouteRule
-from ._wsgi import WSGIApp, wsgi
+from .adapters import ASGIApp, Middleware, WSGIApp, asgi, wsgi
 from .auth import JWTVerifier
 from .discovery import CompositeDiscovery, ConsulDiscovery, DnsDiscovery
 from .resilience import CircuitBreaker
@@ -80,6 +88,7 @@ __all__ = [
     "BadRequest",
     "Balancer",
     "BaseFilter",
+    "BasePlugin",
     "Body",
     "Breaker",
     "Chain",
@@ -112,6 +121,7 @@ __all__ = [
     "Limit",
     "MemoryRateLimiter",
     "MethodNotAllowed",
+    "Middleware",
     "NoConfig",
     "NoHealthyUpstream",
     "NotFound",

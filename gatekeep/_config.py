@@ -32,10 +32,11 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from . import validators
 from ._errors import ConfigError
 from ._filter import available_filters, credential_owners, load_filter_class
 from ._front import ServerSettings
-from ._http import is_header_name
+from ._http import DEFAULT_REQUEST_ID_HEADER
 from ._router import check_host_pattern, check_path_pattern
 from ._structure import EXTRA_FIELDS, Errors, join, structure, structure_or_raise
 from .discovery._config import DiscoveryConfig
@@ -57,16 +58,6 @@ __all__ = [
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
-def _positive(_: Any, attribute: Any, value: float | int | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"must be greater than 0, got {value}")
-
-
-def _non_negative(_: Any, attribute: Any, value: float | int) -> None:
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-
-
 def _name(_: Any, attribute: Any, value: Any) -> None:
     if value is None:
         return
@@ -82,12 +73,6 @@ def _networks(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
             ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ValueError(f"expected an IP address or CIDR, got {item!r}") from None
-
-
-def _header_names(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
-    for item in value:
-        if not item.isascii() or not is_header_name(item.encode("ascii")):
-            raise ValueError(f"expected a header name, got {item!r}")
 
 
 @attrs.frozen
@@ -119,7 +104,7 @@ class TargetConfig:
     """One static target of a service: ``host:port`` with a weight."""
 
     target: str
-    weight: int = attrs.field(default=100, validator=_non_negative)
+    weight: int = attrs.field(default=100, validator=validators.non_negative)
 
 
 @attrs.frozen
@@ -170,11 +155,11 @@ class ServiceConfig:
     hash_on_header: str | None = None
     hash_fallback_header: str | None = None
     hash_on_cookie: str | None = None
-    connect_timeout: int = attrs.field(default=60_000, validator=_positive)
-    read_timeout: int = attrs.field(default=60_000, validator=_positive)
-    write_timeout: int = attrs.field(default=60_000, validator=_positive)
+    connect_timeout: int = attrs.field(default=60_000, validator=validators.positive)
+    read_timeout: int = attrs.field(default=60_000, validator=validators.positive)
+    write_timeout: int = attrs.field(default=60_000, validator=validators.positive)
     # Extra tries after a failed one (Kong's field; Kong defaults to 5). See docs/resilience.md.
-    retries: int = attrs.field(default=2, validator=_non_negative)
+    retries: int = attrs.field(default=2, validator=validators.non_negative)
     retry_policy: RetryConfig = RetryConfig()
     breaker: BreakerConfig | None = None
     healthchecks: HealthchecksConfig = HealthchecksConfig()
@@ -183,7 +168,7 @@ class ServiceConfig:
     request_buffering: bool = True
     # Requests whose body streams (unbuffered) that may hold upstream connections
     # at once; default: half of [gateway.pool] max_connections.
-    max_streaming_uploads: int | None = attrs.field(default=None, validator=_positive)
+    max_streaming_uploads: int | None = attrs.field(default=None, validator=validators.positive)
     routes: tuple[RouteConfig, ...] = ()
     plugins: tuple[PluginConfig, ...] = ()
 
@@ -221,10 +206,10 @@ class ConsumerConfig:
 
 @attrs.frozen
 class PoolSettings:
-    max_connections: int = attrs.field(default=100, validator=_positive)
-    max_idle: int = attrs.field(default=100, validator=_non_negative)
-    idle_timeout: float = attrs.field(default=4.0, validator=_positive)
-    pool_timeout: float = attrs.field(default=5.0, validator=_positive)
+    max_connections: int = attrs.field(default=100, validator=validators.positive)
+    max_idle: int = attrs.field(default=100, validator=validators.non_negative)
+    idle_timeout: float = attrs.field(default=4.0, validator=validators.positive)
+    pool_timeout: float = attrs.field(default=5.0, validator=validators.positive)
 
 
 @attrs.frozen
@@ -232,7 +217,7 @@ class GatewaySettings:
     """Gateway-wide settings (the ``[gateway]`` table)."""
 
     via: str = "gatekeep"
-    request_id_header: str = "x-request-id"
+    request_id_header: str = DEFAULT_REQUEST_ID_HEADER.decode("latin-1")
     echo_request_id: bool = True
     # Peers (addresses or CIDRs) whose X-Forwarded-* / Forwarded headers are believed
     # (and from whose X-Forwarded-For the client address is taken); from others they are dropped.
@@ -255,16 +240,18 @@ class GatewaySettings:
     # Upstream response headers not passed to the client (nginx's
     # proxy_hide_header): the ASGI/WSGI server adds its own Date and Server,
     # and two of each would break HTTP (Date is a singleton field).
-    hide_upstream_headers: tuple[str, ...] = attrs.field(default=("date", "server"), validator=_header_names)
+    hide_upstream_headers: tuple[str, ...] = attrs.field(
+        default=("date", "server"), validator=validators.header_names
+    )
     # Slow clients (docs/configuration.md, "Request bodies"): seconds between two reads
     # of a request body, and optionally for the whole body; late -> 408.
-    client_body_timeout: float = attrs.field(default=30.0, validator=_positive)
-    client_body_total_timeout: float | None = attrs.field(default=None, validator=_positive)
+    client_body_timeout: float = attrs.field(default=30.0, validator=validators.positive)
+    client_body_total_timeout: float | None = attrs.field(default=None, validator=validators.positive)
     # Bodies up to this many bytes are read whole before an upstream connection
     # is taken (routes with request_buffering); all of them together hold at most
     # request_buffer_memory bytes, a body that does not fit streams.
-    request_buffer_size: int = attrs.field(default=1024 * 1024, validator=_positive)
-    request_buffer_memory: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
+    request_buffer_size: int = attrs.field(default=1024 * 1024, validator=validators.positive)
+    request_buffer_memory: int = attrs.field(default=64 * 1024 * 1024, validator=validators.positive)
     pool: PoolSettings = PoolSettings()
 
 

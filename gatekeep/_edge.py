@@ -60,7 +60,7 @@ from collections.abc import Sequence
 from typing import Final, Literal
 
 from ._errors import BadRequest
-from ._http import Request, header_names
+from ._http import DEFAULT_REQUEST_ID_HEADER, Request, header_names
 from ._identity_headers import IDENTITY_PREFIXES
 
 __all__ = ["FORWARDING_HEADERS", "METHOD_OVERRIDE_HEADERS", "PROTECTED_HEADERS", "Edge"]
@@ -125,7 +125,7 @@ class Edge:
         self,
         *,
         trusted_proxies: Sequence[Network] = (),
-        request_id_header: bytes = b"x-request-id",
+        request_id_header: bytes = DEFAULT_REQUEST_ID_HEADER,
         headers_with_underscores: UnderscoreAction = "drop",
         method_override_headers: OverrideAction = "strip",
     ) -> None:

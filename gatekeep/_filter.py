@@ -17,9 +17,10 @@ lifespan, for background work.  ``consumer_credentials`` declares the consumer
 credential fields a filter owns (Kong's DAO schema): the config loader
 validates ``consumers[].<field>`` with the declared class.
 
-Filters are found through the entry-point group ``gatekeep.filters`` only; the
-built-in ones (``gatekeep.plugins``) register through the same group, and
-nothing here imports them.  A route's chain is computed
+Plugins are found through the entry-point group ``gatekeep.plugins`` only
+(``gatekeep.filters``, the name of one release ago, is still read); the
+built-in ones (package ``gatekeep.plugins``) register through the same
+group, and nothing here imports them.  A route's chain is computed
 once when the config is loaded; at request time the gateway only walks
 precomputed lists of bound methods.  Consumer-scoped filters are resolved
 when authentication names the consumer: the run switches to the chain
@@ -31,7 +32,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Protocol,
+    TypeVar,
+    get_args,
+    get_origin,
+    runtime_checkable,
+)
 
 import attrs
 
@@ -44,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BaseFilter",
+    "BasePlugin",
     "Chain",
     "CredentialOwner",
     "Exchange",
@@ -55,7 +67,9 @@ __all__ = [
     "register_filter",
 ]
 
-ENTRY_POINT_GROUP = "gatekeep.filters"
+ENTRY_POINT_GROUP = "gatekeep.plugins"
+# Read too, for one release: the group's name before "plugin" became the one word.
+OLD_ENTRY_POINT_GROUP = "gatekeep.filters"
 
 
 @attrs.frozen
@@ -63,26 +77,49 @@ class NoConfig:
     """The config of a filter that takes none."""
 
 
-class BaseFilter:
-    """Convenience base class for filters.
+ConfigT = TypeVar("ConfigT")
 
-    Subclasses set ``name``, ``priority`` and ``Config`` and override the
-    phases they need; phases left alone cost nothing at request time.
-    ``start``/``stop`` run with the gateway's lifespan; ``start`` receives
-    the gateway's task group for background work (JWKS refresh ...).
+
+class BasePlugin(Generic[ConfigT]):
+    """Base class for plugins, generic over the attrs class of their config.
+
+    ``class CorsPlugin(BasePlugin[CorsConfig])`` types ``self.config`` as
+    ``CorsConfig`` and makes ``CorsConfig`` the class the config loader checks
+    the plugin's ``config`` table against (``Config``, derived from the type
+    argument; set it yourself only for a plugin that is not parametrised).
+    Subclasses set ``name`` and ``priority`` and override the phases they
+    need; phases left alone cost nothing at request time.  ``start``/``stop``
+    run with the gateway's lifespan; ``start`` receives the gateway's task
+    group for background work (JWKS refresh ...).
     """
 
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 0
+    # The attrs class of ``config`` (a ClassVar cannot name ``ConfigT``: see ``__init_subclass__``).
     Config: ClassVar[type[Any]] = NoConfig
     # Consumer credential fields this filter owns and the attrs class of one entry
     # (Kong's DAO schema): ``{"jwt_secrets": JWTSecret}`` makes ``consumers[].jwt_secrets``
     # a list of ``JWTSecret``, checked when the config loads and read with
     # ``consumer.credentials.get("jwt_secrets", ())``.
     consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {}
+    # True for an auth plugin whose ``anonymous`` config option names a consumer (Kong's meaning):
+    # a missing consumer is then reported for every such plugin of the config at once.
+    anonymous_option: ClassVar[bool] = False
 
-    def __init__(self, config: Any = None) -> None:
-        self.config = config if config is not None else self.Config()
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__:
+            return
+        # ``BasePlugin[XConfig]`` among the bases: derive ``Config`` from it, once, at class creation.
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            if get_origin(base) is BasePlugin:
+                (argument,) = get_args(base)
+                if isinstance(argument, type):
+                    cls.Config = argument
+                return
+
+    def __init__(self, config: ConfigT | None = None) -> None:
+        self.config: ConfigT = config if config is not None else self.Config()
 
     async def on_request(self, request: Request) -> Response | None:
         return None
@@ -108,6 +145,10 @@ class BaseFilter:
 
     async def stop(self) -> None:
         return None
+
+
+# The name of one release before "plugin" became the one word (config, code, docs, entry points).
+BaseFilter = BasePlugin
 
 
 @attrs.define(slots=True, eq=False)
@@ -148,7 +189,7 @@ def _overrides(obj: object, phase: str) -> bool:
     fn = getattr(type(obj), phase, None)
     if fn is None:
         return False
-    return fn is not getattr(BaseFilter, phase, None)
+    return fn is not getattr(BasePlugin, phase, None)
 
 
 def sort_key(f: Any) -> tuple[int, str]:
@@ -195,12 +236,12 @@ _registered: dict[str, Any] = {}
 
 
 def _entry_points() -> Sequence[EntryPoint]:
-    """The one place that reads the ``gatekeep.filters`` entry points."""
-    return tuple(entry_points(group=ENTRY_POINT_GROUP))
+    """The one place that reads the entry points: ``gatekeep.plugins``, then ``gatekeep.filters``."""
+    return (*entry_points(group=ENTRY_POINT_GROUP), *entry_points(group=OLD_ENTRY_POINT_GROUP))
 
 
 def available_filters(refresh: bool = False) -> Mapping[str, Any]:
-    """Installed filters by name: entry points of ``gatekeep.filters``.
+    """Installed plugins by name: entry points of ``gatekeep.plugins`` (or the old ``gatekeep.filters``).
 
     Built-in filters are registered through the same group by gatekeep's own
     package metadata, so a source checkout must be installed (``pip install

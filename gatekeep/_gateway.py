@@ -16,9 +16,18 @@ left.  Nothing raised in here reaches the client as a traceback: gatekeep's
 own errors become problem+json with their status, anything else is logged
 and answered 500 problem+json.
 
-Everything that can be computed from the config is computed in
-``Gateway.__init__``: the router, every route's filter chain, service
-timeouts and target paths.
+Everything that can be computed from the config is computed once, by the
+compile step (``gatekeep/_compile.py``); this module only runs requests over
+its result.
+
+Middleware mode: a route whose service is ``url = "app://"`` (and, with
+``fallthrough``, a request no route matches) is answered by the wrapped app,
+an upstream kind of its own.  The adapter that wraps an app hands its caller
+to ``handle(request, exchange, app)``; the gateway itself is never changed by
+an adapter.
+
+Resources an answer holds are released through ``Response.defer`` (one
+mechanism, LIFO, exactly once when the adapter closes the response).
 """
 
 from __future__ import annotations
@@ -33,29 +42,23 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
-import attrs
 from anyio.abc import TaskGroup
 
-from ._balancer import make_balancer
-from ._body import BodyPolicy
-from ._config import (
-    ConsumerConfig,
-    GatewayConfig,
-    PluginConfig,
-    RouteConfig,
-    ServiceConfig,
-    load_config,
-    parse_target,
-    plugin_config,
+from ._compile import (
+    BalancerFactory,
+    BreakerFactory,
+    Compiled,
+    Route,
+    RouterFactory,
+    Service,
+    bind_filters,
+    compile_config,
 )
-from ._edge import Edge
+from ._config import GatewayConfig, load_config
 from ._errors import (
     ClientClosedRequest,
-    ConfigError,
-    FieldError,
     FilterError,
     GatekeepError,
     MethodNotAllowed,
@@ -63,78 +66,22 @@ from ._errors import (
     Unsupported,
     UpstreamError,
 )
-from ._filter import Chain, Exchange, _overrides, load_filter_class
-from ._forwarding import HOP_BY_HOP, downstream_response_headers, upstream_request_headers
+from ._filter import Chain, Exchange
+from ._forwarding import downstream_response_headers, upstream_request_headers
 from ._http import EMPTY_BODY, Request, Response, problem_response
 from ._normalise import normalise_path
-from ._protocols import Discovery, Instance
-from ._router import CompiledRouter, RouteMatch, RouteRule
-from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool, check_transfer_coding, codec_for
+from ._protocols import Discovery, Instance, Router
+from ._router import RouteMatch
+from ._upstream import check_transfer_coding
 from ._upstream import host_header as host_header_for
-from .discovery import build_discovery, no_instances
-from .resilience import UpstreamGuard
+from .discovery import no_instances
+from .resilience import IDEMPOTENT_METHODS as _IDEMPOTENT
 
-__all__ = ["Gateway"]
+__all__ = ["AppCall", "Gateway", "Route", "Service"]
 
 log = logging.getLogger("gatekeep")
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
 AppCall = Callable[[Request], Awaitable[Response]]
-
-
-@attrs.define(slots=True, eq=False)
-class Service:
-    """A service compiled from its config."""
-
-    name: str
-    config: ServiceConfig
-    base_path: str
-    timeouts: Timeouts
-    tls: TLSSettings | None
-    # The balancer with breakers, health checks and retries around it (gatekeep.resilience).
-    guard: UpstreamGuard
-    is_app: bool = False
-
-
-@attrs.define(slots=True, eq=False)
-class Route:
-    """A route compiled from its config, with its precomputed filter chain."""
-
-    name: str
-    config: RouteConfig
-    service: Service
-    chain: Chain
-    # Chains for consumers that have consumer-scoped plugins, built on first use.
-    consumer_chains: dict[str, Chain] = attrs.field(factory=dict)
-    strip_path: bool = True
-    preserve_host: bool = False
-
-
-@attrs.frozen
-class _Entry:
-    """One configured plugin instance and the scope it was attached to."""
-
-    filter: Any
-    name: str
-    enabled: bool
-    service: str | None
-    route: str | None
-    consumer: str | None
-
-    @property
-    def rank(self) -> int:
-        # Kong's precedence, most specific first.
-        r, s, c = self.route is not None, self.service is not None, self.consumer is not None
-        return {
-            (True, True, True): 8,
-            (True, False, True): 7,
-            (False, True, True): 6,
-            (True, True, False): 5,
-            (False, False, True): 4,
-            (True, False, False): 3,
-            (False, True, False): 2,
-        }.get((r, s, c), 1)
 
 
 class Gateway:
@@ -142,8 +89,16 @@ class Gateway:
 
     Args:
         config: a ``GatewayConfig``, a dict in the same shape, or a TOML path.
+        router: a ``Router`` (its matches name a route: ``RouteMatch.rule.name``),
+            or a factory given the compiled ``RouteRule``s (default: ``CompiledRouter``).
         discovery: where service instances come from (default: the static
-            ``url``/``targets`` of the config).
+            ``url``/``targets`` of the config, Consul or DNS as configured).
+        balancer: ``balancer(service_config) -> Balancer``, one per service
+            (default: the service's ``balancer`` setting).
+        breaker: ``breaker(service_config, instance_or_None) -> Breaker``:
+            ``None`` asks for the service's own breaker (return ``None`` for
+            none), an instance for that instance's (default: ``CircuitBreaker``
+            from the service's ``breaker`` settings).
         filters: extra filter instances attached globally (embedding).
 
     Use ``async with gateway:`` (the adapters do it in the ASGI/WSGI
@@ -154,209 +109,53 @@ class Gateway:
         self,
         config: GatewayConfig | Mapping[str, Any] | str | Path,
         *,
+        router: Router | RouterFactory | None = None,
         discovery: Discovery | None = None,
+        balancer: BalancerFactory | None = None,
+        breaker: BreakerFactory | None = None,
         filters: Sequence[Any] = (),
     ) -> None:
-        self.config = load_config(config)
-        settings = self.config.gateway
-        self.via = f"1.1 {settings.via}".encode()
-        self._hide_upstream = HOP_BY_HOP | {n.lower().encode("ascii") for n in settings.hide_upstream_headers}
-        self.request_id_header = settings.request_id_header.lower().encode("latin-1")
-        self.echo_request_id = settings.echo_request_id
-        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies)
-        self.edge = Edge(
-            trusted_proxies=self._trusted,
-            request_id_header=self.request_id_header,
-            headers_with_underscores=settings.headers_with_underscores,
-            method_override_headers=settings.method_override_headers,
-        )
-        self.fallthrough = settings.fallthrough
-        pool = settings.pool
-        try:
-            # "auto" leaves the choice to the pool's default (httptools when installed).
-            codec = None if settings.http_codec == "auto" else codec_for(settings.http_codec)
-        except ImportError as exc:
-            raise ConfigError(
-                [FieldError("gateway.http_codec", "httptools is not installed (pip install httptools)")]
-            ) from exc
-        self.pool = UpstreamPool(
-            PoolLimits(
-                max_connections=pool.max_connections,
-                max_idle=pool.max_idle,
-                idle_timeout=pool.idle_timeout,
-            ),
-            codec_factory=codec,
-        )
-        self._pool_timeout = pool.pool_timeout
-        # Client body timeouts, request buffering and each service's streaming cap (gatekeep._body).
-        self.bodies = BodyPolicy(
-            idle=settings.client_body_timeout,
-            total=settings.client_body_total_timeout,
-            buffer_size=settings.request_buffer_size,
-            memory=settings.request_buffer_memory,
-            uploads={
-                sc.name: sc.max_streaming_uploads or max(1, pool.max_connections // 2)
-                for sc in self.config.services
-            },
-            wait=pool.pool_timeout,
-        )
-        self.app: AppCall | None = None
         self._task_group: TaskGroup | None = None
         self._started: list[Any] = []
-        self._entries = self._build_entries(filters)
-        self.filters = [e.filter for e in self._entries]
-        # Whether any filter has a log phase (else requests skip ``log`` entirely).
-        self.has_log_phase = any(_overrides(f, "on_log") for f in self.filters)
-        self.services: dict[str, Service] = {}
-        static: dict[str, list[Instance]] = {}
-        for sc in self.config.services:
-            self.services[sc.name] = self._compile_service(sc)
-            static[sc.name] = self._static_instances(sc)
-        self.discovery: Discovery = discovery or build_discovery(self.config, static)
-        self.routes: list[Route] = []
-        rules: list[RouteRule] = []
-        for sc in self.config.services:
-            for ri, rc in enumerate(sc.routes):
-                name = rc.name or f"{sc.name}.{ri}"
-                route = Route(
-                    name=name,
-                    config=rc,
-                    service=self.services[sc.name],
-                    chain=self._chain(name, sc.name, None),
-                    strip_path=rc.strip_path,
-                    preserve_host=rc.preserve_host,
-                )
-                self.routes.append(route)
-                rules.append(
-                    RouteRule(
-                        name=name,
-                        paths=tuple(rc.paths),
-                        methods=frozenset(m.upper() for m in rc.methods),
-                        hosts=tuple(h.lower() for h in rc.hosts),
-                        headers={k.lower(): tuple(v) for k, v in rc.headers.items()},
-                        target=route,
-                    )
-                )
-        self.router = CompiledRouter(rules)
-        self.global_chain = self._chain(None, None, None)
-        self._consumers_with_plugins = {e.consumer for e in self._entries if e.consumer is not None}
-        self.consumers: dict[str, ConsumerConfig] = {}
-        self.endpoints: dict[str, tuple[Callable[[Request], Awaitable[Response]], bool]] = {}
-        for cc in self.config.consumers:
-            for key in (cc.id, cc.username, cc.custom_id):
-                if key:
-                    self.consumers.setdefault(key, cc)
-        for f in self.filters:
-            bind = getattr(f, "bind", None)
-            if bind is not None:
-                bind(self)
-
-    # -- config compilation ---------------------------------------------------
-
-    def _build_entries(self, extra: Sequence[Any]) -> list[_Entry]:
-        entries: list[_Entry] = []
-
-        def add(pc: PluginConfig, service: str | None, route: str | None, consumer: str | None) -> None:
-            cls = load_filter_class(pc.name)
-            instance = cls(plugin_config(pc))
-            entries.append(_Entry(instance, pc.name, pc.enabled, service, route, consumer))
-
-        for pc in self.config.plugins:
-            add(pc, pc.service, pc.route, pc.consumer)
-        for sc in self.config.services:
-            for pc in sc.plugins:
-                add(pc, sc.name, None, None)
-            for ri, rc in enumerate(sc.routes):
-                for pc in rc.plugins:
-                    add(pc, None, rc.name or f"{sc.name}.{ri}", None)
-        for cc in self.config.consumers:
-            for pc in cc.plugins:
-                add(pc, None, None, cc.key)
-        entries.extend(_Entry(f, f.name, True, None, None, None) for f in extra)
-        return entries
-
-    def _chain(self, route: str | None, service: str | None, consumer: str | None) -> Chain:
-        best: dict[str, _Entry] = {}
-        for e in self._entries:
-            if e.route is not None and e.route != route:
-                continue
-            if e.service is not None and e.service != service:
-                continue
-            if e.consumer is not None and e.consumer != consumer:
-                continue
-            current = best.get(e.name)
-            if current is None or e.rank > current.rank:
-                best[e.name] = e
-        return Chain([e.filter for e in best.values() if e.enabled])
-
-    def chain_for(self, route: Route, consumer: str | None) -> Chain:
-        """The chain of ``route`` once ``consumer`` is known."""
-        if consumer is None or consumer not in self._consumers_with_plugins:
-            return route.chain
-        chain = route.consumer_chains.get(consumer)
-        if chain is None:
-            chain = self._chain(route.name, route.service.name, consumer)
-            route.consumer_chains[consumer] = chain
-        return chain
-
-    def _compile_service(self, sc: ServiceConfig) -> Service:
-        base_path = sc.path
-        is_app = sc.url == "app://"
-        scheme: str = sc.protocol
-        if sc.url is not None and not is_app:
-            parts = urlsplit(sc.url)
-            base_path = parts.path or sc.path
-            scheme = parts.scheme
-        tls = None
-        if scheme == "https":
-            t = sc.tls
-            tls = TLSSettings(
-                verify=t.verify,
-                ca_file=t.ca_file,
-                cert_file=t.cert_file,
-                key_file=t.key_file,
-                server_name=t.server_name,
+        self._install(
+            compile_config(
+                load_config(config),
+                filters=filters,
+                discovery=discovery,
+                router=router,
+                balancer=balancer,
+                breaker=breaker,
             )
-        guard = UpstreamGuard(
-            sc.name,
-            make_balancer(sc),
-            retries=sc.retries,
-            retry=sc.retry_policy,
-            breaker=sc.breaker,
-            healthchecks=sc.healthchecks,
-            scheme=scheme,
-            tls=tls,
         )
-        return Service(
-            name=sc.name,
-            config=sc,
-            base_path=base_path.rstrip("/"),
-            timeouts=Timeouts(
-                connect=sc.connect_timeout / 1000,
-                read=sc.read_timeout / 1000,
-                write=sc.write_timeout / 1000,
-                pool=self._pool_timeout,
-            ),
-            tls=tls,
-            guard=guard,
-            is_app=is_app,
-        )
+        bind_filters(self.compiled, self)
 
-    @staticmethod
-    def _static_instances(sc: ServiceConfig) -> list[Instance]:
-        if sc.url == "app://":
-            return []
-        if sc.url is not None:
-            parts = urlsplit(sc.url)
-            scheme = parts.scheme
-            port = parts.port or (443 if scheme == "https" else 80)
-            return [Instance(host=parts.hostname or "", port=port, scheme=scheme)]
-        out = []
-        for t in sc.targets:
-            parsed = parse_target(t.target)
-            assert parsed is not None  # checked by load_config
-            out.append(Instance(host=parsed[0], port=parsed[1], scheme=sc.protocol, weight=t.weight))
-        return out
+    def _install(self, compiled: Compiled) -> None:
+        """Run requests over ``compiled`` from now on (the swap point of a future reload).
+
+        The hot path reads plain attributes of the gateway, copied here in one go.
+        """
+        self.compiled = compiled
+        self.config = compiled.config
+        self.via = compiled.via
+        self._hide_upstream = compiled.hide_upstream
+        self.request_id_header = compiled.request_id_header
+        self.echo_request_id = compiled.echo_request_id
+        self._trusted = compiled.trusted
+        self.edge = compiled.edge
+        self.fallthrough = compiled.fallthrough
+        self.pool = compiled.pool
+        self.bodies = compiled.bodies
+        self.filters = compiled.filters
+        self.has_log_phase = compiled.has_log_phase
+        self.services = compiled.services
+        self.discovery = compiled.discovery
+        self.routes = compiled.routes
+        self._routes_by_name = compiled.routes_by_name
+        self.router = compiled.router
+        self.global_chain = compiled.global_chain
+        self.consumers = compiled.consumers
+        self.endpoints = compiled.endpoints
+        self.chain_for = compiled.chain_for
 
     # -- lifespan -------------------------------------------------------------
 
@@ -433,8 +232,13 @@ class Gateway:
         request.headers.raw.append((self.request_id_header, new.encode("ascii")))
         return new
 
-    async def handle(self, request: Request, exchange: Exchange | None = None) -> Response:
-        """Answer ``request``; never raises (errors become problem+json)."""
+    async def handle(
+        self, request: Request, exchange: Exchange | None = None, app: AppCall | None = None
+    ) -> Response:
+        """Answer ``request``; never raises (errors become problem+json).
+
+        ``app`` is the wrapped app's caller in middleware mode (the adapter's).
+        """
         if exchange is None:
             exchange = Exchange(request)
         # Edge hygiene before anything reads the headers (gatekeep/_edge.py): spoofed identity,
@@ -449,19 +253,20 @@ class Gateway:
         try:
             if refusal is not None:
                 raise refusal
-            chain, response = await self._run(request, exchange)
+            chain, response = await self._run(request, exchange, app)
         except GatekeepError as exc:
             exchange.error = exc
             if isinstance(exc, ClientClosedRequest):
                 # A client that gave up is no fault of ours: nginx's 499, no traceback.
                 log.info("client closed the connection during %s %s: %s", request.method, request.path, exc)
-            response = problem_response(exc, request.request_id)
+            response = problem_response(exc, request.request_id, request_id_header=self.request_id_header)
         except Exception as exc:
             log.exception("unexpected error while handling %s %s", request.method, request.path)
             exchange.error = exc
             response = problem_response(
                 FilterError("the gateway failed to handle this request; see its log"),
                 request.request_id,
+                request_id_header=self.request_id_header,
             )
         if chain is None:
             chain = self._chain_after_error(request)
@@ -502,7 +307,9 @@ class Gateway:
         """
         self.endpoints[path] = (handler, run_global_filters)
 
-    async def _run(self, request: Request, exchange: Exchange) -> tuple[Chain | None, Response]:
+    async def _run(
+        self, request: Request, exchange: Exchange, app: AppCall | None
+    ) -> tuple[Chain | None, Response]:
         if not request.path:
             request.path = normalise_path(request.raw_path or b"/")
         if self.endpoints:
@@ -518,17 +325,18 @@ class Gateway:
             request.method, request.host, request.path, request.headers
         )
         if match is None:
-            if self.app is not None and self.fallthrough:
+            if app is not None and self.fallthrough:
                 chain = self.global_chain
                 early = await self._request_phase(chain, request)
                 if early is not None:
                     return chain, early
-                return chain, await self._call_app(request, exchange)
+                return chain, await self._call_app(app, request, exchange)
             allowed = self.router.allowed_methods(request.host, request.path, request.headers)
             if allowed:
                 raise MethodNotAllowed(request.method, sorted(allowed))
             raise NotFound(f"no route matches {request.method} {request.path}")
-        route: Route = match.rule.target
+        # A router names its route (``Router`` is a seam: it cannot build a ``Route``).
+        route = self._routes_by_name[match.rule.name]
         request.route = route
         request.service = route.service
         if match.params:
@@ -540,7 +348,7 @@ class Gateway:
         chain = self.chain_for(route, _consumer_key(request.consumer))
         service = route.service
         if service.is_app:
-            return chain, await self._call_app(request, exchange)
+            return chain, await self._call_app(app, request, exchange)
         if request.websocket:
             # Checked after the filters, so a client without credentials learns nothing more.
             raise Unsupported(f"WebSocket proxying is not supported yet (route {route.name!r})")
@@ -586,7 +394,7 @@ class Gateway:
                     log.error("response filter failed", exc_info=exc)
                 exchange.error = error
                 await response.aclose()
-                return problem_response(error, request.request_id)
+                return problem_response(error, request.request_id, request_id_header=self.request_id_header)
             if changed is not None:
                 if changed is not response:
                     await _close_replaced(response, changed)
@@ -658,25 +466,22 @@ class Gateway:
         exchange.upstream_head = time.perf_counter()
         headers = response.headers
         headers.raw = downstream_response_headers(headers.raw, self._hide_upstream)
-        upstream_close = response.on_close
-        if upstream_close is None:
+        if not response.holds_resources:
             # The whole body came with the head (the connection is back in the pool).
             exchange.upstream_end = exchange.upstream_head
             return response
 
-        async def close() -> None:
+        async def upstream_done() -> None:
             exchange.upstream_end = exchange.upstream_end or time.perf_counter()
-            if upstream_close is not None:
-                await upstream_close()
 
-        response.on_close = close
+        response.defer(upstream_done)
         return response
 
-    async def _call_app(self, request: Request, exchange: Exchange) -> Response:
-        if self.app is None:
+    async def _call_app(self, app: AppCall | None, request: Request, exchange: Exchange) -> Response:
+        if app is None:
             raise UpstreamError("this route targets the wrapped app, but the gateway wraps none")
         exchange.upstream_start = time.perf_counter()
-        response = await self.app(request)
+        response = await app(request)
         exchange.upstream_head = time.perf_counter()
         return response
 
@@ -731,18 +536,5 @@ def _filter_failed(f: Any, exc: BaseException) -> FilterError:
 
 
 async def _close_replaced(old: Response, new: Response) -> None:
-    """A filter returned a new response: release the old one once the new one is done.
-
-    The new body may wrap the old one, so the old is closed after, not before
-    (closing a fully read upstream body just returns its connection).
-    """
-    new_close = new.on_close
-
-    async def close() -> None:
-        try:
-            if new_close is not None:
-                await new_close()
-        finally:
-            await old.aclose()
-
-    new.on_close = close
+    """A filter returned a new response: it takes over what the old one holds (``Response.adopt``)."""
+    new.adopt(old)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from operator import itemgetter
 from typing import Any, Final
 
@@ -215,6 +215,10 @@ def is_replayable(body: Body) -> bool:
     return isinstance(body, _replayable)
 
 
+# A clean-up registered with ``Response.defer``.
+Cleanup = Callable[[], Awaitable[None]]
+
+
 @attrs.define(slots=True, eq=False)
 class Response:
     """An answer: from an upstream, from a filter, or from the gateway itself.
@@ -223,14 +227,55 @@ class Response:
     filters may replace it with a wrapping iterator.  ``source`` says who
     produced it: ``"service"`` (an upstream or the wrapped app) or
     ``"gateway"``.
+
+    Resources the body holds (a pooled connection, a balancer slot, the
+    wrapped app's task …) are released by one mechanism: whoever takes one
+    registers its release with ``defer``; ``aclose`` runs them all, exactly
+    once, last registered first, after the last byte or on error or
+    cancellation.  The list is made on the first ``defer``: an answer that
+    holds nothing costs nothing.
     """
 
     status: int = 200
     headers: Headers = attrs.field(factory=Headers)
     body: bytes | Body = b""
     source: str = "gateway"
-    # Called once the body was fully sent or abandoned (releases upstream connections).
-    on_close: Any = None
+    _deferred: list[Cleanup] | None = attrs.field(default=None, alias="deferred", repr=False)
+
+    def defer(self, cleanup: Cleanup) -> None:
+        """Run ``cleanup`` when the response is closed (LIFO, exactly once)."""
+        deferred = self._deferred
+        if deferred is None:
+            self._deferred = [cleanup]
+        else:
+            deferred.append(cleanup)
+
+    def adopt(self, old: Response) -> None:
+        """Take over what ``old`` holds: a filter replaced ``old`` with this response.
+
+        ``old``'s clean-ups run after this response's own, since this body may
+        still read from ``old``'s (closing a fully read upstream body just
+        returns its connection).
+        """
+        taken, old._deferred = old._deferred, None
+        if taken:
+            self._deferred = taken + self._deferred if self._deferred else taken
+
+    @property
+    def holds_resources(self) -> bool:
+        """Whether closing this response releases anything (an unread upstream body …)."""
+        return bool(self._deferred)
+
+    @property
+    def on_close(self) -> Callable[[], Awaitable[None]] | None:
+        """Deprecated: ``aclose`` when something is deferred (use ``defer``/``holds_resources``)."""
+        return self.aclose if self._deferred else None
+
+    @on_close.setter
+    def on_close(self, cleanup: Cleanup | None) -> None:
+        # The old spelling, kept for one release: chaining is now ``defer``.
+        if cleanup is not None:
+            self.defer(cleanup)
 
     @classmethod
     def text(cls, text: str, status: int = 200, content_type: str = "text/plain; charset=utf-8") -> Response:
@@ -266,17 +311,42 @@ class Response:
         return data
 
     async def aclose(self) -> None:
-        """Release what the body holds (an upstream connection) if unread."""
-        cb, self.on_close = self.on_close, None
-        if cb is not None:
-            await cb()
+        """Release what the body holds (see ``defer``); a second call does nothing.
+
+        Every clean-up runs even when an earlier one fails; the first failure
+        is raised after the last.
+        """
+        deferred = self._deferred
+        if not deferred:
+            return
+        self._deferred = None
+        error: BaseException | None = None
+        for cleanup in reversed(deferred):
+            try:
+                await cleanup()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
 
 _PROBLEM_BASE = "https://gatekeep.dev/problems/"
+# The default of ``[gateway] request_id_header``, for answers made before a gateway is known.
+DEFAULT_REQUEST_ID_HEADER: Final = b"x-request-id"
 
 
-def problem_response(error: GatekeepError, request_id: str = "", instance: str = "") -> Response:
-    """Render a ``GatekeepError`` as an RFC 9457 problem document."""
+def problem_response(
+    error: GatekeepError,
+    request_id: str = "",
+    instance: str = "",
+    *,
+    request_id_header: bytes = DEFAULT_REQUEST_ID_HEADER,
+) -> Response:
+    """Render a ``GatekeepError`` as an RFC 9457 problem document.
+
+    ``request_id_header`` is the gateway's ``[gateway] request_id_header``
+    (lower case); the id goes out under that name.
+    """
     doc: dict[str, Any] = {
         "type": _PROBLEM_BASE + error.slug,
         "title": error.title,
@@ -293,5 +363,5 @@ def problem_response(error: GatekeepError, request_id: str = "", instance: str =
     for name, value in error.headers:
         response.headers.add(name.lower().encode("latin-1"), value.encode("latin-1"))
     if request_id:
-        response.headers.add(b"x-request-id", request_id.encode("latin-1"))
+        response.headers.add(request_id_header, request_id.encode("latin-1"))
     return response

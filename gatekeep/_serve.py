@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from ._asgi import ASGIApp, asgi
 from ._gateway import Gateway
+from .adapters import ASGIApp, asgi
 
 
 def app() -> ASGIApp:

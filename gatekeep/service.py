@@ -25,12 +25,11 @@ Denials are RFC 9457 problem+json, exactly as the gateway's (401 with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import ipaddress
-import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -39,6 +38,7 @@ import anyio.from_thread
 
 from ._errors import AuthError, GatekeepError
 from ._http import problem_response
+from ._portal import LifespanPortal
 from ._protocols import Identity
 from .auth import certificate_names, peer_certificate_from_environ, peer_certificate_from_tls
 from .authz import DEFAULT_ROLES_CLAIMS, DEFAULT_SCOPES_CLAIMS, Policy, RbacConfig, RuleConfig
@@ -363,30 +363,20 @@ class WSGIAuthMiddleware:
     ) -> None:
         self.app = app
         self.core = _Core(verifier, trust, rules, required)
-        self._lock = threading.Lock()
-        self._portal: anyio.from_thread.BlockingPortal | None = None
-        self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
-        self._stop: anyio.Event | None = None
-        self._task: Any = None
+        # The verifier's event loop and background tasks, started on first use.
+        self._portal = LifespanPortal(self._run_verifier)
 
     def _get_portal(self) -> anyio.from_thread.BlockingPortal:
-        with self._lock:
-            if self._portal is None:
-                cm = anyio.from_thread.start_blocking_portal("asyncio")
-                portal = cm.__enter__()
-                self._task, self._stop = portal.start_task(self._run_verifier)
-                self._portal, self._portal_cm = portal, cm
-            return self._portal
+        return self._portal.portal
 
-    async def _run_verifier(self, *, task_status: Any) -> None:
-        stop = anyio.Event()
+    @contextlib.asynccontextmanager
+    async def _run_verifier(self) -> AsyncIterator[None]:
         verifier = self.core.verifier
         async with anyio.create_task_group() as tg:
             start = getattr(verifier, "start", None)
             if start is not None:
                 await start(tg)
-            task_status.started(stop)
-            await stop.wait()
+            yield
             end = getattr(verifier, "stop", None)
             if end is not None:
                 await end()
@@ -394,16 +384,7 @@ class WSGIAuthMiddleware:
 
     def close(self) -> None:
         """Stop the verifier's event loop thread (if it was started)."""
-        with self._lock:
-            portal, cm, stop, task = self._portal, self._portal_cm, self._stop, self._task
-            self._portal = self._portal_cm = self._stop = self._task = None
-        if portal is None or cm is None or stop is None:
-            return
-        try:
-            portal.call(stop.set)
-            task.result()
-        finally:
-            cm.__exit__(None, None, None)
+        self._portal.close()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         core = self.core

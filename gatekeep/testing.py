@@ -28,9 +28,9 @@ import anyio
 import attrs
 import h11
 
-from ._asgi import asgi
 from ._gateway import Gateway
 from ._miniserver import ASGI, serve_asgi
+from .adapters import asgi
 
 __all__ = [
     "ClientResponse",
@@ -220,6 +220,7 @@ async def gateway_for(
     upstream: ASGI | None = None,
     routes: Sequence[Mapping[str, Any]] | None = None,
     filters: Sequence[Any] = (),
+    **parts: Any,
 ) -> AsyncIterator[Harness]:
     """Start an upstream and a gateway in front of it, on loopback.
 
@@ -231,6 +232,8 @@ async def gateway_for(
         upstream: the upstream ASGI app (default: an ``EchoUpstream``).
         routes: the routes of the default service (default ``[{"paths": ["/"]}]``).
         filters: filter instances to attach globally (no entry point needed).
+        parts: your own ``router``, ``discovery``, ``balancer``, ``breaker``
+            (passed to ``Gateway``; see docs/composing.md).
     """
     app = upstream if upstream is not None else EchoUpstream()
     async with AsyncExitStack() as stack:
@@ -250,7 +253,7 @@ async def gateway_for(
             config = _substitute(config, address)
         config = dict(config)
         config["plugins"] = list(config.get("plugins", ())) + list(plugins)
-        gateway = Gateway(config, filters=filters)
+        gateway = Gateway(config, filters=filters, **parts)
         await stack.enter_async_context(gateway)
         port = await stack.enter_async_context(serve_asgi(asgi(gateway)))
         yield Harness(gateway, app, TestClient("127.0.0.1", port), port, upstream_port)

@@ -46,6 +46,7 @@ OPERATE = ("gatekeep.cli", "gatekeep.__main__", "gatekeep.demo", "gatekeep.testi
 # What a built-in plugin may import: the public SDK and the libraries plugins share.
 PLUGIN_MAY_IMPORT = (
     "gatekeep",
+    "gatekeep.validators",
     "gatekeep.auth",
     "gatekeep.authz",
     "gatekeep.observability",
@@ -208,7 +209,7 @@ def test_plugins_use_only_the_public_sdk_and_the_shared_libraries() -> None:
 
 def _declared_entry_points() -> dict[str, str]:
     pyproject = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())
-    declared: dict[str, str] = pyproject["project"]["entry-points"]["gatekeep.filters"]
+    declared: dict[str, str] = pyproject["project"]["entry-points"]["gatekeep.plugins"]
     return declared
 
 
@@ -216,7 +217,7 @@ def test_every_built_in_plugin_is_an_entry_point_and_nothing_else_registers_it()
     declared = _declared_entry_points()
     plugin_modules = {m for m in MODULES if m.startswith(PLUGINS + ".")}
     assert {target.partition(":")[0] for target in declared.values()} == plugin_modules
-    installed = {ep.name: ep.value for ep in entry_points(group="gatekeep.filters")}
+    installed = {ep.name: ep.value for ep in entry_points(group="gatekeep.plugins")}
     stale = {name: target for name, target in declared.items() if installed.get(name) != target}
     assert not stale, "installed metadata is stale: run `pip install -e . --no-deps`"
     for name in declared:

@@ -8,16 +8,17 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeep import Headers, Instance, Request
-from gatekeep._balancer import (
+from gatekeep import (
     ConsistentHash,
+    Headers,
+    Instance,
     LeastOutstanding,
     PowerOfTwoEWMA,
+    Request,
     RoundRobin,
-    hash_key,
-    make_balancer,
+    load_config,
 )
-from gatekeep._config import load_config
+from gatekeep._balancer import hash_key, make_balancer
 
 
 class Clock:

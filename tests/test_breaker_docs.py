@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tomllib
 
-from gatekeep import load_config
-from gatekeep._balancer import ConsistentHash, PowerOfTwoEWMA, make_balancer
+from gatekeep import ConsistentHash, PowerOfTwoEWMA, load_config
+from gatekeep._balancer import make_balancer
 from gatekeep.resilience import HealthchecksConfig
 from tests._docs import blocks, run_python_blocks
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gatekeep import Headers, Request
 from gatekeep._edge import Edge
 from gatekeep._forwarding import (
     HOP_BY_HOP,
@@ -12,7 +13,6 @@ from gatekeep._forwarding import (
     forwarded_element,
     upstream_request_headers,
 )
-from gatekeep._http import Headers, Request
 
 # Header names: the hop-by-hop ones, a few special ones, and arbitrary tokens.
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12).map(str.encode)

@@ -501,7 +501,7 @@ async def test_embedding_doc(command: str, tmp_path: Path, upstream: tuple[Strea
     for name, text in DOC_FILES.items():
         text = text.replace("127.0.0.1:9001", f"127.0.0.1:{upstream[1]}")
         (tmp_path / name).write_text(text.replace("8000", str(port)) if name.endswith(".py") else text)
-    middleware = "fastapi_app" in command or "flask_app" in command
+    middleware = any(m in command for m in ("fastapi_app", "fastapi_middleware", "flask_app"))
     with running(program, "", app_dir=tmp_path, argv=_doc_argv(command, port), port=port) as (proc, _):
         client = TestClient("127.0.0.1", port, timeout=20)
         response = await client.get("/orders/1")
@@ -524,6 +524,7 @@ def test_embedding_doc_is_complete() -> None:
         "serve_wsgiref.py",
         "middleware.toml",
         "fastapi_app.py",
+        "fastapi_middleware.py",
         "flask_app.py",
     }
     servers = {shlex.split(c)[0] for c in DOC_COMMANDS}

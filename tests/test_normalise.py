@@ -8,8 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gatekeep._errors import BadRequest
-from gatekeep._normalise import normalise_path
+from gatekeep import BadRequest, normalise_path
 
 from . import strategies as gs
 

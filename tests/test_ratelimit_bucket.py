@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatekeep._protocols import Limit
+from gatekeep import Limit
 from gatekeep._ratelimit._bucket import Bucket, ceil_ms, check_limit, level, take
 
 # -- strategies ---------------------------------------------------------------

@@ -9,8 +9,8 @@ import pytest
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
-from gatekeep._protocols import Limit
-from gatekeep._ratelimit import RedisRateLimiter, bucket_key
+from gatekeep import Limit, RedisRateLimiter
+from gatekeep._ratelimit import bucket_key
 from gatekeep.testing import gateway_for
 
 pytestmark = pytest.mark.anyio

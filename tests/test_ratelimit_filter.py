@@ -8,8 +8,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from gatekeep import BaseFilter, Identity, Request, Response
-from gatekeep._errors import ConfigError
+from gatekeep import BaseFilter, ConfigError, Identity, Request, Response
 from gatekeep._structure import structure_or_raise
 from gatekeep.plugins.rate_limiting import RateLimitingConfig, RateLimitingFilter
 from gatekeep.testing import ClientResponse, Harness, gateway_for

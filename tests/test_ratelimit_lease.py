@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeep._protocols import Decision, Limit
-from gatekeep._ratelimit import MemoryRateLimiter
+from gatekeep import Decision, Limit, MemoryRateLimiter
 from gatekeep._ratelimit._bucket import Bucket, grant
 from gatekeep._ratelimit._lease import LeasedRateLimiter
 

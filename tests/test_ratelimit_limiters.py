@@ -12,8 +12,8 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from gatekeep._protocols import Limit, RateLimiter
-from gatekeep._ratelimit import MemoryRateLimiter, RedisRateLimiter, bucket_key
+from gatekeep import Limit, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from gatekeep._ratelimit import bucket_key
 
 HOUR = 3600.0
 

@@ -6,8 +6,7 @@ import threading
 
 import pytest
 
-from gatekeep._protocols import Limit
-from gatekeep._ratelimit import MemoryRateLimiter
+from gatekeep import Limit, MemoryRateLimiter
 
 
 class Clock:

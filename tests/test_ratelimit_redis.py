@@ -10,8 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from gatekeep._protocols import Limit
-from gatekeep._ratelimit import RateLimiterUnavailable, RedisRateLimiter
+from gatekeep import Limit, RateLimiterUnavailable, RedisRateLimiter
 from tests._redis_fixture import RedisProcess
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from gatekeep._errors import ConfigError
+from gatekeep import ConfigError
 from gatekeep._structure import structure_or_raise
 from gatekeep.plugins.rate_limiting import RateLimitingConfig, RateLimitingFilter
 from gatekeep.testing import Harness, gateway_for

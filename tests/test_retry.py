@@ -7,8 +7,15 @@ import random
 import anyio
 import pytest
 
-from gatekeep import Headers, Instance, Request, Response, UpstreamConnectError, UpstreamProtocolError
-from gatekeep._balancer import RoundRobin
+from gatekeep import (
+    Headers,
+    Instance,
+    Request,
+    Response,
+    RoundRobin,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+)
 from gatekeep._http import EMPTY_BODY, is_replayable
 from gatekeep.resilience import (
     HealthchecksConfig,

@@ -8,15 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatekeep._http import Headers
-from gatekeep._protocols import Router
-from gatekeep._router import (
-    CompiledRouter,
-    RouteMatch,
-    RouteRule,
-    check_host_pattern,
-    check_path_pattern,
-)
+from gatekeep import CompiledRouter, Headers, RouteMatch, Router, RouteRule
+from gatekeep._router import check_host_pattern, check_path_pattern
 
 from . import strategies as gs
 

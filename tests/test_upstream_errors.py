@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 
-from gatekeep._errors import BadRequest, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from gatekeep import BadRequest, Instance, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from gatekeep._http import empty_body
-from gatekeep._protocols import Instance
 from gatekeep._upstream import PoolLimits, Timeouts, UpstreamPool, request_sent
 
 from ._upstream_servers import ok, raw_server, read_body, read_head

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from gatekeep._errors import UpstreamProtocolError
-from gatekeep._http import empty_body, replayable
-from gatekeep._protocols import Instance
+from gatekeep import Instance, UpstreamProtocolError, replayable
+from gatekeep._http import empty_body
 from gatekeep._upstream import PoolLimits, Timeouts, UpstreamPool, request_sent
 
 from ._upstream_servers import header_value, ok, raw_server, read_body, read_head, uvicorn_process

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from gatekeep import Instance
 from gatekeep._http import empty_body
-from gatekeep._protocols import Instance
 from gatekeep._upstream import Timeouts, UpstreamPool
 
 from ._upstream_servers import uvicorn_process

@@ -10,9 +10,8 @@ import anyio
 import pytest
 import trustme
 
-from gatekeep._errors import UpstreamConnectError, UpstreamProtocolError
+from gatekeep import Instance, UpstreamConnectError, UpstreamProtocolError
 from gatekeep._http import empty_body
-from gatekeep._protocols import Instance
 from gatekeep._upstream import Timeouts, TLSSettings, UpstreamPool
 
 from ._upstream_servers import ok, raw_server, read_head

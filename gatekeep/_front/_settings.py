@@ -7,16 +7,11 @@ server starts; a config reload does not change them.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
+from .. import validators
+
 __all__ = ["ServerSettings"]
-
-
-def _positive(_: Any, attribute: Any, value: float | int) -> None:
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {value}")
 
 
 @attrs.frozen
@@ -35,10 +30,10 @@ class ServerSettings:
         drain_timeout: on SIGTERM/SIGINT, seconds in-flight requests get to finish.
     """
 
-    max_header_bytes: int = attrs.field(default=32 * 1024, validator=_positive)
-    max_headers: int = attrs.field(default=100, validator=_positive)
-    max_target_bytes: int = attrs.field(default=8 * 1024, validator=_positive)
-    header_timeout: float = attrs.field(default=10.0, validator=_positive)
-    keepalive_timeout: float = attrs.field(default=75.0, validator=_positive)
-    write_buffer_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
-    drain_timeout: float = attrs.field(default=30.0, validator=_positive)
+    max_header_bytes: int = attrs.field(default=32 * 1024, validator=validators.positive)
+    max_headers: int = attrs.field(default=100, validator=validators.positive)
+    max_target_bytes: int = attrs.field(default=8 * 1024, validator=validators.positive)
+    header_timeout: float = attrs.field(default=10.0, validator=validators.positive)
+    keepalive_timeout: float = attrs.field(default=75.0, validator=validators.positive)
+    write_buffer_bytes: int = attrs.field(default=64 * 1024, validator=validators.positive)
+    drain_timeout: float = attrs.field(default=30.0, validator=validators.positive)

@@ -30,24 +30,10 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from .. import validators
 from ._redis import RedisRateLimiter
 
 __all__ = ["RedisSettings", "SentinelNode", "close_store", "connect", "open_store"]
-
-
-def _port(_: object, attribute: object, value: int) -> None:
-    if not 0 < value < 65536:
-        raise ValueError(f"must be a port number (1-65535), got {value}")
-
-
-def _positive(_: object, attribute: object, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be greater than 0, got {value}")
-
-
-def _non_negative(_: object, attribute: object, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
 
 
 def _ca_file(_: object, attribute: object, value: str | None) -> None:
@@ -74,7 +60,7 @@ class SentinelNode:
     """One Sentinel to ask for the master (Kong's ``sentinel_nodes`` entries)."""
 
     host: str
-    port: int = attrs.field(default=26379, validator=_port)
+    port: int = attrs.field(default=26379, validator=validators.port)
 
 
 @attrs.frozen
@@ -93,11 +79,11 @@ class RedisSettings:
     """
 
     host: str | None = None
-    port: int = attrs.field(default=6379, validator=_port)
-    timeout: int = attrs.field(default=2000, validator=_positive)
+    port: int = attrs.field(default=6379, validator=validators.port)
+    timeout: int = attrs.field(default=2000, validator=validators.positive)
     username: str | None = None
     password: str | None = None
-    database: int = attrs.field(default=0, validator=_non_negative)
+    database: int = attrs.field(default=0, validator=validators.non_negative)
     ssl: bool = False
     ssl_verify: bool = False
     server_name: str | None = None

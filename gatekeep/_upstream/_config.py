@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
+from .. import validators
+
 __all__ = ["PoolLimits", "TLSSettings", "Timeouts"]
-
-
-def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{attr.name} must be >= 0 or None, got {value!r}")
-
-
-def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attr.name} must be > 0, got {value!r}")
 
 
 @attrs.frozen
@@ -31,10 +21,10 @@ class Timeouts:
         pool: waiting for a free connection when the origin's pool is full.
     """
 
-    connect: float | None = attrs.field(default=5.0, validator=_non_negative)
-    read: float | None = attrs.field(default=60.0, validator=_non_negative)
-    write: float | None = attrs.field(default=60.0, validator=_non_negative)
-    pool: float | None = attrs.field(default=5.0, validator=_non_negative)
+    connect: float | None = attrs.field(default=5.0, validator=validators.non_negative)
+    read: float | None = attrs.field(default=60.0, validator=validators.non_negative)
+    write: float | None = attrs.field(default=60.0, validator=validators.non_negative)
+    pool: float | None = attrs.field(default=5.0, validator=validators.non_negative)
 
 
 @attrs.frozen
@@ -71,4 +61,4 @@ class PoolLimits:
 
     max_connections: int = attrs.field(default=100, validator=attrs.validators.ge(1))
     max_idle: int = attrs.field(default=100, validator=attrs.validators.ge(0))
-    idle_timeout: float = attrs.field(default=4.0, validator=_positive)
+    idle_timeout: float = attrs.field(default=4.0, validator=validators.positive)

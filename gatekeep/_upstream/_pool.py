@@ -252,7 +252,7 @@ class UpstreamPool:
                 await self._release(origin, conn, reuse=True)
                 return Response(head.status, Headers(head.headers), pending or b"", "service")
             stream = _ResponseStream(self, origin, conn, timeouts.read, pending)
-            return Response(head.status, Headers(head.headers), stream, "service", stream.aclose)
+            return Response(head.status, Headers(head.headers), stream, "service", [stream.aclose])
 
     async def aclose(self) -> None:
         """Close idle connections; busy ones close when their response ends."""

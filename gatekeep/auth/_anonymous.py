@@ -32,10 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["HeaderCache", "already_authenticated", "anonymous_identity", "authenticate", "resolve_anonymous"]
 
 
-# The built-in filters whose ``anonymous`` option names a consumer (Kong's auth plugins' meaning).
-_AUTH_FILTERS = frozenset({"jwt", "key-auth", "mtls-auth"})
-
-
 def _plugin_paths(config: Any) -> Iterator[tuple[str, Any]]:
     for pi, pc in enumerate(config.plugins):
         yield join("plugins", pi), pc
@@ -64,14 +60,13 @@ def resolve_anonymous(gateway: Gateway, filter_name: str, anonymous: str | None)
     consumer = gateway.consumers.get(anonymous)
     if consumer is not None:
         return consumer
+    # The plugins whose ``anonymous`` option names a consumer (Kong's auth plugins' meaning): they
+    # say so themselves (``BasePlugin.anonymous_option``), so a third-party auth plugin counts too.
+    auth_plugins = {filter_name} | {f.name for f in gateway.filters if getattr(f, "anonymous_option", False)}
     errors = []
     for path, pc in _plugin_paths(gateway.config):
         value = pc.config.get("anonymous") if isinstance(pc.config, Mapping) else None
-        if (
-            (pc.name == filter_name or pc.name in _AUTH_FILTERS)
-            and isinstance(value, str)
-            and value not in gateway.consumers
-        ):
+        if pc.name in auth_plugins and isinstance(value, str) and value not in gateway.consumers:
             errors.append(FieldError(join(join(path, "config"), "anonymous"), f"no consumer {value!r}"))
     if not errors:
         errors.append(FieldError(f"{filter_name}.config.anonymous", f"no consumer {anonymous!r}"))

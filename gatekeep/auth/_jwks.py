@@ -31,12 +31,12 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from .. import validators
 from ._fetch import FetchError, fetch, is_loopback_url
 from ._keys import ALGORITHMS, BadKey, VerificationKey, key_from_jwk
 
@@ -53,28 +53,23 @@ __all__ = [
 log = logging.getLogger("gatekeep.auth.jwks")
 
 
-def _positive(_: Any, attribute: Any, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {value}")
-
-
 @attrs.frozen
 class JWKSPolicy:
     """How a remote key set is cached and refreshed (seconds)."""
 
-    min_ttl: float = attrs.field(default=60.0, validator=_positive)
-    max_ttl: float = attrs.field(default=86_400.0, validator=_positive)
-    default_ttl: float = attrs.field(default=600.0, validator=_positive)
-    refresh_ahead: float = attrs.field(default=0.8, validator=_positive)
+    min_ttl: float = attrs.field(default=60.0, validator=validators.positive)
+    max_ttl: float = attrs.field(default=86_400.0, validator=validators.positive)
+    default_ttl: float = attrs.field(default=600.0, validator=validators.positive)
+    refresh_ahead: float = attrs.field(default=0.8, validator=validators.positive)
     # Short, so that a rotated key works within seconds; the fetch is single-flight, so a flood
     # of forged kids still costs the issuer one request per cooldown (12 a minute).
-    unknown_kid_cooldown: float = attrs.field(default=5.0, validator=_positive)
-    retry_min: float = attrs.field(default=5.0, validator=_positive)
-    retry_max: float = attrs.field(default=300.0, validator=_positive)
-    max_stale: float = attrs.field(default=86_400.0, validator=_positive)
-    fetch_timeout: float = attrs.field(default=5.0, validator=_positive)
-    wait_timeout: float = attrs.field(default=2.0, validator=_positive)
-    max_size: int = attrs.field(default=512 * 1024, validator=_positive)
+    unknown_kid_cooldown: float = attrs.field(default=5.0, validator=validators.positive)
+    retry_min: float = attrs.field(default=5.0, validator=validators.positive)
+    retry_max: float = attrs.field(default=300.0, validator=validators.positive)
+    max_stale: float = attrs.field(default=86_400.0, validator=validators.positive)
+    fetch_timeout: float = attrs.field(default=5.0, validator=validators.positive)
+    wait_timeout: float = attrs.field(default=2.0, validator=validators.positive)
+    max_size: int = attrs.field(default=512 * 1024, validator=validators.positive)
 
     def __attrs_post_init__(self) -> None:
         if attrs.validators.get_disabled():

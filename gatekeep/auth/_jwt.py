@@ -47,6 +47,7 @@ from typing import Any, Literal
 import attrs
 from anyio.abc import TaskGroup
 
+from .. import validators
 from .._protocols import Identity
 from ._claims import strings_at
 from ._errors import InvalidToken, KeysUnavailable
@@ -63,11 +64,6 @@ _SEGMENT = re.compile(rb"^[A-Za-z0-9_-]*$")
 _MAX_CANDIDATES = 4  # keys tried for one token without a kid
 _MAX_EXPIRATION = 31_536_000  # Kong's bound: one year
 _NONE: frozenset[str] = frozenset()
-
-
-def _non_negative(_: Any, attribute: Any, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
 
 
 def _https_or_loopback(_: Any, attribute: Any, value: str | None) -> None:
@@ -139,12 +135,12 @@ class VerifierConfig:
     # Claims that must be present (and valid); exp and nbf are always checked when present.
     claims_to_verify: tuple[Literal["exp", "nbf"], ...] = ("exp",)
     required_claims: tuple[str, ...] = ()
-    leeway: float = attrs.field(default=0.0, validator=_non_negative)
-    maximum_expiration: int = attrs.field(default=0, validator=_non_negative)
+    leeway: float = attrs.field(default=0.0, validator=validators.non_negative)
+    maximum_expiration: int = attrs.field(default=0, validator=validators.non_negative)
     typ: str | None = None
-    max_token_size: int = attrs.field(default=8192, validator=_non_negative)
-    cache_size: int = attrs.field(default=10_000, validator=_non_negative)
-    cache_ttl: float = attrs.field(default=300.0, validator=_non_negative)
+    max_token_size: int = attrs.field(default=8192, validator=validators.non_negative)
+    cache_size: int = attrs.field(default=10_000, validator=validators.non_negative)
+    cache_ttl: float = attrs.field(default=300.0, validator=validators.non_negative)
     roles_claim: tuple[str, ...] = ("roles", "realm_access.roles")
     scopes_claim: tuple[str, ...] = ("scope", "scp")
     groups_claim: tuple[str, ...] = ()

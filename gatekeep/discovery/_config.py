@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .. import validators
 from ._consul_api import parse_duration
 
 __all__ = ["ConsulConfig", "ConsulTLSConfig", "DiscoveryConfig", "DnsConfig"]
@@ -36,16 +37,6 @@ def _duration(_: Any, attribute: Any, value: str) -> None:
     seconds = parse_duration(value)
     if not 0 < seconds <= _MAX_WAIT:
         raise ValueError(f"must be more than 0 and at most 10m (Consul's limit), got {value!r}")
-
-
-def _positive(_: Any, attribute: Any, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"must be greater than 0, got {value}")
-
-
-def _non_negative(_: Any, attribute: Any, value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"must be 0 or more, got {value}")
 
 
 def _agent_address(_: Any, attribute: Any, value: str) -> None:
@@ -72,11 +63,6 @@ def _nameserver(_: Any, attribute: Any, value: str | None) -> None:
 def _nameservers(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
     for v in value:
         _nameserver(_, attribute, v)
-
-
-def _port(_: Any, attribute: Any, value: int) -> None:
-    if not 0 < value < 65536:
-        raise ValueError(f"must be a port number 1-65535, got {value}")
 
 
 def _service_name(_: Any, attribute: Any, value: str | None) -> None:
@@ -133,9 +119,9 @@ class ConsulConfig:
     wait: str = attrs.field(default="30s", validator=_duration)
     tagged_address: str | None = None
     filter: str | None = None
-    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
-    query_timeout: float = attrs.field(default=10.0, validator=_positive)
-    initial_timeout: float = attrs.field(default=1.0, validator=_non_negative)
+    connect_timeout: float = attrs.field(default=5.0, validator=validators.positive)
+    query_timeout: float = attrs.field(default=10.0, validator=validators.positive)
+    initial_timeout: float = attrs.field(default=1.0, validator=validators.non_negative)
     tls: ConsulTLSConfig = ConsulTLSConfig()
 
     @property
@@ -168,13 +154,13 @@ class DnsConfig:
     name: str
     nameserver: str | None = attrs.field(default=None, validator=_nameserver)
     nameservers: tuple[str, ...] = attrs.field(default=(), validator=_nameservers)
-    port: int = attrs.field(default=53, validator=_port)
-    min_ttl: float = attrs.field(default=1.0, validator=_positive)
-    max_ttl: float = attrs.field(default=300.0, validator=_positive)
-    timeout: float = attrs.field(default=5.0, validator=_positive)
+    port: int = attrs.field(default=53, validator=validators.port)
+    min_ttl: float = attrs.field(default=1.0, validator=validators.positive)
+    max_ttl: float = attrs.field(default=300.0, validator=validators.positive)
+    timeout: float = attrs.field(default=5.0, validator=validators.positive)
     tcp: bool = False
     address_types: tuple[Literal["A", "AAAA"], ...] = ("A", "AAAA")
-    initial_timeout: float = attrs.field(default=1.0, validator=_non_negative)
+    initial_timeout: float = attrs.field(default=1.0, validator=validators.non_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.min_ttl > self.max_ttl:

@@ -1,6 +1,6 @@
 """The built-in plugins: one module per plugin, above the core.
 
-Each is registered through the ``gatekeep.filters`` entry points of gatekeep's
+Each is registered through the ``gatekeep.plugins`` entry points of gatekeep's
 own package metadata, exactly as a third-party plugin is, and uses only the
 public SDK (``gatekeep``) and the libraries plugins share (``gatekeep.auth``,
 ``gatekeep.authz``, ``gatekeep.observability``, the rate limiters).  Nothing

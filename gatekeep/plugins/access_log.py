@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from gatekeep import BaseFilter, Exchange
+from gatekeep import BasePlugin, Exchange
 
 __all__ = ["AccessLogConfig", "AccessLogFilter"]
 
@@ -44,13 +44,12 @@ class AccessLogConfig:
     level: Literal["DEBUG", "INFO", "WARNING"] = "INFO"
 
 
-class AccessLogFilter(BaseFilter):
+class AccessLogFilter(BasePlugin[AccessLogConfig]):
     """Logs one JSON line per request after its last byte."""
 
     name: ClassVar[str] = "access-log"
     # Kong's file-log priority: after every filter that shapes the request.
     priority: ClassVar[int] = 9
-    Config = AccessLogConfig
 
     def __init__(self, config: AccessLogConfig | None = None) -> None:
         super().__init__(config)

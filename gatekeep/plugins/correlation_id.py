@@ -13,25 +13,19 @@ from typing import ClassVar, Literal
 
 import attrs
 
-from gatekeep import BaseFilter, Request, Response
-
-
-def _header_name(_: object, attribute: object, value: str) -> None:
-    if not value or not all(c.isalnum() or c in "-_" for c in value):
-        raise ValueError(f"must be a header name, got {value!r}")
+from gatekeep import BasePlugin, Request, Response, validators
 
 
 @attrs.frozen
 class CorrelationIdConfig:
-    header_name: str = attrs.field(default="Kong-Request-ID", validator=_header_name)
+    header_name: str = attrs.field(default="Kong-Request-ID", validator=validators.header_name)
     generator: Literal["uuid", "uuid#counter", "tracker"] = "uuid#counter"
     echo_downstream: bool = False
 
 
-class CorrelationIdFilter(BaseFilter):
+class CorrelationIdFilter(BasePlugin[CorrelationIdConfig]):
     name: ClassVar[str] = "correlation-id"
     priority: ClassVar[int] = 100001
-    Config = CorrelationIdConfig
 
     def __init__(self, config: CorrelationIdConfig | None = None) -> None:
         super().__init__(config)

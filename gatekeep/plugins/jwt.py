@@ -25,7 +25,7 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 
-from gatekeep import AuthError, BaseFilter, ConfigError, FieldError, Request, Response
+from gatekeep import AuthError, BasePlugin, ConfigError, FieldError, Request, Response, validators
 from gatekeep.auth import (
     Algorithm,
     BadKey,
@@ -58,11 +58,6 @@ __all__ = ["JWTFilter", "JWTFilterConfig", "JWTSecret"]
 _BEARER = re.compile(rb"^\s*[Bb][Ee][Aa][Rr][Ee][Rr]\s+([^\s]+)\s*$")
 
 
-def _non_empty(_: Any, attribute: Any, value: str) -> None:
-    if not value:
-        raise ValueError("must not be empty")
-
-
 @attrs.frozen
 class JWTSecret:
     """A consumer's JWT credential (Kong's ``jwt_secrets`` entry).
@@ -72,7 +67,7 @@ class JWTSecret:
     ``rsa_public_key`` (Kong's name, used for EC and EdDSA PEMs too).
     """
 
-    key: str = attrs.field(validator=_non_empty)
+    key: str = attrs.field(validator=validators.non_empty)
     algorithm: Algorithm = "HS256"
     secret: str | None = attrs.field(default=None, repr=False)
     rsa_public_key: str | None = None
@@ -109,18 +104,13 @@ class JWTSecret:
         return key_from_pem(self.algorithm, self.rsa_public_key)
 
 
-def _non_negative(_: Any, attribute: Any, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-
-
 @attrs.frozen
 class JWTFilterConfig:
     # Kong's fields.
     key_claim_name: str = "iss"
     secret_is_base64: bool = False
     claims_to_verify: tuple[Literal["exp", "nbf"], ...] = ("exp",)
-    maximum_expiration: int = attrs.field(default=0, validator=_non_negative)
+    maximum_expiration: int = attrs.field(default=0, validator=validators.non_negative)
     header_names: tuple[str, ...] = ("authorization",)
     uri_param_names: tuple[str, ...] = ("jwt",)
     cookie_names: tuple[str, ...] = ()
@@ -130,12 +120,12 @@ class JWTFilterConfig:
     issuers: tuple[IssuerConfig, ...] = ()
     keys: tuple[KeyConfig, ...] = ()
     audiences: tuple[str, ...] = ()
-    leeway: float = attrs.field(default=0.0, validator=_non_negative)
+    leeway: float = attrs.field(default=0.0, validator=validators.non_negative)
     required_claims: tuple[str, ...] = ()
     typ: str | None = None
-    max_token_size: int = attrs.field(default=8192, validator=_non_negative)
-    cache_size: int = attrs.field(default=10_000, validator=_non_negative)
-    cache_ttl: float = attrs.field(default=300.0, validator=_non_negative)
+    max_token_size: int = attrs.field(default=8192, validator=validators.non_negative)
+    cache_size: int = attrs.field(default=10_000, validator=validators.non_negative)
+    cache_ttl: float = attrs.field(default=300.0, validator=validators.non_negative)
     roles_claim: tuple[str, ...] = ("roles", "realm_access.roles")
     scopes_claim: tuple[str, ...] = ("scope", "scp")
     groups_claim: tuple[str, ...] = ()
@@ -171,10 +161,10 @@ class JWTFilterConfig:
         )
 
 
-class JWTFilter(BaseFilter):
+class JWTFilter(BasePlugin[JWTFilterConfig]):
     name: ClassVar[str] = "jwt"
     priority: ClassVar[int] = 1450
-    Config = JWTFilterConfig
+    anonymous_option: ClassVar[bool] = True
     config: JWTFilterConfig
     consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {"jwt_secrets": JWTSecret}
 

@@ -36,7 +36,17 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 
-from gatekeep import AuthError, BaseFilter, ConfigError, FieldError, Identity, Request, Response, replayable
+from gatekeep import (
+    AuthError,
+    BasePlugin,
+    ConfigError,
+    FieldError,
+    Identity,
+    Request,
+    Response,
+    replayable,
+    validators,
+)
 from gatekeep.auth import (
     HeaderCache,
     InvalidCredentials,
@@ -55,11 +65,6 @@ __all__ = ["KeyAuthConfig", "KeyAuthCredential", "KeyAuthFilter"]
 _FORM = b"application/x-www-form-urlencoded"
 _JSON = b"application/json"
 _MAX_BODY = 64 * 1024
-
-
-def _non_empty(_: Any, attribute: Any, value: str) -> None:
-    if not value:
-        raise ValueError("must not be empty")
 
 
 def _key_names(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
@@ -86,7 +91,7 @@ class KeyAuthConfig:
 class KeyAuthCredential:
     """A consumer's API key (Kong's ``keyauth_credentials`` entry)."""
 
-    key: str = attrs.field(validator=_non_empty, repr=False)
+    key: str = attrs.field(validator=validators.non_empty, repr=False)
     id: str | None = None
     tags: tuple[str, ...] = ()
 
@@ -119,10 +124,10 @@ def _form_name(part: bytes) -> bytes:
     return unquote_to_bytes(part.partition(b"=")[0].replace(b"+", b" "))
 
 
-class KeyAuthFilter(BaseFilter):
+class KeyAuthFilter(BasePlugin[KeyAuthConfig]):
     name: ClassVar[str] = "key-auth"
     priority: ClassVar[int] = 1250
-    Config = KeyAuthConfig
+    anonymous_option: ClassVar[bool] = True
     config: KeyAuthConfig
     consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {"keyauth_credentials": KeyAuthCredential}
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import attrs
 from cryptography import x509
 
-from gatekeep import AuthError, BaseFilter, Identity, Request, Response
+from gatekeep import AuthError, BasePlugin, Identity, Request, Response
 from gatekeep.auth import (
     CertificateNames,
     NameKind,
@@ -153,12 +153,12 @@ def _claims(names: CertificateNames) -> dict[str, Any]:
     return {"dn": names.dn, "cn": names.cn, "san_uri": list(names.uris), "san_dns": list(names.dns)}
 
 
-class MTLSAuthFilter(BaseFilter):
+class MTLSAuthFilter(BasePlugin[MTLSAuthConfig]):
     """``mtls-auth`` (priority 1600, before ``jwt`` and ``key-auth``)."""
 
     name: ClassVar[str] = "mtls-auth"
     priority: ClassVar[int] = 1600
-    Config = MTLSAuthConfig
+    anonymous_option: ClassVar[bool] = True
 
     def __init__(self, config: MTLSAuthConfig | None = None) -> None:
         super().__init__(config)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from gatekeep import BaseFilter, Exchange, FilterError
+from gatekeep import BasePlugin, Exchange, FilterError, validators
 from gatekeep.observability import BREAKER_STATES, GatewayCollector, MetricsEndpoint
 
 if TYPE_CHECKING:
@@ -91,16 +91,6 @@ def _path(_: object, attribute: Any, value: str) -> None:
         raise ValueError(f"must be an absolute path, got {value!r}")
 
 
-def _port(_: object, attribute: Any, value: int | None) -> None:
-    if value is not None and not 0 <= value <= 65535:
-        raise ValueError(f"must be a TCP port (0-65535), got {value}")
-
-
-def _non_negative(_: object, attribute: Any, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
-
-
 @attrs.frozen
 class PrometheusConfig:
     """Config of the ``prometheus`` filter.
@@ -116,13 +106,13 @@ class PrometheusConfig:
     bandwidth_metrics: bool = True
     upstream_health_metrics: bool = False
     # At most this many distinct consumer label values; later ones count as "other".
-    consumer_label_limit: int = attrs.field(default=100, validator=_non_negative)
+    consumer_label_limit: int = attrs.field(default=100, validator=validators.non_negative)
     latency_buckets: tuple[float, ...] = attrs.field(default=LATENCY_BUCKETS, validator=_buckets)
     gateway_latency_buckets: tuple[float, ...] = attrs.field(default=GATEWAY_BUCKETS, validator=_buckets)
     # Exposition.
     path: str = attrs.field(default="/metrics", validator=_path)
     metrics_allow: tuple[str, ...] = attrs.field(default=DEFAULT_ALLOW, validator=_networks)
-    metrics_port: int | None = attrs.field(default=None, validator=_port)
+    metrics_port: int | None = attrs.field(default=None, validator=validators.tcp_port)
     metrics_host: str = "127.0.0.1"
     use_global_registry: bool = False
 
@@ -228,12 +218,11 @@ _global_metrics: Metrics | None = None
 _global_collector: GatewayCollector | None = None
 
 
-class PrometheusFilter(BaseFilter):
+class PrometheusFilter(BasePlugin[PrometheusConfig]):
     """Records every request in Prometheus metrics and serves ``/metrics``."""
 
     name: ClassVar[str] = "prometheus"
     priority: ClassVar[int] = 13
-    Config = PrometheusConfig
 
     def __init__(self, config: PrometheusConfig | None = None) -> None:
         super().__init__(config)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import attrs
 
-from gatekeep import BadRequest, BaseFilter, Decision, Limit, RateLimited, Request, Response
+from gatekeep import BadRequest, BasePlugin, Decision, Limit, RateLimited, Request, Response, validators
 from gatekeep._ratelimit import (
     LeasedRateLimiter,
     MemoryRateLimiter,
@@ -76,11 +76,6 @@ PROBE_INTERVAL = 1.0
 _MAX_COST_DIGITS = 9
 
 
-def _positive(_: object, attribute: object, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"must be greater than 0, got {value}")
-
-
 def _burst(_: object, attribute: object, value: int | Mapping[str, int] | None) -> None:
     if value is None:
         return
@@ -95,49 +90,41 @@ def _burst(_: object, attribute: object, value: int | Mapping[str, int] | None) 
             raise ValueError(f"{window}: must be an integer of at least 1, got {size!r}")
 
 
-def _header_name(_: object, attribute: object, value: str | None) -> None:
-    if value is not None and (not value or not all(c.isalnum() or c in "-_" for c in value)):
-        raise ValueError(f"must be a header name, got {value!r}")
-
-
 @attrs.frozen
 class RoleLimits:
-    """The windows (and burst) for identities holding one role; they replace the defaults."""
+    """The windows (and burst) of one limit.
 
-    second: int | None = attrs.field(default=None, validator=_positive)
-    minute: int | None = attrs.field(default=None, validator=_positive)
-    hour: int | None = attrs.field(default=None, validator=_positive)
-    day: int | None = attrs.field(default=None, validator=_positive)
-    month: int | None = attrs.field(default=None, validator=_positive)
-    year: int | None = attrs.field(default=None, validator=_positive)
+    A role's entry in ``roles`` (they replace the defaults for identities holding
+    it), and the base of ``RateLimitingConfig``: the same fields, checked once.
+    """
+
+    second: int | None = attrs.field(default=None, validator=validators.positive)
+    minute: int | None = attrs.field(default=None, validator=validators.positive)
+    hour: int | None = attrs.field(default=None, validator=validators.positive)
+    day: int | None = attrs.field(default=None, validator=validators.positive)
+    month: int | None = attrs.field(default=None, validator=validators.positive)
+    year: int | None = attrs.field(default=None, validator=validators.positive)
     burst: int | Mapping[str, int] | None = attrs.field(default=None, validator=_burst)
 
     def __attrs_post_init__(self) -> None:
-        _check_windows(self)
-
-
-def _check_windows(c: RoleLimits | RateLimitingConfig) -> None:
-    configured = [w for w in WINDOWS if getattr(c, w) is not None]
-    if not configured:
-        raise ValueError(f"set at least one of {', '.join(WINDOWS)}")
-    if isinstance(c.burst, Mapping):
-        for window in c.burst:
-            if window in WINDOWS and getattr(c, window) is None:
-                raise ValueError(f"burst.{window} is set but {window} is not")
+        configured = [w for w in WINDOWS if getattr(self, w) is not None]
+        if not configured:
+            raise ValueError(f"set at least one of {', '.join(WINDOWS)}")
+        if isinstance(self.burst, Mapping):
+            for window in self.burst:
+                if window in WINDOWS and getattr(self, window) is None:
+                    raise ValueError(f"burst.{window} is set but {window} is not")
 
 
 @attrs.frozen
-class RateLimitingConfig:
-    """Kong's ``rate-limiting`` fields, plus ``roles``, ``burst``, ``cost``, leases and IETF headers."""
+class RateLimitingConfig(RoleLimits):
+    """Kong's ``rate-limiting`` fields, plus ``roles``, ``burst``, ``cost``, leases and IETF headers.
 
-    second: int | None = attrs.field(default=None, validator=_positive)
-    minute: int | None = attrs.field(default=None, validator=_positive)
-    hour: int | None = attrs.field(default=None, validator=_positive)
-    day: int | None = attrs.field(default=None, validator=_positive)
-    month: int | None = attrs.field(default=None, validator=_positive)
-    year: int | None = attrs.field(default=None, validator=_positive)
+    The windows and ``burst`` are ``RoleLimits``'s.
+    """
+
     limit_by: Literal["consumer", "credential", "ip", "service", "header", "path", "route"] = "consumer"
-    header_name: str | None = attrs.field(default=None, validator=_header_name)
+    header_name: str | None = attrs.field(default=None, validator=validators.header_name)
     path: str | None = None
     policy: Literal["local", "redis"] = "local"
     redis: RedisSettings | None = None
@@ -147,16 +134,15 @@ class RateLimitingConfig:
     error_message: str = "API rate limit exceeded"
     # Ours.
     roles: Mapping[str, RoleLimits] = attrs.field(factory=dict)
-    burst: int | Mapping[str, int] | None = attrs.field(default=None, validator=_burst)
-    cost: int = attrs.field(default=1, validator=_positive)
-    cost_header: str | None = attrs.field(default=None, validator=_header_name)
-    max_cost: int = attrs.field(default=100, validator=_positive)
+    cost: int = attrs.field(default=1, validator=validators.positive)
+    cost_header: str | None = attrs.field(default=None, validator=validators.header_name)
+    max_cost: int = attrs.field(default=100, validator=validators.positive)
     sync_rate: float = -1.0
-    lease_size: int = attrs.field(default=10, validator=_positive)
+    lease_size: int = attrs.field(default=10, validator=validators.positive)
     ietf_headers: bool = False
 
     def __attrs_post_init__(self) -> None:
-        _check_windows(self)
+        super().__attrs_post_init__()
         if self.limit_by == "header" and not self.header_name:
             raise ValueError("limit_by 'header' needs header_name")
         if self.limit_by == "path" and not (self.path and self.path.startswith("/")):
@@ -209,7 +195,7 @@ class _Policy:
 
     __slots__ = ("limit_names", "limit_values", "limits", "policy_field", "remaining_names", "windows")
 
-    def __init__(self, source: RoleLimits | RateLimitingConfig) -> None:
+    def __init__(self, source: RoleLimits) -> None:
         windows = [w for w in WINDOWS if getattr(source, w) is not None]
         burst = source.burst
         sizes: dict[str, int] = {}
@@ -235,12 +221,11 @@ _OWN_HEADERS = frozenset(
 )
 
 
-class RateLimitingFilter(BaseFilter):
+class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
     """Kong's ``rate-limiting`` (priority 910: after authentication and ACLs)."""
 
     name: ClassVar[str] = "rate-limiting"
     priority: ClassVar[int] = 910
-    Config = RateLimitingConfig
 
     def __init__(self, config: RateLimitingConfig | None = None) -> None:
         super().__init__(config)

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from gatekeep import BaseFilter, Identity, Request, Response
+from gatekeep import BasePlugin, Identity, Request, Response
 from gatekeep.authz import Policy, RbacConfig
 
 __all__ = ["RbacFilter"]
 
 
-class RbacFilter(BaseFilter):
+class RbacFilter(BasePlugin[RbacConfig]):
     """Enforce ``rules`` after authentication (priority 950, Kong's ``acl``)."""
 
     name: ClassVar[str] = "rbac"
     priority: ClassVar[int] = 950
-    Config = RbacConfig
 
     def __init__(self, config: RbacConfig | None = None) -> None:
         super().__init__(config)

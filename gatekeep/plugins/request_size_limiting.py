@@ -13,27 +13,21 @@ from typing import ClassVar, Literal
 
 import attrs
 
-from gatekeep import BadRequest, BaseFilter, Body, PayloadTooLarge, Request, Response
+from gatekeep import BadRequest, BasePlugin, Body, PayloadTooLarge, Request, Response, validators
 
 _UNITS = {"megabytes": 1024 * 1024, "kilobytes": 1024, "bytes": 1}
 
 
-def _positive(_: object, attribute: object, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {value}")
-
-
 @attrs.frozen
 class RequestSizeLimitingConfig:
-    allowed_payload_size: float = attrs.field(default=128, validator=_positive)
+    allowed_payload_size: float = attrs.field(default=128, validator=validators.positive)
     size_unit: Literal["megabytes", "kilobytes", "bytes"] = "megabytes"
     require_content_length: bool = False
 
 
-class RequestSizeLimitingFilter(BaseFilter):
+class RequestSizeLimitingFilter(BasePlugin[RequestSizeLimitingConfig]):
     name: ClassVar[str] = "request-size-limiting"
     priority: ClassVar[int] = 951
-    Config = RequestSizeLimitingConfig
 
     def __init__(self, config: RequestSizeLimitingConfig | None = None) -> None:
         super().__init__(config)

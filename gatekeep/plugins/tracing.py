@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from gatekeep import BaseFilter, Request, Response
+from gatekeep import BasePlugin, Request, Response
 from gatekeep.observability import (
     SAMPLED,
     TRACEPARENT,
@@ -52,13 +52,12 @@ class TracingConfig:
     echo_downstream: bool = False
 
 
-class TracingFilter(BaseFilter):
+class TracingFilter(BasePlugin[TracingConfig]):
     """Propagates W3C trace context upstream; see the module docstring."""
 
     name: ClassVar[str] = "tracing"
     # Right after correlation-id, so even requests refused by auth carry a trace id.
     priority: ClassVar[int] = 100000
-    Config = TracingConfig
 
     def __init__(self, config: TracingConfig | None = None) -> None:
         super().__init__(config)

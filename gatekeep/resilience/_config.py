@@ -35,6 +35,8 @@ from typing import Any, Literal
 
 import attrs
 
+from .. import validators
+
 __all__ = [
     "ActiveHealthcheck",
     "ActiveHealthy",
@@ -46,16 +48,6 @@ __all__ = [
     "PassiveUnhealthy",
     "RetryConfig",
 ]
-
-
-def _positive(_: Any, attribute: Any, value: float | int | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"must be greater than 0, got {value}")
-
-
-def _non_negative(_: Any, attribute: Any, value: float | int) -> None:
-    if value < 0:
-        raise ValueError(f"must be 0 or more, got {value}")
 
 
 def _fraction(_: Any, attribute: Any, value: float) -> None:
@@ -92,12 +84,12 @@ class BreakerConfig:
     ``consecutive_failures = 0`` for the streak rule.
     """
 
-    consecutive_failures: int = attrs.field(default=5, validator=_non_negative)
+    consecutive_failures: int = attrs.field(default=5, validator=validators.non_negative)
     failure_rate: float = attrs.field(default=0.5, validator=_fraction)
-    window: float = attrs.field(default=10.0, validator=_positive)
-    minimum_calls: int = attrs.field(default=20, validator=_positive)
-    open_for: float = attrs.field(default=30.0, validator=_positive)
-    half_open_probes: int = attrs.field(default=3, validator=_positive)
+    window: float = attrs.field(default=10.0, validator=validators.positive)
+    minimum_calls: int = attrs.field(default=20, validator=validators.positive)
+    open_for: float = attrs.field(default=30.0, validator=validators.positive)
+    half_open_probes: int = attrs.field(default=3, validator=validators.positive)
     # Upstream answers that count as failures (errors and timeouts always do).
     failure_statuses: tuple[int, ...] = attrs.field(default=(500, 502, 503, 504), validator=_statuses)
     # Breakers per instance (removing an open one from the pick set) and/or per service.
@@ -112,42 +104,42 @@ class RetryConfig:
     # Answers retried (for idempotent requests).
     statuses: tuple[int, ...] = attrs.field(default=(502, 503, 504), validator=_statuses)
     # Full-jitter exponential backoff: a random delay in [0, min(max_backoff, backoff * 2**n)].
-    backoff: float = attrs.field(default=0.025, validator=_non_negative)
-    max_backoff: float = attrs.field(default=0.25, validator=_non_negative)
+    backoff: float = attrs.field(default=0.025, validator=validators.non_negative)
+    max_backoff: float = attrs.field(default=0.25, validator=validators.non_negative)
     # Seconds one try may take until the response head; None: the service timeouts only.
-    per_try_timeout: float | None = attrs.field(default=None, validator=_positive)
+    per_try_timeout: float | None = attrs.field(default=None, validator=validators.positive)
     # Seconds all tries together may take until a response head; None: no bound.
-    timeout: float | None = attrs.field(default=None, validator=_positive)
+    timeout: float | None = attrs.field(default=None, validator=validators.positive)
     # Retries may add at most this share of the requests seen in the last 10 s ...
     budget_percent: float = attrs.field(default=20.0, validator=_percent)
     # ... plus this many per second, so that a quiet service can still retry.
-    min_retries_per_second: float = attrs.field(default=3.0, validator=_non_negative)
+    min_retries_per_second: float = attrs.field(default=3.0, validator=validators.non_negative)
     # A request body up to this size is read ahead into memory so that it can be re-sent.
-    body_limit: int = attrs.field(default=64 * 1024, validator=_non_negative)
+    body_limit: int = attrs.field(default=64 * 1024, validator=validators.non_negative)
     # After a connect failure (refused, unreachable, connect timeout, TLS handshake: the
     # instance never saw the request) try this many other instances, for any method.
     # Not a retry of a delivered request: neither ``retries`` nor the budget limit it.
-    failovers: int = attrs.field(default=3, validator=_non_negative)
+    failovers: int = attrs.field(default=3, validator=validators.non_negative)
 
 
 @attrs.frozen
 class ActiveHealthy:
-    interval: float = attrs.field(default=5.0, validator=_positive)
+    interval: float = attrs.field(default=5.0, validator=validators.positive)
     http_statuses: tuple[int, ...] = attrs.field(
         default=(200, 201, 202, 204, 301, 302, 303, 304, 307, 308), validator=_statuses
     )
-    successes: int = attrs.field(default=2, validator=_positive)
+    successes: int = attrs.field(default=2, validator=validators.positive)
 
 
 @attrs.frozen
 class ActiveUnhealthy:
-    interval: float = attrs.field(default=5.0, validator=_positive)
+    interval: float = attrs.field(default=5.0, validator=validators.positive)
     http_statuses: tuple[int, ...] = attrs.field(
         default=(429, 404, 500, 501, 502, 503, 504, 505), validator=_statuses
     )
-    http_failures: int = attrs.field(default=2, validator=_positive)
-    tcp_failures: int = attrs.field(default=2, validator=_positive)
-    timeouts: int = attrs.field(default=2, validator=_positive)
+    http_failures: int = attrs.field(default=2, validator=validators.positive)
+    tcp_failures: int = attrs.field(default=2, validator=validators.positive)
+    timeouts: int = attrs.field(default=2, validator=validators.positive)
 
 
 @attrs.frozen
@@ -156,8 +148,8 @@ class ActiveHealthcheck:
 
     type: Literal["http", "https"] | None = None  # default: the service's protocol
     http_path: str = attrs.field(default="/", validator=_absolute_path)
-    timeout: float = attrs.field(default=1.0, validator=_positive)
-    concurrency: int = attrs.field(default=10, validator=_positive)
+    timeout: float = attrs.field(default=1.0, validator=validators.positive)
+    concurrency: int = attrs.field(default=10, validator=validators.positive)
     https_verify_certificate: bool = True
     healthy: ActiveHealthy = ActiveHealthy()
     unhealthy: ActiveUnhealthy = ActiveUnhealthy()
@@ -172,11 +164,11 @@ class PassiveUnhealthy:
     """
 
     http_statuses: tuple[int, ...] = attrs.field(default=(500, 502, 503, 504), validator=_statuses)
-    http_failures: int = attrs.field(default=5, validator=_non_negative)
-    tcp_failures: int = attrs.field(default=5, validator=_non_negative)
-    timeouts: int = attrs.field(default=5, validator=_non_negative)
+    http_failures: int = attrs.field(default=5, validator=validators.non_negative)
+    tcp_failures: int = attrs.field(default=5, validator=validators.non_negative)
+    timeouts: int = attrs.field(default=5, validator=validators.non_negative)
     # nginx's max_fails=1 for a connect error: nobody listens there (or it is unreachable).
-    connect_failures: int = attrs.field(default=1, validator=_non_negative)
+    connect_failures: int = attrs.field(default=1, validator=validators.non_negative)
 
 
 @attrs.frozen
@@ -190,8 +182,8 @@ class PassiveHealthcheck:
     """
 
     unhealthy: PassiveUnhealthy = PassiveUnhealthy()
-    base_ejection_time: float = attrs.field(default=30.0, validator=_positive)
-    max_ejection_time: float = attrs.field(default=300.0, validator=_positive)
+    base_ejection_time: float = attrs.field(default=30.0, validator=validators.positive)
+    max_ejection_time: float = attrs.field(default=300.0, validator=validators.positive)
     max_ejection_percent: float = attrs.field(default=50.0, validator=_percent)
 
 

@@ -74,6 +74,9 @@ class UpstreamGuard:
         healthchecks: active and passive health checks.
         scheme, tls: how active probes reach the instances.
         clock: a monotonic clock; rng: the random source for backoff jitter.
+        make_breaker: builds the breakers instead of ``CircuitBreaker``: called
+            with ``None`` for the service's breaker (may return ``None``: none)
+            and with each instance for its own (``Gateway(breaker=...)``).
     """
 
     def __init__(
@@ -89,8 +92,10 @@ class UpstreamGuard:
         tls: Any = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        make_breaker: Callable[[Instance | None], Any] | None = None,
     ) -> None:
         self.name = name
+        self._make_breaker = make_breaker
         self.balancer = balancer
         self._observe: Callable[[Instance, float, bool], None] | None = getattr(balancer, "observe", None)
         self._release: Callable[[Instance], None] = getattr(balancer, "release", None) or _no_release
@@ -107,11 +112,13 @@ class UpstreamGuard:
         self._failure_statuses = frozenset(breaker.failure_statuses if breaker else (500, 502, 503, 504))
         self._callbacks: list[ChangeCallback] = []
         self.breaker: CircuitBreaker | None = None
-        if breaker is not None and breaker.per_service:
+        if make_breaker is not None:
+            self.breaker = make_breaker(None)
+        elif breaker is not None and breaker.per_service:
             self.breaker = CircuitBreaker(breaker, clock=clock, name=name)
-        else:
+        if self.breaker is None:
             self.call = self._tries  # type: ignore[method-assign]
-        self._per_instance = breaker is not None and breaker.per_instance
+        self._per_instance = make_breaker is not None or (breaker is not None and breaker.per_instance)
         # Per instance (``instance_key``): its breaker and the instance.
         self.instance_breakers: dict[InstanceKey, CircuitBreaker] = {}
         self._breaker_instances: dict[InstanceKey, Instance] = {}
@@ -142,8 +149,13 @@ class UpstreamGuard:
         key = (instance.scheme, instance.host, instance.port, instance.id)
         b = self.instance_breakers.get(key)
         if b is None:
-            assert self.breaker_config is not None
-            b = CircuitBreaker(self.breaker_config, clock=self._clock, name=f"{self.name}/{instance.address}")
+            if self._make_breaker is not None:
+                b = self._make_breaker(instance)
+            else:
+                assert self.breaker_config is not None
+                b = CircuitBreaker(
+                    self.breaker_config, clock=self._clock, name=f"{self.name}/{instance.address}"
+                )
             b.on_change(self._count_unclosed)
             for callback in self._callbacks:
                 b.on_change(callback)
@@ -362,11 +374,8 @@ async def _send_within(send: Send, instance: Instance, seconds: float) -> Respon
 
 
 def _release_on_close(response: Response, release: Callable[[Instance], None], instance: Instance) -> None:
-    upstream_close = response.on_close
-
+    # Deferred after the pool's clean-up, so it runs before it (LIFO), as the slot frees first.
     async def close() -> None:
         release(instance)
-        if upstream_close is not None:
-            await upstream_close()
 
-    response.on_close = close
+    response.defer(close)

@@ -41,6 +41,10 @@ from ._window import RollingCounts
 
 __all__ = ["IDEMPOTENT_METHODS", "RetryBudget", "RetryPolicy", "is_idempotent", "prepare_body"]
 
+# RFC 9110 §9.2.2: the methods whose intended effect is the same sent once or twice.  The one
+# home of the rule: the pool re-sends these on a stale keep-alive connection even after bytes
+# left (``retry_safe``), and the guard retries them (``is_idempotent`` adds a request that
+# carries an ``Idempotency-Key``, which vouches for itself).
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BUDGET_WINDOW: Final = 10.0
 

@@ -314,8 +314,8 @@ def test_the_client_address_is_the_right_most_untrusted_x_forwarded_for_entry(
 ) -> None:
     import ipaddress
 
+    from gatekeep import Headers, Request
     from gatekeep._edge import Edge
-    from gatekeep._http import Headers, Request
 
     edge = Edge(
         trusted_proxies=[ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:ffff::/48")]

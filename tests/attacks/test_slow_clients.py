@@ -29,9 +29,7 @@ import pytest
 import uvicorn
 from anyio.abc import SocketStream
 
-from gatekeep import Gateway
-from gatekeep._asgi import asgi
-from gatekeep._errors import ConfigError
+from gatekeep import ConfigError, Gateway, asgi
 from gatekeep.testing import TestClient, serve_asgi
 
 from .._upstream_servers import uvicorn_process

@@ -42,9 +42,7 @@ import anyio.from_thread
 import attrs
 import pytest
 
-from gatekeep import Gateway, asgi
-from gatekeep._http import replayable
-from gatekeep._protocols import Instance
+from gatekeep import Gateway, Instance, asgi, replayable
 from gatekeep._upstream import Timeouts, UpstreamPool
 from gatekeep.testing import serve_asgi
 

@@ -24,10 +24,7 @@ import anyio.abc
 import anyio.from_thread
 import pytest
 
-from gatekeep import Gateway, asgi
-from gatekeep._errors import BadRequest
-from gatekeep._http import replayable
-from gatekeep._protocols import Instance
+from gatekeep import BadRequest, Gateway, Instance, asgi, replayable
 from gatekeep._upstream import Timeouts, UpstreamPool, request_sent
 from gatekeep.testing import ClientResponse, EchoUpstream, TestClient, serve_asgi
 

@@ -33,7 +33,7 @@ def cors_headers(response: ClientResponse) -> dict[str, str]:
 
 
 def test_the_entry_point_is_found() -> None:
-    (entry_point,) = [ep for ep in entry_points(group="gatekeep.filters") if ep.name == "cors"]
+    (entry_point,) = [ep for ep in entry_points(group="gatekeep.plugins") if ep.name == "cors"]
     assert entry_point.load() is CorsFilter
     assert "cors" in available_filters()
     assert CorsFilter.name == "cors"

@@ -92,7 +92,7 @@ def traceparent_parts(value: str) -> tuple[str, str, str, str]:
 
 
 def test_the_entry_point_is_found() -> None:
-    (entry_point,) = [ep for ep in entry_points(group="gatekeep.filters") if ep.name == "otel"]
+    (entry_point,) = [ep for ep in entry_points(group="gatekeep.plugins") if ep.name == "otel"]
     assert entry_point.load() is OtelFilter
     assert "otel" in available_filters()
     assert OtelFilter.priority == TracingFilter.priority - 1

@@ -44,7 +44,7 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 import attrs
-from gatekeep import BaseFilter, Headers, Request, Response
+from gatekeep import BasePlugin, Headers, Request, Response
 
 __all__ = ["DEFAULT_METHODS", "CorsConfig", "CorsFilter"]
 
@@ -174,12 +174,11 @@ class CorsConfig:
             )
 
 
-class CorsFilter(BaseFilter):
+class CorsFilter(BasePlugin[CorsConfig]):
     """Answers CORS preflights and adds CORS headers to responses."""
 
     name: ClassVar[str] = "cors"
     priority: ClassVar[int] = 2000
-    Config = CorsConfig
     config: CorsConfig
 
     def __init__(self, config: CorsConfig | None = None) -> None:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 import gatekeep
-from gatekeep import BaseFilter, Exchange, Headers, Request, Response, UpstreamError
+from gatekeep import BasePlugin, Exchange, Headers, Request, Response, UpstreamError
 from gatekeep.observability import TraceContext
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
@@ -125,7 +125,7 @@ class Plan:
         return bool(self.flags & _SAMPLED)
 
 
-class OtelFilter(BaseFilter):
+class OtelFilter(BasePlugin[OtelConfig]):
     """One SERVER span per request and an ``upstream`` CLIENT span; see the module docstring.
 
     Args:
@@ -137,7 +137,6 @@ class OtelFilter(BaseFilter):
     name: ClassVar[str] = "otel"
     # Just below ``tracing`` (100 000), so it sees the context that filter chose.
     priority: ClassVar[int] = 99999
-    Config = OtelConfig
     config: OtelConfig
 
     def __init__(self, config: OtelConfig | None = None, *, exporter: SpanExporter | None = None) -> None:

@@ -34,11 +34,11 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
-from ._errors import BadRequest, ClientClosedRequest, GatekeepError, UpstreamError
-from ._filter import Exchange
-from ._forwarding import HOP_BY_HOP
-from ._gateway import Gateway
-from ._http import Headers, Request, Response
+from .._errors import BadRequest, ClientClosedRequest, GatekeepError, UpstreamError
+from .._filter import Exchange
+from .._forwarding import HOP_BY_HOP
+from .._gateway import Gateway
+from .._http import Headers, Request, Response
 
 __all__ = ["WSGIApp", "wsgi"]
 
@@ -113,8 +113,9 @@ class WSGIApp:
     def __init__(self, gateway: Gateway, app: WSGI | None = None) -> None:
         self.gateway = gateway
         self.app = app
-        if app is not None:
-            gateway.app = _WSGIAppCaller(app)
+        # Middleware mode: the wrapped app is the upstream of ``app://`` routes, handed to
+        # ``Gateway.handle`` with each request (the gateway itself is never changed).
+        self._caller: _WSGIAppCaller | None = _WSGIAppCaller(app) if app is not None else None
         self._lock = threading.Lock()
         self._portal: anyio.from_thread.BlockingPortal | None = None
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
@@ -221,7 +222,7 @@ class WSGIApp:
         portal = self.portal
         request = self.request_from_environ(environ)
         exchange = Exchange(request)
-        response: Response = portal.call(self.gateway.handle, request, exchange)
+        response: Response = portal.call(self.gateway.handle, request, exchange, self._caller)
         # PEP 3333: no hop-by-hop fields from an app (wsgiref asserts); the server decides
         # about the connection (a refusal's "Connection: close" is the ASGI servers' hint).
         headers = [
@@ -434,4 +435,4 @@ class _WSGIAppCaller:
             if closer is not None:
                 await anyio.to_thread.run_sync(closer)
 
-        return Response(status, headers, body(), source="service", on_close=close)
+        return Response(status, headers, body(), source="service", deferred=[close])

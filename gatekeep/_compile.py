@@ -1,0 +1,452 @@
+"""The compile step: a config becomes the objects a gateway runs requests over.
+
+Theory of operation
+-------------------
+
+``compile_config(config, ...)`` does, once, everything that can be computed
+from a config: each service's timeouts, TLS settings, base path and guard
+(balancer, breakers, health checks, retries); each route's filter chain and
+the router over all routes; the global chain; consumers by every key; the
+edge settings and the body policy.  The result, ``Compiled``, is what
+``Gateway`` runs requests over; nothing in it is rebuilt per request (the
+one exception: chains for consumers with consumer-scoped plugins, built on
+first use and cached on their route).
+
+Runtime state that must outlive a config lives in the compiled objects too:
+the upstream pool, each service's guard (breaker states, health, balancer
+counters) and the discovery (its watchers).  ``compile_config(new,
+previous=old)`` is the seam the live-config issue builds on: a service whose
+config is unchanged keeps its ``Service`` (and so its guard), the pool is
+carried over when its settings are unchanged, and the swap itself is one
+assignment of ``Gateway.compiled`` (reload is not implemented yet: starting
+the new services' health checks and discovery, stopping the dropped ones,
+and re-binding filters are that issue's part).
+
+Protocol seams: ``router`` (a ``Router``, or a factory given the
+``RouteRule``s), ``discovery``, ``balancer`` and ``breaker`` (factories, one
+object per service or instance) replace the built-ins.  A router names the
+route it matched by ``RouteMatch.rule.name``; the gateway finds its
+``Route`` by that name, so a user router never builds an internal object.
+
+Filters are instantiated here (``load_filter_class``); ``bind_filters`` is
+the one place that hands them the gateway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._balancer import make_balancer
+from ._body import BodyPolicy
+from ._config import (
+    ConsumerConfig,
+    GatewayConfig,
+    PluginConfig,
+    RouteConfig,
+    ServiceConfig,
+    parse_target,
+    plugin_config,
+)
+from ._edge import Edge
+from ._errors import ConfigError, FieldError
+from ._filter import Chain, _overrides, load_filter_class
+from ._forwarding import HOP_BY_HOP
+from ._protocols import Balancer, Breaker, Discovery, Instance, Router
+from ._router import CompiledRouter, RouteRule
+from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool, codec_for
+from .discovery import build_discovery
+from .resilience import UpstreamGuard
+
+__all__ = [
+    "APP_URL",
+    "BalancerFactory",
+    "BreakerFactory",
+    "Compiled",
+    "Route",
+    "RouterFactory",
+    "Service",
+    "bind_filters",
+    "compile_config",
+]
+
+# A service with this url is answered by the wrapped app (middleware mode): an upstream kind.
+APP_URL = "app://"
+
+RouterFactory = Callable[[Sequence[RouteRule]], Router]
+BalancerFactory = Callable[[ServiceConfig], Balancer]
+# Called with ``None`` for a service's own breaker (may return ``None``), else with an instance.
+BreakerFactory = Callable[[ServiceConfig, Instance | None], Breaker | None]
+
+
+@attrs.define(slots=True, eq=False)
+class Service:
+    """A service compiled from its config."""
+
+    name: str
+    config: ServiceConfig
+    base_path: str
+    timeouts: Timeouts
+    tls: TLSSettings | None
+    # The balancer with breakers, health checks and retries around it (gatekeep.resilience).
+    guard: UpstreamGuard
+    # Answered by the wrapped app (``url = "app://"``), not by a remote upstream.
+    is_app: bool = False
+
+
+@attrs.define(slots=True, eq=False)
+class Route:
+    """A route compiled from its config, with its precomputed filter chain."""
+
+    name: str
+    config: RouteConfig
+    service: Service
+    chain: Chain
+    # Chains for consumers that have consumer-scoped plugins, built on first use.
+    consumer_chains: dict[str, Chain] = attrs.field(factory=dict)
+    strip_path: bool = True
+    preserve_host: bool = False
+
+
+@attrs.frozen
+class _Entry:
+    """One configured plugin instance and the scope it was attached to."""
+
+    filter: Any
+    name: str
+    enabled: bool
+    service: str | None
+    route: str | None
+    consumer: str | None
+
+    @property
+    def rank(self) -> int:
+        # Kong's precedence, most specific first.
+        return _RANKS.get((self.route is not None, self.service is not None, self.consumer is not None), 1)
+
+
+_RANKS = {
+    (True, True, True): 8,
+    (True, False, True): 7,
+    (False, True, True): 6,
+    (True, True, False): 5,
+    (False, False, True): 4,
+    (True, False, False): 3,
+    (False, True, False): 2,
+}
+
+
+class _NoRouter:
+    """The router of a ``Compiled`` under construction (replaced before it is used)."""
+
+    def match(self, method: str, host: str, path: str, headers: Any = None) -> None:
+        return None
+
+    def allowed_methods(self, host: str, path: str, headers: Any = None) -> frozenset[str]:
+        return frozenset()
+
+
+@attrs.define(slots=True, eq=False)
+class Compiled:
+    """Everything a gateway runs requests over, compiled from one config.
+
+    Only ``endpoints`` (filled by filters in ``bind``) and the routes'
+    consumer-chain caches change after ``compile_config`` returns.
+    """
+
+    config: GatewayConfig
+    via: bytes
+    hide_upstream: frozenset[bytes]
+    request_id_header: bytes
+    echo_request_id: bool
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    edge: Edge
+    fallthrough: bool
+    pool: UpstreamPool
+    bodies: BodyPolicy
+    filters: list[Any]
+    has_log_phase: bool
+    services: dict[str, Service]
+    discovery: Discovery
+    consumers_with_plugins: frozenset[str]
+    entries: list[_Entry]
+    routes: list[Route] = attrs.field(factory=list)
+    routes_by_name: dict[str, Route] = attrs.field(factory=dict)
+    router: Router = attrs.field(factory=_NoRouter)
+    global_chain: Chain = attrs.field(factory=lambda: Chain([]))
+    consumers: dict[str, ConsumerConfig] = attrs.field(factory=dict)
+    endpoints: dict[str, Any] = attrs.field(factory=dict)
+
+    def chain(self, route: str | None, service: str | None, consumer: str | None) -> Chain:
+        """The chain for a scope: per filter name, the most specific entry (Kong's precedence)."""
+        best: dict[str, _Entry] = {}
+        for e in self.entries:
+            if e.route is not None and e.route != route:
+                continue
+            if e.service is not None and e.service != service:
+                continue
+            if e.consumer is not None and e.consumer != consumer:
+                continue
+            current = best.get(e.name)
+            if current is None or e.rank > current.rank:
+                best[e.name] = e
+        return Chain([e.filter for e in best.values() if e.enabled])
+
+    def chain_for(self, route: Route, consumer: str | None) -> Chain:
+        """The chain of ``route`` once ``consumer`` is known."""
+        if consumer is None or consumer not in self.consumers_with_plugins:
+            return route.chain
+        chain = route.consumer_chains.get(consumer)
+        if chain is None:
+            chain = self.chain(route.name, route.service.name, consumer)
+            route.consumer_chains[consumer] = chain
+        return chain
+
+
+def compile_config(
+    config: GatewayConfig,
+    *,
+    filters: Sequence[Any] = (),
+    discovery: Discovery | None = None,
+    router: Router | RouterFactory | None = None,
+    balancer: BalancerFactory | None = None,
+    breaker: BreakerFactory | None = None,
+    previous: Compiled | None = None,
+) -> Compiled:
+    """Compile ``config`` (already loaded and validated) for a gateway.
+
+    Args:
+        filters: extra filter instances attached globally.
+        discovery: where instances come from (default: the config's static
+            ``url``/``targets``, Consul or DNS as configured).
+        router: a ``Router``, or a factory called with the ``RouteRule``s
+            (default: ``CompiledRouter``).
+        balancer: ``balancer(service_config) -> Balancer`` per service.
+        breaker: ``breaker(service_config, instance_or_None) -> Breaker``.
+        previous: the compiled config this one replaces; unchanged services
+            keep their state (see the module doc).
+
+    Raises:
+        ConfigError: something only found out here (a missing codec).
+    """
+    settings = config.gateway
+    trusted = tuple(ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies)
+    request_id_header = settings.request_id_header.lower().encode("latin-1")
+    pool_settings = settings.pool
+    if previous is not None and previous.config.gateway.pool == pool_settings:
+        pool = previous.pool
+    else:
+        pool = _pool(config)
+    entries = _build_entries(config, filters)
+    services: dict[str, Service] = {}
+    static: dict[str, list[Instance]] = {}
+    for sc in config.services:
+        old = previous.services.get(sc.name) if previous is not None else None
+        if old is not None and old.config == sc and old.timeouts.pool == pool_settings.pool_timeout:
+            services[sc.name] = old
+        else:
+            services[sc.name] = _compile_service(sc, pool_settings.pool_timeout, balancer, breaker)
+        static[sc.name] = _static_instances(sc)
+    compiled = Compiled(
+        config=config,
+        via=f"1.1 {settings.via}".encode(),
+        hide_upstream=HOP_BY_HOP | {n.lower().encode("ascii") for n in settings.hide_upstream_headers},
+        request_id_header=request_id_header,
+        echo_request_id=settings.echo_request_id,
+        trusted=trusted,
+        edge=Edge(
+            trusted_proxies=trusted,
+            request_id_header=request_id_header,
+            headers_with_underscores=settings.headers_with_underscores,
+            method_override_headers=settings.method_override_headers,
+        ),
+        fallthrough=settings.fallthrough,
+        pool=pool,
+        # Client body timeouts, request buffering and each service's streaming cap (gatekeep._body).
+        bodies=BodyPolicy(
+            idle=settings.client_body_timeout,
+            total=settings.client_body_total_timeout,
+            buffer_size=settings.request_buffer_size,
+            memory=settings.request_buffer_memory,
+            uploads={
+                sc.name: sc.max_streaming_uploads or max(1, pool_settings.max_connections // 2)
+                for sc in config.services
+            },
+            wait=pool_settings.pool_timeout,
+        ),
+        filters=[e.filter for e in entries],
+        # Whether any filter has a log phase (else requests skip ``log`` entirely).
+        has_log_phase=any(_overrides(e.filter, "on_log") for e in entries),
+        services=services,
+        discovery=discovery or build_discovery(config, static),
+        consumers_with_plugins=frozenset(e.consumer for e in entries if e.consumer is not None),
+        entries=entries,
+    )
+    rules: list[RouteRule] = []
+    for sc in config.services:
+        for ri, rc in enumerate(sc.routes):
+            name = rc.name or f"{sc.name}.{ri}"
+            route = Route(
+                name=name,
+                config=rc,
+                service=services[sc.name],
+                chain=compiled.chain(name, sc.name, None),
+                strip_path=rc.strip_path,
+                preserve_host=rc.preserve_host,
+            )
+            compiled.routes.append(route)
+            compiled.routes_by_name[name] = route
+            rules.append(
+                RouteRule(
+                    name=name,
+                    paths=tuple(rc.paths),
+                    methods=frozenset(m.upper() for m in rc.methods),
+                    hosts=tuple(h.lower() for h in rc.hosts),
+                    headers={k.lower(): tuple(v) for k, v in rc.headers.items()},
+                    target=route,
+                )
+            )
+    compiled.router = _router(router, rules)
+    compiled.global_chain = compiled.chain(None, None, None)
+    for cc in config.consumers:
+        for key in (cc.id, cc.username, cc.custom_id):
+            if key:
+                compiled.consumers.setdefault(key, cc)
+    return compiled
+
+
+def bind_filters(compiled: Compiled, gateway: Any) -> None:
+    """Hand each filter with a ``bind`` method what it may read of the gateway.
+
+    The one place that decides what ``bind`` gets (the plugin SDK narrows it).
+    """
+    for f in compiled.filters:
+        bind = getattr(f, "bind", None)
+        if bind is not None:
+            bind(gateway)
+
+
+def _router(router: Router | RouterFactory | None, rules: Sequence[RouteRule]) -> Router:
+    if router is None:
+        return CompiledRouter(rules)
+    if isinstance(router, Router):
+        return router
+    return router(rules)
+
+
+def _pool(config: GatewayConfig) -> UpstreamPool:
+    settings = config.gateway
+    try:
+        # "auto" leaves the choice to the pool's default (httptools when installed).
+        codec = None if settings.http_codec == "auto" else codec_for(settings.http_codec)
+    except ImportError as exc:
+        raise ConfigError(
+            [FieldError("gateway.http_codec", "httptools is not installed (pip install httptools)")]
+        ) from exc
+    pool = settings.pool
+    return UpstreamPool(
+        PoolLimits(
+            max_connections=pool.max_connections, max_idle=pool.max_idle, idle_timeout=pool.idle_timeout
+        ),
+        codec_factory=codec,
+    )
+
+
+def _build_entries(config: GatewayConfig, extra: Sequence[Any]) -> list[_Entry]:
+    entries: list[_Entry] = []
+
+    def add(pc: PluginConfig, service: str | None, route: str | None, consumer: str | None) -> None:
+        cls = load_filter_class(pc.name)
+        instance = cls(plugin_config(pc))
+        entries.append(_Entry(instance, pc.name, pc.enabled, service, route, consumer))
+
+    for pc in config.plugins:
+        add(pc, pc.service, pc.route, pc.consumer)
+    for sc in config.services:
+        for pc in sc.plugins:
+            add(pc, sc.name, None, None)
+        for ri, rc in enumerate(sc.routes):
+            for pc in rc.plugins:
+                add(pc, None, rc.name or f"{sc.name}.{ri}", None)
+    for cc in config.consumers:
+        for pc in cc.plugins:
+            add(pc, None, None, cc.key)
+    entries.extend(_Entry(f, f.name, True, None, None, None) for f in extra)
+    return entries
+
+
+def _compile_service(
+    sc: ServiceConfig,
+    pool_timeout: float,
+    balancer: BalancerFactory | None,
+    breaker: BreakerFactory | None,
+) -> Service:
+    base_path = sc.path
+    is_app = sc.url == APP_URL
+    scheme: str = sc.protocol
+    if sc.url is not None and not is_app:
+        parts = urlsplit(sc.url)
+        base_path = parts.path or sc.path
+        scheme = parts.scheme
+    tls = None
+    if scheme == "https":
+        t = sc.tls
+        tls = TLSSettings(
+            verify=t.verify,
+            ca_file=t.ca_file,
+            cert_file=t.cert_file,
+            key_file=t.key_file,
+            server_name=t.server_name,
+        )
+    make_breaker: Callable[[Instance | None], Breaker | None] | None = None
+    if breaker is not None:
+        user_breaker = breaker
+
+        def make_breaker(instance: Instance | None) -> Breaker | None:
+            return user_breaker(sc, instance)
+
+    guard = UpstreamGuard(
+        sc.name,
+        balancer(sc) if balancer is not None else make_balancer(sc),
+        retries=sc.retries,
+        retry=sc.retry_policy,
+        breaker=sc.breaker,
+        healthchecks=sc.healthchecks,
+        scheme=scheme,
+        tls=tls,
+        make_breaker=make_breaker,
+    )
+    return Service(
+        name=sc.name,
+        config=sc,
+        base_path=base_path.rstrip("/"),
+        timeouts=Timeouts(
+            connect=sc.connect_timeout / 1000,
+            read=sc.read_timeout / 1000,
+            write=sc.write_timeout / 1000,
+            pool=pool_timeout,
+        ),
+        tls=tls,
+        guard=guard,
+        is_app=is_app,
+    )
+
+
+def _static_instances(sc: ServiceConfig) -> list[Instance]:
+    if sc.url == APP_URL:
+        return []
+    if sc.url is not None:
+        parts = urlsplit(sc.url)
+        scheme = parts.scheme
+        port = parts.port or (443 if scheme == "https" else 80)
+        return [Instance(host=parts.hostname or "", port=port, scheme=scheme)]
+    out = []
+    for t in sc.targets:
+        parsed = parse_target(t.target)
+        assert parsed is not None  # checked by load_config
+        out.append(Instance(host=parsed[0], port=parsed[1], scheme=sc.protocol, weight=t.weight))
+    return out
