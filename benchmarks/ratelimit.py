@@ -40,7 +40,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchm
 sys.path.insert(0, str(ROOT))
 
 from gatekeep._protocols import Limit  # noqa: E402
-from gatekeep._ratelimit import RedisRateLimiter  # noqa: E402
+from gatekeep.ratelimit import RedisRateLimiter  # noqa: E402
 
 USERS = [f"user{i}" for i in range(10_000)]
 # Per second, per minute, per hour: high enough that nearly all pass.

@@ -22,6 +22,7 @@ from ._config import (
     TLSConfig,
     load_config,
 )
+from ._descriptions import RouteInfo, ServiceInfo
 from ._discovery import StaticDiscovery
 from ._errors import (
     AuthError,
@@ -52,30 +53,37 @@ from ._filter import (
     Exchange,
     Filter,
     NoConfig,
+    Plugin,
     available_filters,
+    available_plugins,
     register_filter,
 )
 from ._gateway import Gateway
 from ._http import Body, Headers, Request, Response, problem_response, replayable
 from ._normalise import normalise_path
+from ._plugin_context import Endpoint, PluginContext, UpstreamState
 from ._protocols import (
     Authenticator,
     Authorizer,
     Balancer,
     Breaker,
+    CountingBalancer,
     Decision,
     Discovery,
     Identity,
     Instance,
     Limit,
+    ObservableBreaker,
+    ObservingBalancer,
     RateLimiter,
     Router,
 )
-from ._ratelimit import MemoryRateLimiter, RateLimiterUnavailable, RedisRateLimiter
+from ._registry import PluginRegistry
 from ._router import CompiledRouter, RouteMatch, RouteRule
 from .adapters import ASGIApp, Middleware, WSGIApp, asgi, wsgi
 from .auth import JWTVerifier
 from .discovery import CompositeDiscovery, ConsulDiscovery, DnsDiscovery
+from .ratelimit import MemoryRateLimiter, RateLimiterUnavailable, RedisRateLimiter
 from .resilience import CircuitBreaker
 
 __version__ = "0.1.0"
@@ -91,6 +99,7 @@ __all__ = [
     "BasePlugin",
     "Body",
     "Breaker",
+    "CountingBalancer",
     "Chain",
     "CircuitBreaker",
     "CircuitOpen",
@@ -104,6 +113,7 @@ __all__ = [
     "Decision",
     "Discovery",
     "DnsDiscovery",
+    "Endpoint",
     "Exchange",
     "FieldError",
     "Filter",
@@ -119,6 +129,8 @@ __all__ = [
     "JWTVerifier",
     "LeastOutstanding",
     "Limit",
+    "ObservableBreaker",
+    "ObservingBalancer",
     "MemoryRateLimiter",
     "MethodNotAllowed",
     "Middleware",
@@ -127,7 +139,10 @@ __all__ = [
     "NotFound",
     "HeaderFieldsTooLarge",
     "PayloadTooLarge",
+    "Plugin",
     "PluginConfig",
+    "PluginContext",
+    "PluginRegistry",
     "PowerOfTwoEWMA",
     "RateLimited",
     "RateLimiter",
@@ -137,15 +152,18 @@ __all__ = [
     "Response",
     "RoundRobin",
     "RouteConfig",
+    "RouteInfo",
     "RouteMatch",
     "RouteRule",
     "Router",
     "ServiceConfig",
+    "ServiceInfo",
     "ServiceUnavailable",
     "StaticDiscovery",
     "TLSConfig",
     "TargetConfig",
     "UpstreamConnectError",
+    "UpstreamState",
     "UpstreamError",
     "UpstreamProtocolError",
     "UpstreamTimeout",
@@ -153,6 +171,7 @@ __all__ = [
     "__version__",
     "asgi",
     "available_filters",
+    "available_plugins",
     "load_config",
     "normalise_path",
     "problem_response",

@@ -28,15 +28,16 @@ object per service or instance) replace the built-ins.  A router names the
 route it matched by ``RouteMatch.rule.name``; the gateway finds its
 ``Route`` by that name, so a user router never builds an internal object.
 
-Filters are instantiated here (``load_filter_class``); ``bind_filters`` is
+Filters are instantiated here (from the gateway's ``PluginRegistry``); ``bind_filters`` is
 the one place that hands them the gateway.
 """
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -52,15 +53,21 @@ from ._config import (
     parse_target,
     plugin_config,
 )
+from ._descriptions import RouteInfo, ServiceInfo
 from ._edge import Edge
 from ._errors import ConfigError, FieldError
-from ._filter import Chain, _overrides, load_filter_class
+from ._filter import Chain, _overrides
 from ._forwarding import HOP_BY_HOP
-from ._protocols import Balancer, Breaker, Discovery, Instance, Router
+from ._plugin_context import Endpoint, PluginContext, UpstreamState
+from ._protocols import Authenticator, Balancer, Breaker, Discovery, Instance, RateLimiter, Router
+from ._registry import INSTALLED, PluginRegistry
 from ._router import CompiledRouter, RouteRule
 from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool, codec_for
 from .discovery import build_discovery
 from .resilience import UpstreamGuard
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
 
 __all__ = [
     "APP_URL",
@@ -96,6 +103,11 @@ class Service:
     guard: UpstreamGuard
     # Answered by the wrapped app (``url = "app://"``), not by a remote upstream.
     is_app: bool = False
+    # What plugins see of it (``Request.service``, ``PluginContext.services``), built once.
+    info: ServiceInfo = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.info = ServiceInfo(self.name, self.config.url, self.is_app)
 
 
 @attrs.define(slots=True, eq=False)
@@ -110,6 +122,21 @@ class Route:
     consumer_chains: dict[str, Chain] = attrs.field(factory=dict)
     strip_path: bool = True
     preserve_host: bool = False
+    # What plugins see of it (``Request.route``, ``PluginContext.routes``), built once.
+    info: RouteInfo = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        rc = self.config
+        self.info = RouteInfo(
+            name=self.name,
+            service=self.service.info,
+            paths=tuple(rc.paths),
+            methods=frozenset(m.upper() for m in rc.methods),
+            hosts=tuple(rc.hosts),
+            plugins=tuple(str(getattr(f, "name", "")) for f in self.chain.filters),
+            strip_path=self.strip_path,
+            preserve_host=self.preserve_host,
+        )
 
 
 @attrs.frozen
@@ -179,7 +206,11 @@ class Compiled:
     router: Router = attrs.field(factory=_NoRouter)
     global_chain: Chain = attrs.field(factory=lambda: Chain([]))
     consumers: dict[str, ConsumerConfig] = attrs.field(factory=dict)
-    endpoints: dict[str, Any] = attrs.field(factory=dict)
+    endpoints: dict[str, Endpoint] = attrs.field(factory=dict)
+    # Named protocol objects a plugin selects in its config (``policy = "name"``,
+    # ``authenticator = "name"``): ``Gateway(rate_limiters=, authenticators=)``.
+    rate_limiters: Mapping[str, RateLimiter] = attrs.field(factory=dict)
+    authenticators: Mapping[str, Authenticator] = attrs.field(factory=dict)
 
     def chain(self, route: str | None, service: str | None, consumer: str | None) -> Chain:
         """The chain for a scope: per filter name, the most specific entry (Kong's precedence)."""
@@ -215,7 +246,10 @@ def compile_config(
     router: Router | RouterFactory | None = None,
     balancer: BalancerFactory | None = None,
     breaker: BreakerFactory | None = None,
+    rate_limiters: Mapping[str, RateLimiter] | None = None,
+    authenticators: Mapping[str, Authenticator] | None = None,
     previous: Compiled | None = None,
+    plugins: PluginRegistry = INSTALLED,
 ) -> Compiled:
     """Compile ``config`` (already loaded and validated) for a gateway.
 
@@ -227,8 +261,11 @@ def compile_config(
             (default: ``CompiledRouter``).
         balancer: ``balancer(service_config) -> Balancer`` per service.
         breaker: ``breaker(service_config, instance_or_None) -> Breaker``.
+        rate_limiters: ``RateLimiter``s by name, for ``rate-limiting``'s ``policy``.
+        authenticators: ``Authenticator``s by name, for the ``auth`` plugin.
         previous: the compiled config this one replaces; unchanged services
             keep their state (see the module doc).
+        plugins: where plugin names are looked up (the gateway's registry).
 
     Raises:
         ConfigError: something only found out here (a missing codec).
@@ -241,7 +278,7 @@ def compile_config(
         pool = previous.pool
     else:
         pool = _pool(config)
-    entries = _build_entries(config, filters)
+    entries = _build_entries(config, filters, plugins)
     services: dict[str, Service] = {}
     static: dict[str, list[Instance]] = {}
     for sc in config.services:
@@ -285,6 +322,8 @@ def compile_config(
         discovery=discovery or build_discovery(config, static),
         consumers_with_plugins=frozenset(e.consumer for e in entries if e.consumer is not None),
         entries=entries,
+        rate_limiters=dict(rate_limiters or {}),
+        authenticators=dict(authenticators or {}),
     )
     rules: list[RouteRule] = []
     for sc in config.services:
@@ -319,21 +358,59 @@ def compile_config(
     return compiled
 
 
-def bind_filters(compiled: Compiled, gateway: Any) -> None:
-    """Hand each filter with a ``bind`` method what it may read of the gateway.
+def bind_filters(
+    compiled: Compiled, gateway: object, *, task_group: Callable[[], TaskGroup | None]
+) -> PluginContext:
+    """Hand each plugin with a ``bind`` method its ``PluginContext`` (the one place that binds).
 
-    The one place that decides what ``bind`` gets (the plugin SDK narrows it).
+    ``task_group`` returns the gateway lifespan's task group (``None`` outside
+    it).  A plugin whose ``bind`` names its parameter ``gateway`` (the SDK of
+    one release ago, accepted for one release) gets ``gateway`` itself.
     """
+    plugin_routes: dict[int, list[RouteInfo]] = {}
+    for route in compiled.routes:
+        for f in route.chain.filters:
+            plugin_routes.setdefault(id(f), []).append(route.info)
+    context = PluginContext(
+        config=compiled.config,
+        routes=[r.info for r in compiled.routes],
+        plugin_routes=plugin_routes,
+        consumers=compiled.consumers,
+        plugins=compiled.filters,
+        discovery=compiled.discovery,
+        upstreams={
+            name: UpstreamState(s.info, s.guard, compiled.discovery) for name, s in compiled.services.items()
+        },
+        rate_limiters=compiled.rate_limiters,
+        authenticators=compiled.authenticators,
+        endpoints=compiled.endpoints,
+        task_group=task_group,
+    )
     for f in compiled.filters:
         bind = getattr(f, "bind", None)
-        if bind is not None:
+        if bind is None:
+            continue
+        if _names_gateway(bind):
             bind(gateway)
+        else:
+            bind(context)
+    return context
+
+
+def _names_gateway(bind: Callable[..., Any]) -> bool:
+    """Whether ``bind``'s parameter is called ``gateway`` (a plugin written for one release ago)."""
+    try:
+        parameters = list(inspect.signature(bind).parameters)
+    except (TypeError, ValueError):
+        return False
+    return parameters[:1] == ["gateway"]
 
 
 def _router(router: Router | RouterFactory | None, rules: Sequence[RouteRule]) -> Router:
     if router is None:
         return CompiledRouter(rules)
-    if isinstance(router, Router):
+    # A class has ``match`` too (unbound): it is a factory, like any other callable.
+    if isinstance(router, Router) and not isinstance(router, type):
         return router
     return router(rules)
 
@@ -356,12 +433,12 @@ def _pool(config: GatewayConfig) -> UpstreamPool:
     )
 
 
-def _build_entries(config: GatewayConfig, extra: Sequence[Any]) -> list[_Entry]:
+def _build_entries(config: GatewayConfig, extra: Sequence[Any], registry: PluginRegistry) -> list[_Entry]:
     entries: list[_Entry] = []
 
     def add(pc: PluginConfig, service: str | None, route: str | None, consumer: str | None) -> None:
-        cls = load_filter_class(pc.name)
-        instance = cls(plugin_config(pc))
+        cls = registry.load(pc.name)
+        instance = cls(plugin_config(pc, registry))
         entries.append(_Entry(instance, pc.name, pc.enabled, service, route, consumer))
 
     for pc in config.plugins:

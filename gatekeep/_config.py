@@ -25,7 +25,7 @@ the whole config.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -33,10 +33,11 @@ from urllib.parse import urlsplit
 import attrs
 
 from . import validators
+from ._consumer import ConsumerConfig, PluginConfig
 from ._errors import ConfigError
-from ._filter import available_filters, credential_owners, load_filter_class
 from ._front import ServerSettings
 from ._http import DEFAULT_REQUEST_ID_HEADER
+from ._registry import INSTALLED, PluginRegistry
 from ._router import check_host_pattern, check_path_pattern
 from ._structure import EXTRA_FIELDS, Errors, join, structure, structure_or_raise
 from .discovery._config import DiscoveryConfig
@@ -73,19 +74,6 @@ def _networks(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
             ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ValueError(f"expected an IP address or CIDR, got {item!r}") from None
-
-
-@attrs.frozen
-class PluginConfig:
-    """A filter attached to a scope; ``config`` is checked against the filter's ``Config``."""
-
-    name: str
-    config: Mapping[str, Any] = attrs.field(factory=dict)
-    enabled: bool = True
-    # Only for top-level plugins (Kong's flat form): narrow the scope.
-    service: str | None = None
-    route: str | None = None
-    consumer: str | None = None
 
 
 @attrs.frozen
@@ -181,30 +169,6 @@ class ServiceConfig:
 
 
 @attrs.frozen
-class ConsumerConfig:
-    """A client of the API (Kong's consumer).
-
-    Its credentials are plugins' business: every other key of a consumer's
-    table (``jwt_secrets``, ``keyauth_credentials`` ...) is a credential field
-    declared by an installed plugin (``BaseFilter.consumer_credentials``) and
-    validated with that plugin's class when the config loads.  Plugins read
-    them as ``consumer.credentials.get("jwt_secrets", ())``: a tuple of the
-    declared class.
-    """
-
-    username: str | None = None
-    id: str | None = None
-    custom_id: str | None = None
-    groups: tuple[str, ...] = ()
-    plugins: tuple[PluginConfig, ...] = ()
-    credentials: Mapping[str, tuple[Any, ...]] = attrs.field(factory=dict, metadata={EXTRA_FIELDS: True})
-
-    @property
-    def key(self) -> str:
-        return self.id or self.username or self.custom_id or ""
-
-
-@attrs.frozen
 class PoolSettings:
     max_connections: int = attrs.field(default=100, validator=validators.positive)
     max_idle: int = attrs.field(default=100, validator=validators.non_negative)
@@ -294,8 +258,16 @@ def _one(path: str, message: str) -> Errors:
     return errors
 
 
-def load_config(source: Mapping[str, Any] | str | Path | GatewayConfig) -> GatewayConfig:
+def load_config(
+    source: Mapping[str, Any] | str | Path | GatewayConfig,
+    *,
+    plugins: Iterable[type[Any]] | PluginRegistry = (),
+) -> GatewayConfig:
     """Read and check a config (a dict, a TOML file path, or a ``GatewayConfig``).
+
+    Args:
+        plugins: plugin classes the config may name besides the installed
+            ones (the same as ``Gateway(config, plugins=...)``).
 
     Raises:
         ConfigError: listing every problem with the path of its field.
@@ -308,9 +280,10 @@ def load_config(source: Mapping[str, Any] | str | Path | GatewayConfig) -> Gatew
         data = _read(source)
         errors = Errors()
         config = structure(GatewayConfig, data, "", errors)
+    registry = plugins if isinstance(plugins, PluginRegistry) else PluginRegistry(plugins)
     if isinstance(config, GatewayConfig):
-        config = _with_credentials(config, errors)
-        check(config, errors)
+        config = _with_credentials(config, errors, registry)
+        check(config, errors, registry)
     if errors:
         raise ConfigError(errors)
     assert isinstance(config, GatewayConfig)
@@ -350,14 +323,14 @@ _CONSUMER_FIELDS = tuple(
 )
 
 
-def _with_credentials(config: GatewayConfig, errors: Errors) -> GatewayConfig:
+def _with_credentials(config: GatewayConfig, errors: Errors, registry: PluginRegistry) -> GatewayConfig:
     """The config with every consumer's credentials checked by the plugin that owns them.
 
     Plugins are loaded only when some consumer has a credential field.
     """
     if not any(c is not None and c.credentials for c in config.consumers):
         return config
-    owners, broken = credential_owners()
+    owners, broken = registry.credential_owners()
     consumers: list[ConsumerConfig] = []
     for ci, consumer in enumerate(config.consumers):
         if consumer is None or not consumer.credentials:
@@ -391,9 +364,9 @@ def _unknown_credential(owners: Mapping[str, Any], broken: Mapping[str, str]) ->
     return message
 
 
-def check(config: GatewayConfig, errors: Errors) -> None:
+def check(config: GatewayConfig, errors: Errors, registry: PluginRegistry = INSTALLED) -> None:
     """Cross-checks that need the whole config."""
-    installed = available_filters()
+    installed = registry
     service_names: dict[str, int] = {}
     route_names: dict[str, str] = {}
     for si, service in enumerate(config.services):
@@ -475,7 +448,7 @@ def check(config: GatewayConfig, errors: Errors) -> None:
 def _check_plugins(
     plugins: tuple[PluginConfig, ...],
     path: str,
-    installed: Mapping[str, Any],
+    installed: PluginRegistry,
     errors: Errors,
     *,
     scoped: bool,
@@ -492,18 +465,18 @@ def _check_plugins(
             errors.add(join(ppath, "name"), f"plugin {plugin.name!r} is set twice in the same scope")
         seen.add(scope)
         if plugin.name not in installed:
-            names = ", ".join(sorted(installed)) or "none"
+            names = ", ".join(sorted(installed.names())) or "none"
             errors.add(join(ppath, "name"), f"unknown filter {plugin.name!r}; installed: {names}")
             continue
         try:
-            cls = load_filter_class(plugin.name)
+            cls = installed.load(plugin.name)
         except Exception as exc:  # a broken third-party package
             errors.add(join(ppath, "name"), f"filter {plugin.name!r} failed to load: {exc!r}")
             continue
         structure(getattr(cls, "Config", Any), dict(plugin.config), join(ppath, "config"), errors)
 
 
-def plugin_config(plugin: PluginConfig) -> Any:
+def plugin_config(plugin: PluginConfig, registry: PluginRegistry = INSTALLED) -> Any:
     """The validated ``Config`` object of a plugin (after ``load_config``)."""
-    cls = load_filter_class(plugin.name)
+    cls = registry.load(plugin.name)
     return structure_or_raise(getattr(cls, "Config", Any), dict(plugin.config), "config")

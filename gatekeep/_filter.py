@@ -11,16 +11,16 @@ and any of three optional phases:
 * ``on_log(exchange)`` runs after the last byte reached the client, so it
   never delays the answer.
 
-``bind(gateway)`` runs once when the gateway is built (to look up consumers,
-services ...); ``start(task_group)``/``stop()`` run with the gateway's
-lifespan, for background work.  ``consumer_credentials`` declares the consumer
+``bind(context)`` runs once when the gateway is built, with a
+``PluginContext`` (consumers, routes, services, settings ...);
+``start(task_group)``/``stop()`` run with the gateway's lifespan, for
+background work.  ``consumer_credentials`` declares the consumer
 credential fields a filter owns (Kong's DAO schema): the config loader
 validates ``consumers[].<field>`` with the declared class.
 
-Plugins are found through the entry-point group ``gatekeep.plugins`` only
-(``gatekeep.filters``, the name of one release ago, is still read); the
-built-in ones (package ``gatekeep.plugins``) register through the same
-group, and nothing here imports them.  A route's chain is computed
+Plugins are found by name through the gateway's ``PluginRegistry``
+(gatekeep/_registry.py: entry points of ``gatekeep.plugins``, plus classes
+given to ``Gateway(plugins=...)``); nothing here imports a plugin.  A route's chain is computed
 once when the config is loaded; at request time the gateway only walks
 precomputed lists of bound methods.  Consumer-scoped filters are resolved
 when authentication names the consumer: the run switches to the chain
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import EntryPoint, entry_points
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -48,9 +47,20 @@ import attrs
 
 from ._http import Request, Response
 
+# The registry lived here one release ago (gatekeep._registry now); re-exported for those imports.
+from ._registry import (
+    CredentialOwner,
+    available_filters,
+    available_plugins,
+    credential_owners,
+    load_filter_class,
+    register_filter,
+)
+
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
+    from ._plugin_context import PluginContext
     from ._protocols import Instance
 
 __all__ = [
@@ -61,15 +71,13 @@ __all__ = [
     "Exchange",
     "Filter",
     "NoConfig",
+    "Plugin",
     "available_filters",
+    "available_plugins",
     "credential_owners",
     "load_filter_class",
     "register_filter",
 ]
-
-ENTRY_POINT_GROUP = "gatekeep.plugins"
-# Read too, for one release: the group's name before "plugin" became the one word.
-OLD_ENTRY_POINT_GROUP = "gatekeep.filters"
 
 
 @attrs.frozen
@@ -130,13 +138,15 @@ class BasePlugin(Generic[ConfigT]):
     async def on_log(self, exchange: Exchange) -> None:
         return None
 
-    def bind(self, gateway: Any) -> None:
-        """Called once with the ``gatekeep.Gateway`` when it is built from its config.
+    def bind(self, context: PluginContext) -> None:
+        """Called once when the gateway is built from its config, before any request.
 
-        Gives a filter what it needs from the whole config (consumers and
-        their credentials, services, other filters) before any request.
-        (Typed ``Any`` so that the SDK does not import the gateway, which runs
-        the filters: filters annotate it as ``gatekeep.Gateway`` themselves.)
+        ``context`` is what a plugin may read of its gateway: the routes and
+        services (public descriptions), the consumers and their credentials,
+        the other plugins, settings, upstream state, the protocol objects
+        given to the gateway, ``add_endpoint`` and the lifespan's task group
+        (``gatekeep.PluginContext``).  A plugin whose ``bind`` names its
+        parameter ``gateway`` gets the ``Gateway`` itself, for one release.
         """
         return None
 
@@ -230,93 +240,6 @@ class Chain:
         return "Chain(" + ", ".join(f"{f.name}:{f.priority}" for f in self.filters) + ")"
 
 
-_registry_cache: dict[str, Any] | None = None
-# Filters registered in code (``register_filter``); they survive a refresh.
-_registered: dict[str, Any] = {}
-
-
-def _entry_points() -> Sequence[EntryPoint]:
-    """The one place that reads the entry points: ``gatekeep.plugins``, then ``gatekeep.filters``."""
-    return (*entry_points(group=ENTRY_POINT_GROUP), *entry_points(group=OLD_ENTRY_POINT_GROUP))
-
-
-def available_filters(refresh: bool = False) -> Mapping[str, Any]:
-    """Installed plugins by name: entry points of ``gatekeep.plugins`` (or the old ``gatekeep.filters``).
-
-    Built-in filters are registered through the same group by gatekeep's own
-    package metadata, so a source checkout must be installed (``pip install
-    -e .``) for them to be found.  Filters registered in code with
-    ``register_filter`` come last and win.
-    """
-    global _registry_cache
-    if _registry_cache is not None and not refresh:
-        return _registry_cache
-    found: dict[str, Any] = {}
-    for ep in _entry_points():
-        found.setdefault(ep.name, ep)
-    found.update(_registered)
-    _registry_cache = found
-    return found
-
-
-def load_filter_class(name: str) -> Any:
-    """The filter class registered as ``name``.
-
-    Raises:
-        KeyError: no such filter is installed.
-    """
-    registry = available_filters()
-    obj = registry[name]
-    if hasattr(obj, "load") and not isinstance(obj, type):
-        cls = obj.load()
-        registry[name] = cls  # type: ignore[index]
-        return cls
-    return obj
-
-
-def register_filter(cls: Any, name: str | None = None) -> None:
-    """Register a filter class without an entry point (tests, embedding)."""
-    global _registry_cache
-    _registered[name or cls.name] = cls
-    _registry_cache = None
-
-
-@attrs.frozen
-class CredentialOwner:
-    """A filter that declares a consumer credential field, and the class of one entry."""
-
-    filter: str
-    type: type[Any]
-
-
-def credential_owners() -> tuple[dict[str, list[CredentialOwner]], dict[str, str]]:
-    """Consumer credential fields declared by installed filters (``consumer_credentials``).
-
-    Returns ``(owners by field, load errors by filter name)``: every installed
-    filter class is loaded to read its declaration, and one that fails to load
-    is reported instead of failing the lookup (so that a broken package that
-    owns no field the config uses costs nothing).  A field may have several
-    owners when two filters declare it; the config loader refuses that when
-    the field is used.
-    """
-    owners: dict[str, list[CredentialOwner]] = {}
-    broken: dict[str, str] = {}
-    for name in sorted(available_filters()):
-        try:
-            cls = load_filter_class(name)
-        except Exception as exc:  # a broken third-party package
-            broken[name] = repr(exc)
-            continue
-        declared = getattr(cls, "consumer_credentials", None)
-        if not isinstance(declared, Mapping):
-            continue
-        for field, tp in declared.items():
-            found = owners.setdefault(str(field), [])
-            if all(o.type is not tp for o in found):
-                found.append(CredentialOwner(name, tp))
-    return owners, broken
-
-
 @runtime_checkable
 class Filter(Protocol):
     """A plugin unit.  See ``gatekeep.BaseFilter`` for the optional phases:
@@ -330,14 +253,6 @@ class Filter(Protocol):
     priority: int
 
 
-# Phases, for type checkers of filter authors.
-class RequestPhase(Protocol):
-    async def __call__(self, request: Request) -> Response | None: ...
-
-
-class ResponsePhase(Protocol):
-    async def __call__(self, request: Request, response: Response) -> Response | None: ...
-
-
-class LogPhase(Protocol):
-    async def __call__(self, exchange: Exchange) -> None: ...
+# "Plugin" is the one word for the concept (config, code, docs, entry points); ``Filter`` is
+# its name of one release ago, kept as the same protocol.
+Plugin = Filter

@@ -70,7 +70,9 @@ from ._filter import Chain, Exchange
 from ._forwarding import downstream_response_headers, upstream_request_headers
 from ._http import EMPTY_BODY, Request, Response, problem_response
 from ._normalise import normalise_path
-from ._protocols import Discovery, Instance, Router
+from ._plugin_context import Endpoint
+from ._protocols import Authenticator, Discovery, Instance, RateLimiter, Router
+from ._registry import PluginRegistry
 from ._router import RouteMatch
 from ._upstream import check_transfer_coding
 from ._upstream import host_header as host_header_for
@@ -99,7 +101,13 @@ class Gateway:
             ``None`` asks for the service's own breaker (return ``None`` for
             none), an instance for that instance's (default: ``CircuitBreaker``
             from the service's ``breaker`` settings).
-        filters: extra filter instances attached globally (embedding).
+        rate_limiters: ``RateLimiter``s by name: a ``rate-limiting`` plugin
+            with ``policy = "name"`` takes its decisions from that one.
+        authenticators: ``Authenticator``s by name: the ``auth`` plugin with
+            ``authenticator = "name"`` runs that one (``docs/composing.md``).
+        filters: extra plugin instances attached globally (embedding).
+        plugins: plugin classes the config may name besides the installed
+            ones (entry points); this gateway's only (``docs/plugins.md``).
 
     Use ``async with gateway:`` (the adapters do it in the ASGI/WSGI
     lifespan) so that filters and background tasks start and stop cleanly.
@@ -113,21 +121,29 @@ class Gateway:
         discovery: Discovery | None = None,
         balancer: BalancerFactory | None = None,
         breaker: BreakerFactory | None = None,
+        rate_limiters: Mapping[str, RateLimiter] | None = None,
+        authenticators: Mapping[str, Authenticator] | None = None,
         filters: Sequence[Any] = (),
+        plugins: Sequence[type[Any]] = (),
     ) -> None:
         self._task_group: TaskGroup | None = None
         self._started: list[Any] = []
+        registry = PluginRegistry(plugins)
         self._install(
             compile_config(
-                load_config(config),
+                load_config(config, plugins=registry),
                 filters=filters,
                 discovery=discovery,
                 router=router,
                 balancer=balancer,
                 breaker=breaker,
+                plugins=registry,
+                rate_limiters=rate_limiters,
+                authenticators=authenticators,
             )
         )
-        bind_filters(self.compiled, self)
+        # What plugins may read of this gateway (``bind(context)``).
+        self.plugin_context = bind_filters(self.compiled, self, task_group=lambda: self._task_group)
 
     def _install(self, compiled: Compiled) -> None:
         """Run requests over ``compiled`` from now on (the swap point of a future reload).
@@ -155,6 +171,8 @@ class Gateway:
         self.global_chain = compiled.global_chain
         self.consumers = compiled.consumers
         self.endpoints = compiled.endpoints
+        self.rate_limiters = compiled.rate_limiters
+        self.authenticators = compiled.authenticators
         self.chain_for = compiled.chain_for
 
     # -- lifespan -------------------------------------------------------------
@@ -285,7 +303,7 @@ class Gateway:
         return response
 
     def _chain_after_error(self, request: Request) -> Chain | None:
-        route = request.route
+        route: Route | None = request._compiled_route
         if route is None:
             return self.global_chain
         chain: Chain = self.chain_for(route, _consumer_key(request.consumer))
@@ -305,7 +323,7 @@ class Gateway:
         ``run_global_filters`` is false (a scrape should not need a token or
         count against a rate limit).
         """
-        self.endpoints[path] = (handler, run_global_filters)
+        self.endpoints[path] = Endpoint(handler, run_global_filters)
 
     async def _run(
         self, request: Request, exchange: Exchange, app: AppCall | None
@@ -337,8 +355,9 @@ class Gateway:
             raise NotFound(f"no route matches {request.method} {request.path}")
         # A router names its route (``Router`` is a seam: it cannot build a ``Route``).
         route = self._routes_by_name[match.rule.name]
-        request.route = route
-        request.service = route.service
+        request._compiled_route = route
+        request.route = route.info
+        request.service = route.service.info
         if match.params:
             request.params = dict(match.params)
         chain = route.chain
@@ -372,10 +391,11 @@ class Gateway:
                 early.source = early.source or "gateway"
                 return early
             n += 1
-            if request.consumer is not consumer and request.route is not None:
+            route: Route | None = request._compiled_route
+            if request.consumer is not consumer and route is not None:
                 # Authentication named a consumer: continue on its chain.
                 consumer = request.consumer
-                new_chain = self.chain_for(request.route, _consumer_key(consumer))
+                new_chain = self.chain_for(route, _consumer_key(consumer))
                 if new_chain is not chain:
                     key = chain.keys[index]
                     chain, phases = new_chain, new_chain.request
@@ -490,7 +510,7 @@ class Gateway:
         request = exchange.request
         if not exchange.end:
             exchange.end = time.perf_counter()
-        route = request.route
+        route: Route | None = request._compiled_route
         chain = self.global_chain if route is None else self.chain_for(route, _consumer_key(request.consumer))
         for phase in chain.log:
             try:

@@ -17,7 +17,10 @@ from typing import Any, Final
 
 import attrs
 
+from ._consumer import ConsumerConfig
+from ._descriptions import RouteInfo, ServiceInfo
 from ._errors import GatekeepError, PayloadTooLarge
+from ._identity import Identity
 
 __all__ = [
     "EMPTY_BODY",
@@ -124,12 +127,13 @@ class Request:
     server: tuple[str, int | None] | None = None
     http_version: str = "1.1"
     request_id: str = ""
-    # Set by the gateway once routed.
-    route: Any = None
+    # Set by the gateway once routed: public descriptions, built once per route at compile time.
+    route: RouteInfo | None = None
     params: dict[str, str] = attrs.field(factory=dict)
-    service: Any = None
-    consumer: Any = None
-    identity: Any = None
+    service: ServiceInfo | None = None
+    # Set by authentication plugins.
+    consumer: ConsumerConfig | None = None
+    identity: Identity | None = None
     state: dict[str, Any] = attrs.field(factory=dict)
     # True once any byte of the body was handed to an upstream.
     body_sent: bool = False
@@ -139,6 +143,9 @@ class Request:
     # The client's address when the peer is a trusted proxy: the right-most
     # untrusted X-Forwarded-For entry (set by the gateway's edge step).
     forwarded_ip: str = ""
+    # The gateway's own compiled route (``gatekeep._compile.Route``, which lives above this
+    # module: hence ``Any``); plugins read ``route``.  Not an argument of the constructor.
+    _compiled_route: Any = attrs.field(default=None, init=False, repr=False, eq=False)
 
     async def read(self, limit: int = 10 * 1024 * 1024) -> bytes:
         """Read the whole body (at most ``limit`` bytes) and keep it for reuse.

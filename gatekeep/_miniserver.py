@@ -167,11 +167,17 @@ async def _cycle(
         elif message["type"] == "http.response.body":
             chunk = message.get("body", b"")
             data = conn.send(h11.Data(data=chunk)) if chunk else b""
-            if not message.get("more_body", False):
+            last = not message.get("more_body", False)
+            if last:
                 data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
-                response_done = True
             if data:
                 await stream.send(data)
+            if last:
+                # Only now is the response sent, and ``receive`` may say ``http.disconnect``.
+                # Said while this write waited, an app watching ``receive`` (the gateway's
+                # ASGI adapter) cancelled the write, and the client was never answered on a
+                # connection kept alive.
+                response_done = True
 
     try:
         await app(scope, receive, send)

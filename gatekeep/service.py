@@ -236,8 +236,7 @@ class _Core:
 
     def authorize(self, identity: Identity | None, method: str, path: str) -> None:
         if self.policy is not None:
-            policy = self.policy
-            policy.check(method, path, policy.grants(identity))
+            self.policy.authorize(identity, method, path)
         elif self.required and identity is None:
             raise AuthError(
                 "this service needs an authenticated caller", headers=[("www-authenticate", "Bearer")]

@@ -220,6 +220,7 @@ async def gateway_for(
     upstream: ASGI | None = None,
     routes: Sequence[Mapping[str, Any]] | None = None,
     filters: Sequence[Any] = (),
+    plugin_classes: Sequence[type[Any]] = (),
     **parts: Any,
 ) -> AsyncIterator[Harness]:
     """Start an upstream and a gateway in front of it, on loopback.
@@ -231,7 +232,9 @@ async def gateway_for(
         plugins: global plugins to add (``{"name": ..., "config": {...}}``).
         upstream: the upstream ASGI app (default: an ``EchoUpstream``).
         routes: the routes of the default service (default ``[{"paths": ["/"]}]``).
-        filters: filter instances to attach globally (no entry point needed).
+        filters: plugin instances to attach globally (no entry point needed).
+        plugin_classes: plugin classes the config may name without an entry
+            point (``Gateway(plugins=...)``: the plugin under test).
         parts: your own ``router``, ``discovery``, ``balancer``, ``breaker``
             (passed to ``Gateway``; see docs/composing.md).
     """
@@ -253,7 +256,7 @@ async def gateway_for(
             config = _substitute(config, address)
         config = dict(config)
         config["plugins"] = list(config.get("plugins", ())) + list(plugins)
-        gateway = Gateway(config, filters=filters, **parts)
+        gateway = Gateway(config, filters=filters, plugins=plugin_classes, **parts)
         await stack.enter_async_context(gateway)
         port = await stack.enter_async_context(serve_asgi(asgi(gateway)))
         yield Harness(gateway, app, TestClient("127.0.0.1", port), port, upstream_port)

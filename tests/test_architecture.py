@@ -50,9 +50,7 @@ PLUGIN_MAY_IMPORT = (
     "gatekeep.auth",
     "gatekeep.authz",
     "gatekeep.observability",
-    # Until the rate-limiting plugin is given its RateLimiter (issue 12, the protocol seams),
-    # it opens its Redis store itself with the package's store helpers.
-    "gatekeep._ratelimit",
+    "gatekeep.ratelimit",
 )
 
 
@@ -227,15 +225,15 @@ def test_every_built_in_plugin_is_an_entry_point_and_nothing_else_registers_it()
 @pytest.fixture
 def without_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
     """Entry points minus the names added to the yielded set (the registry is refreshed)."""
-    from gatekeep import _filter
+    from gatekeep import _registry
 
     removed: set[str] = set()
-    everything = _filter._entry_points()
+    everything = _registry._entry_points()
 
     def lookup() -> Sequence[EntryPoint]:
         return tuple(ep for ep in everything if ep.name not in removed)
 
-    monkeypatch.setattr(_filter, "_entry_points", lookup)
+    monkeypatch.setattr(_registry, "_entry_points", lookup)
     try:
         yield removed
     finally:

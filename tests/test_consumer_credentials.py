@@ -22,7 +22,7 @@ from gatekeep.plugins.jwt import JWTSecret
 from gatekeep.testing import gateway_for
 
 if TYPE_CHECKING:
-    from gatekeep import Gateway
+    from gatekeep import PluginContext
 
 pytestmark = pytest.mark.anyio
 
@@ -55,8 +55,8 @@ class HmacAuthFilter(BaseFilter):
         super().__init__(config)
         self.keys: dict[bytes, tuple[HmacCredential, ConsumerConfig]] = {}
 
-    def bind(self, gateway: Gateway) -> None:
-        for consumer in gateway.config.consumers:
+    def bind(self, context: PluginContext) -> None:
+        for consumer in context.config.consumers:
             entries: tuple[HmacCredential, ...] = consumer.credentials.get("hmacauth_credentials", ())
             for entry in entries:
                 self.keys[entry.username.encode()] = (entry, consumer)
@@ -79,9 +79,8 @@ class HmacAuthFilter(BaseFilter):
         return None
 
 
-@pytest.fixture(autouse=True)
-def hmac_auth_installed() -> None:
-    gatekeep.register_filter(HmacAuthFilter)
+# Given to each gateway and config check (per-gateway registration: no entry point, nothing global).
+PLUGINS = [HmacAuthFilter]
 
 
 def _sign(secret: str, line: str) -> str:
@@ -100,7 +99,9 @@ def _config(
 
 async def test_a_third_party_plugin_declares_checks_and_reads_its_own_credential() -> None:
     alice = {"username": "alice", "hmacauth_credentials": [{"username": "alice-hmac", "secret": "s3cret"}]}
-    async with gateway_for(_config(alice, plugins=[{"name": "hmac-auth"}], url="{upstream}")) as gw:
+    async with gateway_for(
+        _config(alice, plugins=[{"name": "hmac-auth"}], url="{upstream}"), plugin_classes=PLUGINS
+    ) as gw:
         (consumer,) = gw.gateway.config.consumers
         assert consumer.credentials == {"hmacauth_credentials": (HmacCredential("alice-hmac", "s3cret"),)}
 
@@ -120,7 +121,7 @@ def test_credential_errors_name_their_path() -> None:
         {"username": "c", "jwt_secrets": [{"key": "k", "secret": "s"}, {"key": "", "secret": 5}]},
     )
     with pytest.raises(ConfigError) as refused:
-        load_config(bad)
+        load_config(bad, plugins=PLUGINS)
     errors = {e.path: e.message for e in refused.value.errors}
     assert errors == {
         "consumers[0].hmacauth_credentials[1].secret": "is required",
@@ -135,7 +136,10 @@ def test_credential_errors_name_their_path() -> None:
 
 def test_an_unknown_credential_field_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError) as refused:
-        load_config(_config({"username": "a", "basicauth_credentials": [{"username": "a", "password": "p"}]}))
+        load_config(
+            _config({"username": "a", "basicauth_credentials": [{"username": "a", "password": "p"}]}),
+            plugins=PLUGINS,
+        )
     (error,) = refused.value.errors
     assert error.path == "consumers[0].basicauth_credentials"
     assert error.message.startswith(
@@ -151,16 +155,13 @@ def test_two_plugins_declaring_one_field_is_refused_where_it_is_used() -> None:
         name: ClassVar[str] = "hmac-impostor"
         consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {"hmacauth_credentials": JWTSecret}
 
-    gatekeep.register_filter(Impostor)
-    try:
-        with pytest.raises(ConfigError) as refused:
-            load_config(_config({"username": "a", "hmacauth_credentials": []}))
-        (error,) = refused.value.errors
-        assert error.path == "consumers[0].hmacauth_credentials"
-        assert "'hmac-auth' and 'hmac-impostor'" in error.message
-        load_config(_config({"username": "a"}))  # a config that does not use the field is fine
-    finally:
-        gatekeep.register_filter(HmacAuthFilter, "hmac-impostor")  # no unregister: shadow it
+    both = [HmacAuthFilter, Impostor]
+    with pytest.raises(ConfigError) as refused:
+        load_config(_config({"username": "a", "hmacauth_credentials": []}), plugins=both)
+    (error,) = refused.value.errors
+    assert error.path == "consumers[0].hmacauth_credentials"
+    assert "'hmac-auth' and 'hmac-impostor'" in error.message
+    load_config(_config({"username": "a"}), plugins=both)  # a config that does not use the field is fine
 
 
 def test_consumers_built_in_python_carry_typed_credentials() -> None:

@@ -267,8 +267,6 @@ class LoginByHeader(BaseFilter):
 
 
 async def test_plugin_scopes_follow_kongs_precedence() -> None:
-    gatekeep.register_filter(Tagger)
-    gatekeep.register_filter(LoginByHeader)
     config = {
         "services": [
             {
@@ -294,7 +292,7 @@ async def test_plugin_scopes_follow_kongs_precedence() -> None:
             {"name": "tagger", "route": "special", "consumer": "alice", "config": {"tag": "special-alice"}},
         ],
     }
-    async with gateway_for(config) as gw:
+    async with gateway_for(config, plugin_classes=[Tagger, LoginByHeader]) as gw:
 
         async def tag(path: str, user: str | None = None) -> str:
             await gw.client.get(path, headers={"x-user": user} if user else {})
@@ -331,10 +329,9 @@ async def test_correlation_id_header_is_added_and_echoed() -> None:
 
 
 async def test_chains_are_computed_once_at_config_time() -> None:
-    gatekeep.register_filter(Tagger)
     config = _config([{"name": "r", "paths": ["/"], "plugins": [{"name": "tagger"}]}])
     config["plugins"] = [{"name": "correlation-id"}]
-    async with gateway_for(config) as gw:
+    async with gateway_for(config, plugin_classes=[Tagger]) as gw:
         route = gw.gateway.routes[0]
         chain = route.chain
         assert [f.name for f in chain.filters] == ["correlation-id", "tagger"]
@@ -375,19 +372,33 @@ async def test_a_filter_failing_to_start_stops_the_others_and_leaves_no_task() -
     assert gateway.task_group is None
 
 
-def test_registered_filters_survive_a_refresh() -> None:
-    gatekeep.register_filter(Tagger)
-    assert "tagger" in gatekeep.available_filters(refresh=True)
+def test_register_filter_is_deprecated_but_still_registers() -> None:
+    with pytest.warns(DeprecationWarning, match="Gateway\\(config, plugins="):
+        gatekeep.register_filter(Tagger, "tagger-registered")
+    assert "tagger-registered" in gatekeep.available_filters(refresh=True)
+    assert gatekeep.available_plugins() is gatekeep.available_filters()
+
+
+def test_plugin_classes_belong_to_one_gateway() -> None:
+    config = {
+        "services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [{"paths": ["/"]}]}],
+        "plugins": [{"name": "tagger"}],
+    }
+    gateway = gatekeep.Gateway(config, plugins=[Tagger])
+    assert [f.name for f in gateway.routes[0].chain.filters] == ["tagger"]
+    with pytest.raises(gatekeep.ConfigError, match="unknown filter 'tagger'"):
+        gatekeep.Gateway(config)  # another gateway of the process does not know it
+    assert "tagger" not in gatekeep.available_plugins(refresh=True)
 
 
 class StatusEndpoint(BaseFilter):
     name: ClassVar[str] = "status-endpoint"
 
-    def bind(self, gateway: gatekeep.Gateway) -> None:
+    def bind(self, context: gatekeep.PluginContext) -> None:
         async def status(request: Request) -> Response:
-            return Response.json({"routes": len(gateway.routes)})
+            return Response.json({"routes": len(context.routes)})
 
-        gateway.add_endpoint("/_status", status)
+        context.add_endpoint("/_status", status)
 
 
 async def test_filters_can_add_gateway_endpoints_that_no_route_shadows() -> None:
@@ -427,11 +438,11 @@ class GuardEverything(BaseFilter):
 class OpenEndpoint(BaseFilter):
     name: ClassVar[str] = "open-endpoint"
 
-    def bind(self, gateway: gatekeep.Gateway) -> None:
+    def bind(self, context: gatekeep.PluginContext) -> None:
         async def ping(request: Request) -> Response:
             return Response.text("pong")
 
-        gateway.add_endpoint("/_ping", ping, run_global_filters=False)
+        context.add_endpoint("/_ping", ping, run_global_filters=False)
 
 
 async def test_an_endpoint_may_skip_global_filters() -> None:

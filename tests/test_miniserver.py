@@ -50,3 +50,39 @@ async def test_a_bad_request_head_is_answered_with_a_problem_and_the_connection_
         # The server is still there for the next client.
         ok = await _exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200 ") and ok.endswith(b"ok")
+
+
+async def test_receive_reports_the_disconnect_only_once_the_answer_was_written() -> None:
+    """``http.disconnect`` comes after the response was *sent* (ASGI), not while its last write waits.
+
+    The gateway's ASGI adapter watches ``receive`` during a long request and cancels
+    its work on ``http.disconnect``.  When the watch started just as the last body
+    message went out (a 504 at the end of ``retry_policy.timeout``), ``receive``
+    already said "disconnected", the watch cancelled the pending write, and the
+    client waited for an answer that never came on a connection kept alive.
+    """
+    events: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the (empty) request body
+        await send({"type": "http.response.start", "status": 504, "headers": [(b"content-length", b"2")]})
+        with anyio.CancelScope() as work:
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    message = await receive()
+                    events.append(message["type"])
+                    if message["type"] == "http.disconnect":
+                        work.cancel()
+
+                tg.start_soon(watch)  # its first step runs while the last send below is pending
+                await send({"type": "http.response.body", "body": b"no"})
+                events.append("sent")
+                tg.cancel_scope.cancel()
+        events.append((await receive())["type"])  # now the response is out
+
+    async with serve_asgi(app) as port:
+        with anyio.fail_after(5):
+            answer = await _exchange(port, b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 504 ") and answer.endswith(b"\r\n\r\nno")
+    assert events == ["sent", "http.disconnect"]

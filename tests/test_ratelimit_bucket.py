@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatekeep import Limit
-from gatekeep._ratelimit._bucket import Bucket, ceil_ms, check_limit, level, take
+from gatekeep.ratelimit._bucket import Bucket, ceil_ms, check_limit, level, take
 
 # -- strategies ---------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from gatekeep import Limit, RedisRateLimiter
-from gatekeep._ratelimit import bucket_key
+from gatekeep.ratelimit import bucket_key
 from gatekeep.testing import gateway_for
 
 pytestmark = pytest.mark.anyio

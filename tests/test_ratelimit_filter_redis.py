@@ -10,9 +10,9 @@ import anyio
 import pytest
 import redis
 
-from gatekeep._ratelimit import _connect
 from gatekeep.plugins import rate_limiting
 from gatekeep.plugins.rate_limiting import RateLimitingFilter
+from gatekeep.ratelimit import _connect
 from gatekeep.testing import Harness, gateway_for
 from tests._redis_fixture import RedisProcess
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatekeep._ratelimit import bucket_key
-from gatekeep._ratelimit._keys import MAX_KEY_LENGTH
+from gatekeep.ratelimit import bucket_key
+from gatekeep.ratelimit._keys import MAX_KEY_LENGTH
 
 parts = st.lists(
     st.text(max_size=100) | st.sampled_from(["", ":", "%3A", "#", "{", "}", "a:b", "b:c"]), min_size=1

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatekeep import Decision, Limit, MemoryRateLimiter
-from gatekeep._ratelimit._bucket import Bucket, grant
-from gatekeep._ratelimit._lease import LeasedRateLimiter
+from gatekeep.ratelimit._bucket import Bucket, grant
+from gatekeep.ratelimit._lease import LeasedRateLimiter
 
 T = TypeVar("T")
 

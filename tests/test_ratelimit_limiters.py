@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gatekeep import Limit, MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from gatekeep._ratelimit import bucket_key
+from gatekeep.ratelimit import bucket_key
 
 HOUR = 3600.0
 

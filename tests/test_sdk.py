@@ -48,7 +48,7 @@ def test_an_unparametrised_plugin_takes_no_config_and_the_old_name_is_the_same_c
 def test_built_ins_are_parametrised_by_their_config() -> None:
     plugin = gatekeep.available_filters()
     for name in ("jwt", "key-auth", "rate-limiting", "cors", "otel"):
-        cls = gatekeep._filter.load_filter_class(name)
+        cls = gatekeep._registry.load_filter_class(name)
         assert issubclass(cls, BasePlugin), name
         assert cls.Config is not NoConfig, name
         assert name in plugin
@@ -57,15 +57,15 @@ def test_built_ins_are_parametrised_by_their_config() -> None:
 @pytest.fixture
 def old_group_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The installed plugins, as if a third party still registered ``greeting`` in ``gatekeep.filters``."""
-    from gatekeep import _filter
+    from gatekeep import _registry
 
-    everything = _filter._entry_points()
-    old = EntryPoint("greeting", f"{__name__}:Greeting", _filter.OLD_ENTRY_POINT_GROUP)
+    everything = _registry._entry_points()
+    old = EntryPoint("greeting", f"{__name__}:Greeting", _registry.OLD_ENTRY_POINT_GROUP)
 
     def lookup() -> Sequence[EntryPoint]:
         return (*everything, old)
 
-    monkeypatch.setattr(_filter, "_entry_points", lookup)
+    monkeypatch.setattr(_registry, "_entry_points", lookup)
     gatekeep.available_filters(refresh=True)
     try:
         yield
@@ -75,7 +75,7 @@ def old_group_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_the_old_entry_point_group_is_still_read(old_group_only: None) -> None:
-    assert gatekeep._filter.ENTRY_POINT_GROUP == "gatekeep.plugins"
+    assert gatekeep._registry.ENTRY_POINT_GROUP == "gatekeep.plugins"
     config = gatekeep.load_config({"plugins": [{"name": "greeting", "config": {"word": "hi"}}]})
     gateway = gatekeep.Gateway(config)
     (plugin,) = gateway.filters

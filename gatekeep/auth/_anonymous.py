@@ -27,7 +27,7 @@ from .._protocols import Identity
 from .._structure import join
 
 if TYPE_CHECKING:
-    from .._gateway import Gateway
+    from .._plugin_context import PluginContext
 
 __all__ = ["HeaderCache", "already_authenticated", "anonymous_identity", "authenticate", "resolve_anonymous"]
 
@@ -47,7 +47,7 @@ def _plugin_paths(config: Any) -> Iterator[tuple[str, Any]]:
             yield join(join(join("consumers", ci), "plugins"), pi), pc
 
 
-def resolve_anonymous(gateway: Gateway, filter_name: str, anonymous: str | None) -> Any:
+def resolve_anonymous(context: PluginContext, filter_name: str, anonymous: str | None) -> Any:
     """The anonymous consumer's config, or ``None`` when ``anonymous`` is not set.
 
     Raises:
@@ -57,16 +57,18 @@ def resolve_anonymous(gateway: Gateway, filter_name: str, anonymous: str | None)
     """
     if anonymous is None:
         return None
-    consumer = gateway.consumers.get(anonymous)
+    consumer = context.consumers.get(anonymous)
     if consumer is not None:
         return consumer
     # The plugins whose ``anonymous`` option names a consumer (Kong's auth plugins' meaning): they
     # say so themselves (``BasePlugin.anonymous_option``), so a third-party auth plugin counts too.
-    auth_plugins = {filter_name} | {f.name for f in gateway.filters if getattr(f, "anonymous_option", False)}
+    auth_plugins = {filter_name} | {
+        str(getattr(f, "name", "")) for f in context.plugins if getattr(f, "anonymous_option", False)
+    }
     errors = []
-    for path, pc in _plugin_paths(gateway.config):
+    for path, pc in _plugin_paths(context.config):
         value = pc.config.get("anonymous") if isinstance(pc.config, Mapping) else None
-        if pc.name in auth_plugins and isinstance(value, str) and value not in gateway.consumers:
+        if pc.name in auth_plugins and isinstance(value, str) and value not in context.consumers:
             errors.append(FieldError(join(join(path, "config"), "anonymous"), f"no consumer {value!r}"))
     if not errors:
         errors.append(FieldError(f"{filter_name}.config.anonymous", f"no consumer {anonymous!r}"))

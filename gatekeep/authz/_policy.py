@@ -46,6 +46,7 @@ missing ``WWW-Authenticate: Bearer error="insufficient_scope", scope="..."``
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -350,8 +351,9 @@ class _Rule:
 class Policy:
     """A compiled rule set: ``check(method, path, grants)`` raises when denied.
 
-    Also an ``Authorizer`` (``authorize(identity, path, method)``) and the
-    engine behind ``gatekeep.service``'s middleware and ``require_roles``.
+    Also an ``Authorizer`` (``authorize(identity, method, path)``): the one
+    engine behind the ``rbac`` plugin, ``gatekeep.service``'s middleware and
+    ``require_roles``.
     """
 
     def __init__(self, config: RbacConfig) -> None:
@@ -450,9 +452,28 @@ class Policy:
                 applicable.append(rule)
         raise self._denial(method, path, grants, applicable)
 
-    def authorize(self, identity: Identity | None, route: Any, method: str) -> None:
-        """The ``Authorizer`` protocol; ``route`` is the normalised request path here."""
-        self.check(method, str(route), self.grants(identity))
+    def authorize(
+        self, identity: Identity | None, method: str, path: str, consumer_groups: Iterable[str] = ()
+    ) -> None:
+        """The ``Authorizer`` protocol: return when ``identity`` may call ``method path``.
+
+        ``consumer_groups`` count as roles too with ``groups_as_roles`` (the
+        ``rbac`` plugin passes the consumer's).  The order before issue 12,
+        ``authorize(identity, path, method)``, still works for one release
+        (a path is never a method), with a ``DeprecationWarning``.
+
+        Raises:
+            AuthenticationRequired, InsufficientRole, InsufficientScope: see ``check``.
+        """
+        if method[:1] == "/":
+            warnings.warn(
+                "Policy.authorize(identity, path, method) is deprecated: "
+                "use authorize(identity, method, path)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            method, path = path, method
+        self.check(method, path, self.grants(identity, consumer_groups))
 
     def _denial(self, method: str, path: str, grants: Grants, applicable: list[_Rule]) -> Exception:
         where = f"{method} {path}"

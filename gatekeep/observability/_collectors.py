@@ -3,8 +3,9 @@
 Rate limiters, breakers, health checks, discovery watchers and JWKS caches
 keep their own counters (``stats``) and states; this collector reads them
 when Prometheus scrapes, so the request path pays nothing and nothing is
-counted twice.  Components are found through the gateway (``filters``,
-``services``, ``discovery``) and duck-typed: a component that does not exist
+counted twice.  Components are found through the ``PluginContext`` the
+prometheus plugin was bound with (``plugins``, ``upstreams``, ``discovery``);
+plugin stats are duck-typed: a component that does not exist
 or does not expose what is looked for is skipped, and one that fails while
 being read is logged and left out of that scrape instead of failing it.
 
@@ -23,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .._gateway import Gateway
+    from .._plugin_context import PluginContext
 
 __all__ = ["GatewayCollector"]
 
@@ -110,8 +111,8 @@ def stat_records(filters: Iterable[Any]) -> Iterator[Any]:
 class GatewayCollector(Collector):
     """A prometheus-client custom collector for one gateway's components."""
 
-    def __init__(self, gateway: Gateway, *, upstream_health: bool = False, version: str = "") -> None:
-        self.gateway = gateway
+    def __init__(self, context: PluginContext, *, upstream_health: bool = False, version: str = "") -> None:
+        self.context = context
         self.upstream_health = upstream_health
         if not version:
             from .. import __version__ as version
@@ -147,7 +148,7 @@ class GatewayCollector(Collector):
     def _ratelimit(self) -> Iterable[Metric]:
         totals = dict.fromkeys(RATELIMIT_RESULTS, 0.0)
         found = False
-        for stats in stat_records(self.gateway.filters):
+        for stats in stat_records(self.context.plugins):
             if not (has_stat(stats, "allowed") and has_stat(stats, "rejected")):
                 continue
             found = True
@@ -170,7 +171,7 @@ class GatewayCollector(Collector):
     def _jwks(self) -> Iterable[Metric]:
         totals: dict[str, float] = {}
         found = False
-        for stats in stat_records(self.gateway.filters):
+        for stats in stat_records(self.context.plugins):
             fetches = stat(stats, "fetches", None)
             if not isinstance(fetches, Mapping):
                 continue
@@ -195,41 +196,32 @@ class GatewayCollector(Collector):
             labels=["service", "instance", "state"],
         )
         found = False
-        for name, instance, breaker in self._each_breaker():
-            state = str(getattr(breaker, "state", ""))
+        for name, instance, state in self._each_breaker():
             found = True
             for candidate in BREAKER_STATES:
                 family.add_metric([name, instance, candidate], 1.0 if state == candidate else 0.0)
         return [family] if found else []
 
-    def _each_breaker(self) -> Iterator[tuple[str, str, Any]]:
-        for name, service in self.gateway.services.items():
-            # The resilience stage (``Service.guard``) holds a service breaker and
-            # per-instance ones; a bare ``breaker``/``breakers`` is read the same way.
-            for holder in (getattr(service, "guard", None), service):
-                if holder is None:
-                    continue
-                breaker = getattr(holder, "breaker", None)
-                if breaker is not None and hasattr(breaker, "state"):
-                    yield name, "", breaker
-                for attr in ("instance_breakers", "breakers"):
-                    breakers = getattr(holder, attr, None)
-                    if isinstance(breakers, Mapping):
-                        for key, b in list(breakers.items()):
-                            if hasattr(b, "state"):
-                                yield name, _instance_label(key), b
+    def _each_breaker(self) -> Iterator[tuple[str, str, str]]:
+        """``(service, instance address or "", state)`` of each breaker, the service's own first."""
+        for name, upstream in self.context.upstreams.items():
+            state = upstream.breaker_state
+            if state is not None:
+                yield name, "", state
+            for address, instance_state in upstream.instance_breaker_states().items():
+                yield name, address, instance_state
 
     # -- discovery: instances per service --------------------------------------
 
     def _discovery(self) -> Iterable[Metric]:
-        discovery = self.gateway.discovery
+        discovery = self.context.discovery
         family = GaugeMetricFamily(
             "gatekeep_discovery_instances",
             "Instances the discovery currently knows for a service.",
             labels=["service"],
         )
-        for name, service in self.gateway.services.items():
-            if getattr(service, "is_app", False):
+        for name, service in self.context.services.items():
+            if service.is_app:
                 continue
             family.add_metric([name], float(len(discovery.instances(name))))
         out: list[Metric] = [family]
@@ -255,40 +247,16 @@ class GatewayCollector(Collector):
     # -- upstream target health (upstream_health_metrics) ----------------------
 
     def _health(self) -> Iterable[Metric]:
-        discovery = self.gateway.discovery
         family = GaugeMetricFamily(
             "gatekeep_upstream_target_health",
             "Health of each upstream target: 1 for its current state.",
             labels=["service", "target", "state"],
         )
-        for name, service in self.gateway.services.items():
-            if getattr(service, "is_app", False):
-                continue
-            guard = getattr(service, "guard", None)
-            health = getattr(guard, "health", None) or getattr(service, "health", None)
-            for instance in discovery.instances(name):
-                state = _health_state(health, instance)
+        for name, upstream in self.context.upstreams.items():
+            for instance in upstream.instances():
+                state = upstream.target_health(instance)
+                if state not in HEALTH_STATES:
+                    state = "unhealthy"
                 for candidate in HEALTH_STATES:
                     family.add_metric([name, instance.address, candidate], 1.0 if state == candidate else 0.0)
         return [family]
-
-
-def _instance_label(key: Any) -> str:
-    address = getattr(key, "address", None)
-    if isinstance(address, str):
-        return address
-    return str(key)
-
-
-def _health_state(health: Any, instance: Any) -> str:
-    """The target's state from a health tracker (``health(instance)`` or ``is_healthy``)."""
-    if health is None:
-        return "healthchecks_off"
-    verdict = getattr(health, "health", None)
-    if callable(verdict):
-        state = str(verdict(instance))
-        return state if state in HEALTH_STATES else "unhealthy"
-    check = getattr(health, "is_healthy", None)
-    if callable(check):
-        return "healthy" if check(instance) else "unhealthy"
-    return "healthchecks_off"

@@ -9,9 +9,12 @@ Kong's fields: ``key_claim_name``, ``secret_is_base64``, ``claims_to_verify``,
 
 Consumer credentials are the consumers' ``jwt_secrets`` (``JWTSecret``, Kong's
 shape), a credential field this plugin declares and reads in ``bind``.
-On success the filter sets ``request.identity`` (a ``gatekeep.Identity``),
-``request.consumer`` (the ``ConsumerConfig`` when the token maps to one)
-and the identity headers sent upstream.  Failures are 401 problem+json with
+The verification is a ``JWTAuthenticator`` (a ``gatekeep.Authenticator``:
+find the token, verify it); the filter around it adds ``anonymous``,
+``hide_credentials`` and the consumer.  On success the filter sets
+``request.identity`` (a ``gatekeep.Identity``), ``request.consumer`` (the
+``ConsumerConfig`` when the token maps to one) and the identity headers sent
+upstream.  Failures are 401 problem+json with
 an RFC 6750 ``WWW-Authenticate`` challenge (``error="invalid_token"``, or no
 ``error`` when there was no token at all).
 """
@@ -25,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 
-from gatekeep import AuthError, BasePlugin, ConfigError, FieldError, Request, Response, validators
+from gatekeep import AuthError, BasePlugin, ConfigError, FieldError, Identity, Request, Response, validators
 from gatekeep.auth import (
     Algorithm,
     BadKey,
@@ -51,9 +54,9 @@ from gatekeep.auth import (
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from gatekeep import Gateway
+    from gatekeep import PluginContext
 
-__all__ = ["JWTFilter", "JWTFilterConfig", "JWTSecret"]
+__all__ = ["JWTAuthenticator", "JWTFilter", "JWTFilterConfig", "JWTSecret"]
 
 _BEARER = re.compile(rb"^\s*[Bb][Ee][Aa][Rr][Ee][Rr]\s+([^\s]+)\s*$")
 
@@ -161,57 +164,27 @@ class JWTFilterConfig:
         )
 
 
-class JWTFilter(BasePlugin[JWTFilterConfig]):
-    name: ClassVar[str] = "jwt"
-    priority: ClassVar[int] = 1450
-    anonymous_option: ClassVar[bool] = True
-    config: JWTFilterConfig
-    consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {"jwt_secrets": JWTSecret}
+class JWTAuthenticator:
+    """An ``Authenticator``: the identity a request's bearer JWT proves.
 
-    def __init__(self, config: JWTFilterConfig | None = None, *, verifier: JWTVerifier | None = None) -> None:
-        super().__init__(config)
-        c = self.config
+    Args:
+        config: where tokens are looked for, and the verifier's settings.
+        verifier: verifies a token (default: a ``JWTVerifier`` of ``config``).
+    """
+
+    def __init__(self, config: JWTFilterConfig | None = None, verifier: JWTVerifier | None = None) -> None:
+        c = self.config = config if config is not None else JWTFilterConfig()
         self.verifier = verifier or JWTVerifier(c.verifier_config())
         self.headers = tuple(h.lower().encode("latin-1") for h in c.header_names)
         self.params = tuple(p.encode("latin-1") for p in c.uri_param_names)
         self.cookies = tuple(n.encode("latin-1") for n in c.cookie_names)
-        self.anonymous: Any = None
-        self.consumers: dict[str, Any] = {}
-        self.header_cache = HeaderCache(max(c.cache_size, 1))
-
-    def bind(self, gateway: Gateway) -> None:
-        self.anonymous = resolve_anonymous(gateway, self.name, self.config.anonymous)
-        credentials: dict[str, Credential] = {}
-        errors = []
-        for ci, consumer in enumerate(gateway.config.consumers):
-            self.consumers[consumer.key] = consumer
-            secrets: tuple[JWTSecret, ...] = consumer.credentials.get("jwt_secrets", ())
-            for si, secret in enumerate(secrets):
-                try:
-                    key = secret.verification_key(secret_is_base64=self.config.secret_is_base64)
-                except BadKey as exc:
-                    errors.append((f"consumers[{ci}].jwt_secrets[{si}]", str(exc)))
-                    continue
-                if secret.key in credentials:
-                    errors.append((f"consumers[{ci}].jwt_secrets[{si}].key", f"duplicate key {secret.key!r}"))
-                credentials[secret.key] = Credential(
-                    key, consumer.key, secret.id or secret.key, frozenset(consumer.groups)
-                )
-        if errors:
-            raise ConfigError([FieldError(p, m) for p, m in errors])
-        self.verifier.credentials.update(credentials)
-        if self.config.consumer_claim:
-            for name, consumer in gateway.consumers.items():
-                self.verifier.consumers[name] = (consumer.key, frozenset(consumer.groups))
-
-    async def start(self, task_group: TaskGroup) -> None:
-        await self.verifier.start(task_group)
-
-    async def stop(self) -> None:
-        await self.verifier.stop()
 
     def token(self, request: Request) -> bytes | None:
-        """The token the request carries (query, then cookies, then headers, as Kong)."""
+        """The token the request carries (query, then cookies, then headers, as Kong).
+
+        Raises:
+            InvalidToken: the request carries several different tokens.
+        """
         found: list[bytes] = []
         if self.params and request.query_string:
             for part in request.query_string.split(b"&"):
@@ -243,6 +216,73 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
             raise InvalidToken("the request carries several different tokens", realm=self.config.realm)
         return found[0]
 
+    async def authenticate(self, request: Request) -> Identity | None:
+        """The verified token's identity; ``None`` without a token.
+
+        Raises:
+            AuthError: the token is invalid (``InvalidToken`` ...).
+            KeysUnavailable: the issuer's keys cannot be fetched now.
+        """
+        token = self.token(request)
+        if token is None:
+            return None
+        return await self.verifier.verify(token)
+
+
+class JWTFilter(BasePlugin[JWTFilterConfig]):
+    name: ClassVar[str] = "jwt"
+    priority: ClassVar[int] = 1450
+    anonymous_option: ClassVar[bool] = True
+    config: JWTFilterConfig
+    consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {"jwt_secrets": JWTSecret}
+
+    def __init__(self, config: JWTFilterConfig | None = None, *, verifier: JWTVerifier | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        self.authenticator = JWTAuthenticator(c, verifier)
+        self.verifier = self.authenticator.verifier
+        self.headers = self.authenticator.headers
+        self.params = self.authenticator.params
+        self.cookies = self.authenticator.cookies
+        self.anonymous: Any = None
+        self.consumers: dict[str, Any] = {}
+        self.header_cache = HeaderCache(max(c.cache_size, 1))
+
+    def bind(self, context: PluginContext) -> None:
+        self.anonymous = resolve_anonymous(context, self.name, self.config.anonymous)
+        credentials: dict[str, Credential] = {}
+        errors = []
+        for ci, consumer in enumerate(context.config.consumers):
+            self.consumers[consumer.key] = consumer
+            secrets: tuple[JWTSecret, ...] = consumer.credentials.get("jwt_secrets", ())
+            for si, secret in enumerate(secrets):
+                try:
+                    key = secret.verification_key(secret_is_base64=self.config.secret_is_base64)
+                except BadKey as exc:
+                    errors.append((f"consumers[{ci}].jwt_secrets[{si}]", str(exc)))
+                    continue
+                if secret.key in credentials:
+                    errors.append((f"consumers[{ci}].jwt_secrets[{si}].key", f"duplicate key {secret.key!r}"))
+                credentials[secret.key] = Credential(
+                    key, consumer.key, secret.id or secret.key, frozenset(consumer.groups)
+                )
+        if errors:
+            raise ConfigError([FieldError(p, m) for p, m in errors])
+        self.verifier.credentials.update(credentials)
+        if self.config.consumer_claim:
+            for name, consumer in context.consumers.items():
+                self.verifier.consumers[name] = (consumer.key, frozenset(consumer.groups))
+
+    async def start(self, task_group: TaskGroup) -> None:
+        await self.verifier.start(task_group)
+
+    async def stop(self) -> None:
+        await self.verifier.stop()
+
+    def token(self, request: Request) -> bytes | None:
+        """The token the request carries (see ``JWTAuthenticator.token``)."""
+        return self.authenticator.token(request)
+
     async def on_request(self, request: Request) -> Response | None:
         if request.method == "OPTIONS" and not self.config.run_on_preflight:
             return None
@@ -250,10 +290,9 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
         if anonymous is not None and already_authenticated(request):
             return None
         try:
-            token = self.token(request)
-            if token is None:
+            identity = await self.authenticator.authenticate(request)
+            if identity is None:
                 raise MissingCredentials("no bearer token in the request", realm=self.config.realm)
-            identity = await self.verifier.verify(token)
         except (AuthError, KeysUnavailable):
             if anonymous is None:
                 raise

@@ -1,7 +1,9 @@
 """``key-auth``: API keys in a header or a query parameter (Kong's plugin).
 
 Consumers carry ``keyauth_credentials = [{key = "..."}]`` (``KeyAuthCredential``,
-Kong's shape), a credential field this plugin declares.  Keys are kept
+Kong's shape), a credential field this plugin declares.  Finding and checking
+the key is a ``KeyAuthenticator`` (a ``gatekeep.Authenticator``); the filter
+around it adds ``anonymous``, ``hide_credentials`` and the consumer.  Keys are kept
 in memory only as SHA-256 digests: a presented key is hashed and looked up
 in a dict of digests, so the lookup's timing depends on the digest, which
 tells an attacker nothing about any stored key, and no plain key stays in
@@ -58,9 +60,9 @@ from gatekeep.auth import (
 )
 
 if TYPE_CHECKING:
-    from gatekeep import Gateway
+    from gatekeep import PluginContext
 
-__all__ = ["KeyAuthConfig", "KeyAuthCredential", "KeyAuthFilter"]
+__all__ = ["KeyAuthConfig", "KeyAuthCredential", "KeyAuthFilter", "KeyAuthenticator"]
 
 _FORM = b"application/x-www-form-urlencoded"
 _JSON = b"application/json"
@@ -124,45 +126,33 @@ def _form_name(part: bytes) -> bytes:
     return unquote_to_bytes(part.partition(b"=")[0].replace(b"+", b" "))
 
 
-class KeyAuthFilter(BasePlugin[KeyAuthConfig]):
-    name: ClassVar[str] = "key-auth"
-    priority: ClassVar[int] = 1250
-    anonymous_option: ClassVar[bool] = True
-    config: KeyAuthConfig
-    consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {"keyauth_credentials": KeyAuthCredential}
+class KeyAuthenticator:
+    """An ``Authenticator``: the consumer identity of the API key a request carries.
+
+    ``keys`` maps ``digest(key)`` to the consumer and its identity (filled by
+    the ``key-auth`` filter's ``bind``, or by hand).
+    """
 
     def __init__(self, config: KeyAuthConfig | None = None) -> None:
-        super().__init__(config)
-        c = self.config
+        c = self.config = config if config is not None else KeyAuthConfig()
         self.header_names = tuple(n.lower().encode("latin-1") for n in c.key_names)
         self.param_names = tuple(n.encode("latin-1") for n in c.key_names)
-        self.text_names = frozenset(c.key_names)
         # sha256(key) -> (consumer config, identity without per-request state)
         self.keys: dict[bytes, tuple[Any, Identity]] = {}
-        self.anonymous: Any = None
-        self.header_cache = HeaderCache()
 
-    def bind(self, gateway: Gateway) -> None:
-        self.anonymous = resolve_anonymous(gateway, self.name, self.config.anonymous)
-        errors = []
-        for ci, consumer in enumerate(gateway.config.consumers):
-            credentials: tuple[KeyAuthCredential, ...] = consumer.credentials.get("keyauth_credentials", ())
-            for ki, credential in enumerate(credentials):
-                d = digest(credential.key)
-                if d in self.keys:
-                    errors.append(
-                        FieldError(f"consumers[{ci}].keyauth_credentials[{ki}].key", "duplicate API key")
-                    )
-                    continue
-                identity = Identity(
-                    subject=consumer.username or consumer.id or consumer.custom_id or "",
-                    consumer=consumer.key,
-                    credential=credential.id or d.hex()[:16],
-                    groups=frozenset(consumer.groups),
-                )
-                self.keys[d] = (consumer, identity)
-        if errors:
-            raise ConfigError(errors)
+    async def authenticate(self, request: Request) -> Identity | None:
+        """The identity of the request's key; ``None`` without a key.
+
+        Raises:
+            InvalidCredentials: the key is unknown.
+        """
+        key = await self._find(request)
+        if key is None:
+            return None
+        found = self.keys.get(digest(key))
+        if found is None:
+            raise InvalidCredentials("Invalid authentication credentials", realm=self.config.realm)
+        return found[1]
 
     async def _find(self, request: Request) -> bytes | None:
         c = self.config
@@ -181,7 +171,7 @@ class KeyAuthFilter(BasePlugin[KeyAuthConfig]):
             return await self._from_body(request)
         return None
 
-    async def _body(self, request: Request) -> tuple[bytes, bytes] | None:
+    async def body(self, request: Request) -> tuple[bytes, bytes] | None:
         """``(content type, body)`` of a form or JSON body this filter may read, else ``None``."""
         if request.method in ("GET", "HEAD", "OPTIONS"):
             return None
@@ -195,7 +185,7 @@ class KeyAuthFilter(BasePlugin[KeyAuthConfig]):
         return ctype, await request.read(_MAX_BODY)  # kept: read again at no cost
 
     async def _from_body(self, request: Request) -> bytes | None:
-        found = await self._body(request)
+        found = await self.body(request)
         if found is None:
             return None
         ctype, body = found
@@ -213,8 +203,52 @@ class KeyAuthFilter(BasePlugin[KeyAuthConfig]):
                     return key.encode("utf-8", "surrogatepass")
         return None
 
+
+class KeyAuthFilter(BasePlugin[KeyAuthConfig]):
+    name: ClassVar[str] = "key-auth"
+    priority: ClassVar[int] = 1250
+    anonymous_option: ClassVar[bool] = True
+    config: KeyAuthConfig
+    consumer_credentials: ClassVar[Mapping[str, type[Any]]] = {"keyauth_credentials": KeyAuthCredential}
+
+    def __init__(self, config: KeyAuthConfig | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        self.authenticator = KeyAuthenticator(c)
+        self.header_names = self.authenticator.header_names
+        self.param_names = self.authenticator.param_names
+        self.text_names = frozenset(c.key_names)
+        self.keys = self.authenticator.keys
+        # consumer key -> consumer config, for the identity the authenticator returns
+        self.consumers: dict[str, Any] = {}
+        self.anonymous: Any = None
+        self.header_cache = HeaderCache()
+
+    def bind(self, context: PluginContext) -> None:
+        self.anonymous = resolve_anonymous(context, self.name, self.config.anonymous)
+        errors = []
+        for ci, consumer in enumerate(context.config.consumers):
+            credentials: tuple[KeyAuthCredential, ...] = consumer.credentials.get("keyauth_credentials", ())
+            for ki, credential in enumerate(credentials):
+                d = digest(credential.key)
+                if d in self.keys:
+                    errors.append(
+                        FieldError(f"consumers[{ci}].keyauth_credentials[{ki}].key", "duplicate API key")
+                    )
+                    continue
+                identity = Identity(
+                    subject=consumer.username or consumer.id or consumer.custom_id or "",
+                    consumer=consumer.key,
+                    credential=credential.id or d.hex()[:16],
+                    groups=frozenset(consumer.groups),
+                )
+                self.keys[d] = (consumer, identity)
+                self.consumers[consumer.key] = consumer
+        if errors:
+            raise ConfigError(errors)
+
     async def _hide_in_body(self, request: Request) -> None:
-        found = await self._body(request)
+        found = await self.authenticator.body(request)
         if found is None:
             return
         ctype, body = found
@@ -242,18 +276,15 @@ class KeyAuthFilter(BasePlugin[KeyAuthConfig]):
         if anonymous is not None and already_authenticated(request):
             return None
         try:
-            key = await self._find(request)
-            if key is None:
+            identity = await self.authenticator.authenticate(request)
+            if identity is None:
                 raise MissingCredentials("No API key found in request", scheme="Key", realm=c.realm)
-            found = self.keys.get(digest(key))
-            if found is None:
-                raise InvalidCredentials("Invalid authentication credentials", realm=c.realm)
         except AuthError:
             if anonymous is None:
                 raise
             authenticate(request, anonymous_identity(anonymous), anonymous)
             return None
-        consumer, identity = found
+        consumer = self.consumers[identity.consumer] if identity.consumer is not None else None
         if c.hide_credentials:
             await self._hide(request)
         authenticate(request, identity, consumer, self.header_cache)

@@ -33,7 +33,7 @@ from gatekeep.auth import (
 )
 
 if TYPE_CHECKING:
-    from gatekeep import Gateway
+    from gatekeep import PluginContext
 
 __all__ = [
     "MTLSAuthConfig",
@@ -88,7 +88,7 @@ class MTLSAuthenticator:
 
     Args:
         config: what to match.
-        consumers: the consumers to match against (``gateway.consumers`` or
+        consumers: the consumers to match against (``context.consumers`` or
             any mapping of key to an object with ``id``/``username``/``custom_id``/``groups``).
     """
 
@@ -165,11 +165,11 @@ class MTLSAuthFilter(BasePlugin[MTLSAuthConfig]):
         self.authenticator = MTLSAuthenticator(self.config)
         self._anonymous: Any = None
 
-    def bind(self, gateway: Gateway) -> None:
-        consumers: Mapping[str, Any] = gateway.consumers
+    def bind(self, context: PluginContext) -> None:
+        consumers: Mapping[str, Any] = context.consumers
         self.authenticator.bind(consumers)
         # Names every auth plugin with a missing anonymous consumer, with its path.
-        self._anonymous = resolve_anonymous(gateway, self.name, self.config.anonymous)
+        self._anonymous = resolve_anonymous(context, self.name, self.config.anonymous)
 
     async def on_request(self, request: Request) -> Response | None:
         if request.identity is not None:

@@ -44,7 +44,7 @@ from gatekeep.observability import BREAKER_STATES, GatewayCollector, MetricsEndp
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from gatekeep import Gateway
+    from gatekeep import PluginContext
 
 __all__ = ["PrometheusConfig", "PrometheusFilter"]
 
@@ -246,14 +246,14 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
 
     # -- config time ----------------------------------------------------------
 
-    def bind(self, gateway: Gateway) -> None:
+    def bind(self, context: PluginContext) -> None:
         """Create (or join) the gateway's registry, metrics and ``/metrics`` endpoint.
 
         Every ``prometheus`` instance of one gateway (a global one and, say, a
         per-service one with ``per_consumer``) shares one set of metrics; the
         first one bound owns it and the endpoint.
         """
-        peers = [f for f in gateway.filters if isinstance(f, PrometheusFilter)]
+        peers = [f for f in context.plugins if isinstance(f, PrometheusFilter)]
         first = peers[0] if peers else self
         if first is not self and first.metrics is not None:
             self._owner = False
@@ -268,7 +268,7 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
             gateway_buckets=c.gateway_latency_buckets,
         )
         upstream_health = any(p.config.upstream_health_metrics for p in peers) or c.upstream_health_metrics
-        collector = GatewayCollector(gateway, upstream_health=upstream_health)
+        collector = GatewayCollector(context, upstream_health=upstream_health)
         if c.use_global_registry:
             self.metrics = _global(shape, collector)
         else:
@@ -283,8 +283,8 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
             allow=[ipaddress.ip_network(n, strict=False) for n in c.metrics_allow],
         )
         if c.metrics_port is None:
-            gateway.add_endpoint(c.path, self.endpoint, run_global_filters=False)
-        _watch_breakers(gateway, self.metrics)
+            context.add_endpoint(c.path, self.endpoint, run_global_filters=False)
+        _watch_breakers(context, self.metrics)
 
     async def start(self, task_group: TaskGroup) -> None:
         c: PrometheusConfig = self.config
@@ -376,21 +376,17 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         child.inc()
 
 
-def _watch_breakers(gateway: Gateway, metrics: Metrics) -> None:
+def _watch_breakers(context: PluginContext, metrics: Metrics) -> None:
     """Count breaker transitions as they happen (a scrape could miss a short open)."""
-    for name, service in gateway.services.items():
-        holder = getattr(service, "guard", None)
-        on_change = getattr(holder, "on_change", None)
-        if not callable(on_change):
-            continue
+    for name, upstream in context.upstreams.items():
         children = {state: metrics.breaker_transitions.labels(name, state) for state in BREAKER_STATES}
 
-        def changed(breaker: Any, old: Any, new: Any, children: dict[str, Any] = children) -> None:
-            child = children.get(str(new))
+        def changed(old: str, new: str, children: dict[str, Any] = children) -> None:
+            child = children.get(new)
             if child is not None:
                 child.inc()
 
-        on_change(changed)
+        upstream.on_breaker_change(changed)
 
 
 def _content_length(raw: list[tuple[bytes, bytes]]) -> int:

@@ -6,7 +6,10 @@ tokens from every bucket of its key in one atomic step (``RateLimiter``), and
 a refused request takes nothing.  ``policy = "local"`` keeps the buckets in
 this process (``MemoryRateLimiter``); ``policy = "redis"`` shares them between
 every gateway process (``RedisRateLimiter``: one Lua call per request, or one
-per lease with ``sync_rate``).
+per lease with ``sync_rate``).  Any other ``policy`` names a ``RateLimiter``
+given to the gateway (``Gateway(config, rate_limiters={"name": limiter})``):
+the plugin then takes its decisions from that object, which it neither opens
+nor closes (its owner does).
 
 Keys.  A bucket is named by ``bucket_key(scope, kind, identifier)``: the scope
 is where this plugin instance applies (``global``, ``service:<name>``,
@@ -15,7 +18,8 @@ instance, the consumer), the kind is what ``limit_by`` used (``ip`` when the
 identifier was empty, as Kong falls back) -- so a header value can never
 name another client's bucket.
 
-Failure modes (``policy = "redis"``).  When Redis is unreachable, slow past
+Failure modes (``policy = "redis"``, or a named limiter that raises
+``RateLimiterUnavailable``).  When Redis is unreachable, slow past
 ``redis.timeout`` or answers an error: ``fault_tolerant = true`` decides with a
 per-process ``MemoryRateLimiter`` of the same limits, ``false`` answers 503.
 The outage is logged once when it starts and once when it ends, and for one
@@ -30,12 +34,24 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, ClassVar, Literal, cast
 
 import attrs
 
-from gatekeep import BadRequest, BasePlugin, Decision, Limit, RateLimited, Request, Response, validators
-from gatekeep._ratelimit import (
+from gatekeep import (
+    BadRequest,
+    BasePlugin,
+    ConfigError,
+    Decision,
+    FieldError,
+    Limit,
+    RateLimited,
+    RateLimiter,
+    Request,
+    Response,
+    validators,
+)
+from gatekeep.ratelimit import (
     LeasedRateLimiter,
     MemoryRateLimiter,
     RateLimiterUnavailable,
@@ -49,7 +65,7 @@ from gatekeep._ratelimit import (
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from gatekeep import Gateway
+    from gatekeep import PluginContext
 
 __all__ = [
     "RateLimitStats",
@@ -126,7 +142,8 @@ class RateLimitingConfig(RoleLimits):
     limit_by: Literal["consumer", "credential", "ip", "service", "header", "path", "route"] = "consumer"
     header_name: str | None = attrs.field(default=None, validator=validators.header_name)
     path: str | None = None
-    policy: Literal["local", "redis"] = "local"
+    # "local", "redis", or the name of a ``RateLimiter`` given to ``Gateway(rate_limiters=...)``.
+    policy: str = attrs.field(default="local", validator=validators.non_empty)
     redis: RedisSettings | None = None
     fault_tolerant: bool = True
     hide_client_headers: bool = False
@@ -244,16 +261,18 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
             )
         # The local policy's buckets, or the fallback's during a Redis outage.
         self._memory = MemoryRateLimiter()
-        self._store: Any = None
+        self._store: RateLimiter | None = None
+        self._opened = False  # the store is ours to close (policy "redis")
         self._down_since = 0.0
         self._probe_at = 0.0
 
     # -- lifespan -----------------------------------------------------------------
 
-    def bind(self, gateway: Gateway) -> None:
+    def bind(self, context: PluginContext) -> None:
         """Find where this instance applies, to scope its keys like Kong's route/service ids."""
-        routes = [r for r in gateway.routes if any(f is self for f in r.chain.filters)]
-        if len(routes) == len(gateway.routes):
+        self._named_limiter(context.rate_limiters)
+        routes = context.routes_of(self)
+        if len(routes) == len(context.routes):
             self._scope = "global"
         elif not routes:
             self._scope = None  # consumer-scoped: keyed by the consumer at request time
@@ -261,7 +280,7 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
             services = {r.service.name for r in routes}
             if len(services) == 1:
                 (service,) = services
-                if len(routes) == sum(1 for r in gateway.routes if r.service.name == service):
+                if len(routes) == sum(1 for r in context.routes if r.service.name == service):
                     self._scope = f"service:{service}"
                     return
             if len(routes) == 1:
@@ -269,11 +288,35 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
             else:
                 self._scope = "routes:" + ",".join(sorted(r.name for r in routes))
 
+    def _named_limiter(self, limiters: Mapping[str, RateLimiter]) -> None:
+        """Take the ``RateLimiter`` named by ``policy`` (not "local" or "redis") from the gateway.
+
+        Raises:
+            ConfigError: the gateway was given no limiter of that name.
+        """
+        policy = self.config.policy
+        if policy in ("local", "redis"):
+            return
+        limiter = limiters.get(policy)
+        if limiter is None:
+            given = ", ".join(repr(n) for n in sorted(limiters)) or "none"
+            raise ConfigError(
+                [
+                    FieldError(
+                        f"{self.name}.config.policy",
+                        f"no rate limiter {policy!r}: expected 'local', 'redis' or one given to "
+                        f"Gateway(rate_limiters=...) (given: {given})",
+                    )
+                ]
+            )
+        self._store = limiter
+
     async def start(self, task_group: TaskGroup) -> None:
         c: RateLimitingConfig = self.config
         if c.policy != "redis" or c.redis is None:
             return
         shared = open_store(c.redis)
+        self._opened = True
         if c.sync_rate > 0:
             self._store = LeasedRateLimiter(shared, size=c.lease_size, max_age=c.sync_rate)
         else:
@@ -281,8 +324,9 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
 
     async def stop(self) -> None:
         c: RateLimitingConfig = self.config
-        if self._store is not None and c.redis is not None:
+        if self._opened and c.redis is not None:
             self._store = None
+            self._opened = False
             await close_store(c.redis)
 
     # -- the request --------------------------------------------------------------
@@ -382,8 +426,10 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
     async def _decide(self, key: str, limits: Sequence[Limit], cost: int) -> Decision:
         store = self._store
         if store is None:
-            if self.config.policy == "redis":
-                raise RuntimeError("the rate-limiting filter (policy 'redis') was not started")
+            if self.config.policy != "local":
+                raise RuntimeError(
+                    f"the rate-limiting filter (policy {self.config.policy!r}) was not started"
+                )
             decision = self._memory.acquire_nowait(key, limits, cost)
         else:
             if self._down_since:

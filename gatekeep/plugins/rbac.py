@@ -37,8 +37,8 @@ class RbacFilter(BasePlugin[RbacConfig]):
         identity = request.identity
         consumer = request.consumer
         groups = getattr(consumer, "groups", ()) if consumer is not None else ()
-        policy = self.policy
-        grants = policy.grants(identity if isinstance(identity, Identity) else None, groups)
-        if not policy.allows(request.method, request.path, grants):
-            policy.check(request.method, request.path, grants)  # raises with the reasons
+        # The ``Authorizer`` call (one signature with ``gatekeep.service``); raises with the reasons.
+        self.policy.authorize(
+            identity if isinstance(identity, Identity) else None, request.method, request.path, groups
+        )
         return None

@@ -10,9 +10,9 @@ a proxied request.  It composes the sans-IO parts:
    the instance breaker's ``allow``;
 3. ``send(instance)`` (the gateway's pooled HTTP call), under the per-try and
    overall timeouts when configured;
-4. the outcome, to the balancer (``observe``: latency to the response head,
-   ok or not), the instance breaker, passive health checks and, once per
-   request, the service breaker;
+4. the outcome, to the balancer (``observe``, for an ``ObservingBalancer``:
+   latency to the response head, ok or not), the instance breaker, passive
+   health checks and, once per request, the service breaker;
 5. a *failover* when the try failed to connect (refused, unreachable,
    connect timeout, TLS handshake; ``connect_failed``): the instance never
    saw the request, so it goes at once to an instance not tried yet, for any
@@ -29,9 +29,17 @@ Instances already tried are left out of the pick set while others are left;
 when only tried ones are left among the healthy, the ejected / unhealthy
 untried ones are the last resort (Envoy's panic mode) before giving up.
 
-The balancer's ``release`` runs when the response body is closed (or at once
-for a try that failed or is retried).  Everything else is decided by the
-sans-IO cores; this class only sequences them and owns the sleeps.
+A ``CountingBalancer``'s ``release`` runs when the response body is closed
+(or at once for a try that failed or is retried).  Everything else is decided
+by the sans-IO cores; this class only sequences them and owns the sleeps.
+
+Protocols only.  The balancer and the breakers may be user objects
+(``Gateway(balancer=, breaker=)``): the guard calls what ``Balancer`` and
+``Breaker`` declare, and the optional extras (``ObservingBalancer``,
+``CountingBalancer``, ``ObservableBreaker``) only when the object has them --
+decided once, when the guard gets the object.  A breaker without the extras
+is wrapped once in ``_PlainBreaker`` (the documented defaults), so the
+request path never asks what an object can do.
 """
 
 from __future__ import annotations
@@ -47,9 +55,17 @@ from anyio.abc import TaskGroup
 from .._balancer import InstanceKey
 from .._errors import NoHealthyUpstream, UpstreamError, UpstreamTimeout
 from .._http import EMPTY_BODY, Request, Response
-from .._protocols import Instance
+from .._protocols import (
+    Balancer,
+    Breaker,
+    BreakerChange,
+    CountingBalancer,
+    Instance,
+    ObservableBreaker,
+    ObservingBalancer,
+)
 from .._upstream import body_untouched, connect_failed, request_sent
-from ._breaker import CLOSED, BreakerState, ChangeCallback, CircuitBreaker, circuit_open
+from ._breaker import CircuitBreaker, circuit_open
 from ._config import BreakerConfig, HealthchecksConfig, RetryConfig
 from ._health import OK, ActiveChecker, HealthTracker, outcome_of
 from ._retry import RetryBudget, RetryPolicy, is_idempotent, prepare_body
@@ -67,7 +83,8 @@ class UpstreamGuard:
 
     Args:
         name: the service name.
-        balancer: a ``Balancer`` (``observe`` and ``release`` are used when it has them).
+        balancer: a ``Balancer`` (also told latencies and releases when it is
+            an ``ObservingBalancer`` / ``CountingBalancer``).
         retries: extra tries after the first (Kong's ``retries``).
         retry: backoff, timeouts and budget.
         breaker: breaker thresholds, ``None`` for no breakers.
@@ -75,14 +92,14 @@ class UpstreamGuard:
         scheme, tls: how active probes reach the instances.
         clock: a monotonic clock; rng: the random source for backoff jitter.
         make_breaker: builds the breakers instead of ``CircuitBreaker``: called
-            with ``None`` for the service's breaker (may return ``None``: none)
-            and with each instance for its own (``Gateway(breaker=...)``).
+            with ``None`` for the service's breaker and with each instance for
+            its own (``Gateway(breaker=...)``); ``None`` means no breaker there.
     """
 
     def __init__(
         self,
         name: str,
-        balancer: Any,
+        balancer: Balancer,
         *,
         retries: int = 0,
         retry: RetryConfig = _DEFAULT_RETRY,
@@ -92,13 +109,18 @@ class UpstreamGuard:
         tls: Any = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        make_breaker: Callable[[Instance | None], Any] | None = None,
+        make_breaker: Callable[[Instance | None], Breaker | None] | None = None,
     ) -> None:
         self.name = name
         self._make_breaker = make_breaker
         self.balancer = balancer
-        self._observe: Callable[[Instance, float, bool], None] | None = getattr(balancer, "observe", None)
-        self._release: Callable[[Instance], None] = getattr(balancer, "release", None) or _no_release
+        # The optional balancer protocols, asked once here, never per request.
+        self._observe: Callable[[Instance, float, bool], None] | None = (
+            balancer.observe if isinstance(balancer, ObservingBalancer) else None
+        )
+        self._release: Callable[[Instance], None] = (
+            balancer.release if isinstance(balancer, CountingBalancer) else _no_release
+        )
         self.policy = RetryPolicy(retries, retry, rng=rng)
         self.retries = retries
         self.budget = RetryBudget(retry.budget_percent, retry.min_retries_per_second, clock=clock)
@@ -110,17 +132,17 @@ class UpstreamGuard:
         self._clock = clock
         self.breaker_config = breaker
         self._failure_statuses = frozenset(breaker.failure_statuses if breaker else (500, 502, 503, 504))
-        self._callbacks: list[ChangeCallback] = []
-        self.breaker: CircuitBreaker | None = None
+        self._callbacks: list[BreakerChange] = []
+        self.breaker: ObservableBreaker | None = None
         if make_breaker is not None:
-            self.breaker = make_breaker(None)
+            self.breaker = observable(make_breaker(None))
         elif breaker is not None and breaker.per_service:
             self.breaker = CircuitBreaker(breaker, clock=clock, name=name)
         if self.breaker is None:
             self.call = self._tries  # type: ignore[method-assign]
         self._per_instance = make_breaker is not None or (breaker is not None and breaker.per_instance)
         # Per instance (``instance_key``): its breaker and the instance.
-        self.instance_breakers: dict[InstanceKey, CircuitBreaker] = {}
+        self.instance_breakers: dict[InstanceKey, ObservableBreaker] = {}
         self._breaker_instances: dict[InstanceKey, Instance] = {}
         self._unclosed = 0  # instance breakers not closed now
         self.health: HealthTracker | None = None
@@ -134,7 +156,7 @@ class UpstreamGuard:
 
     # -- observation -----------------------------------------------------------
 
-    def on_change(self, callback: ChangeCallback) -> None:
+    def on_change(self, callback: BreakerChange) -> None:
         """Call ``callback(breaker, old, new)`` on state changes of this service's breakers."""
         self._callbacks.append(callback)
         if self.breaker is not None:
@@ -142,7 +164,7 @@ class UpstreamGuard:
         for b in self.instance_breakers.values():
             b.on_change(callback)
 
-    def breaker_for(self, instance: Instance) -> CircuitBreaker | None:
+    def breaker_for(self, instance: Instance) -> ObservableBreaker | None:
         """The breaker of ``instance`` (made on first use), ``None`` without per-instance breakers."""
         if not self._per_instance:
             return None
@@ -150,7 +172,7 @@ class UpstreamGuard:
         b = self.instance_breakers.get(key)
         if b is None:
             if self._make_breaker is not None:
-                b = self._make_breaker(instance)
+                b = observable(self._make_breaker(instance)) or _NO_BREAKER
             else:
                 assert self.breaker_config is not None
                 b = CircuitBreaker(
@@ -178,10 +200,11 @@ class UpstreamGuard:
             "budget": self.budget.stats(),
         }
 
-    def _count_unclosed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
-        if old is CLOSED:
+    def _count_unclosed(self, breaker: Any, old: Any, new: Any) -> None:
+        # By name: a user ``ObservableBreaker`` may name its states with plain strings.
+        if str(old) == "closed":
             self._unclosed += 1
-        elif new is CLOSED:
+        elif str(new) == "closed":
             self._unclosed -= 1
 
     # -- lifespan --------------------------------------------------------------
@@ -324,7 +347,7 @@ class UpstreamGuard:
 
     def _pick(
         self, instances: Sequence[Instance], request: Request, tried: list[Instance]
-    ) -> tuple[Instance, CircuitBreaker | None]:
+    ) -> tuple[Instance, ObservableBreaker | None]:
         candidates = instances
         if self.health is not None:
             candidates = self.health.available(candidates)
@@ -361,6 +384,73 @@ class UpstreamGuard:
 
 def _no_release(instance: Instance) -> None:
     return None
+
+
+class _PlainBreaker:
+    """A ``Breaker`` without the ``ObservableBreaker`` extras, given their defaults.
+
+    Wrapped once, when the guard gets the breaker: the request path then
+    calls the same methods on every breaker.  No state is known (the metrics
+    show none), ``available`` leaves the choice to ``allow``, a refusal says
+    ``Retry-After: 1`` and there is no probe slot to give back.
+    """
+
+    __slots__ = ("allow", "breaker", "on_failure", "on_success")
+
+    def __init__(self, breaker: Breaker) -> None:
+        self.breaker = breaker
+        # Bound once: the wrapper adds no call of its own on the request path.
+        self.allow = breaker.allow
+        self.on_success = breaker.on_success
+        self.on_failure = breaker.on_failure
+
+    @property
+    def state(self) -> str:
+        return ""
+
+    def available(self) -> bool:
+        return True
+
+    def retry_after(self) -> float:
+        return 0.0
+
+    def on_cancel(self) -> None:
+        return None
+
+    def on_change(self, callback: BreakerChange) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<breaker {self.breaker!r}>"
+
+
+class _NoBreaker(_PlainBreaker):
+    """An instance the breaker factory gave no breaker: always allowed."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.breaker = None  # type: ignore[assignment]
+        self.allow = _yes
+        self.on_success = self.on_failure = _nothing
+
+
+def _yes() -> bool:
+    return True
+
+
+def _nothing() -> None:
+    return None
+
+
+_NO_BREAKER = _NoBreaker()
+
+
+def observable(breaker: Breaker | None) -> ObservableBreaker | None:
+    """``breaker`` as an ``ObservableBreaker`` (wrapped with the defaults when it is not one)."""
+    if breaker is None or isinstance(breaker, ObservableBreaker):
+        return breaker
+    return _PlainBreaker(breaker)
 
 
 async def _send_within(send: Send, instance: Instance, seconds: float) -> Response:

@@ -168,7 +168,7 @@ class OtelFilter(BasePlugin[OtelConfig]):
         )
         self.provider.add_span_processor(processor)
         self._tracer = self.provider.get_tracer("gatekeep_otel", _version())
-        self._gateway: gatekeep.Gateway | None = None
+        self._context: gatekeep.PluginContext | None = None
 
     def finished_spans(self) -> tuple[ReadableSpan, ...]:
         """The spans kept by ``exporter = "none"`` (for tests)."""
@@ -178,8 +178,8 @@ class OtelFilter(BasePlugin[OtelConfig]):
 
     # -- lifespan ---------------------------------------------------------------
 
-    def bind(self, gateway: gatekeep.Gateway) -> None:
-        self._gateway = gateway
+    def bind(self, context: gatekeep.PluginContext) -> None:
+        self._context = context
 
     async def start(self, task_group: TaskGroup) -> None:
         if self.batcher is not None:
@@ -198,7 +198,7 @@ class OtelFilter(BasePlugin[OtelConfig]):
         route = request.route
         template: str | None = None
         if route is not None:
-            paths = route.config.paths
+            paths = route.paths
             template = paths[0] if len(paths) == 1 else None
             name = f"{label} {template or route.name}"
         else:
@@ -269,11 +269,11 @@ class OtelFilter(BasePlugin[OtelConfig]):
 
     def _skipped(self, request: Request) -> bool:
         """A gateway endpoint that runs without global filters (a /metrics scrape)."""
-        gateway = self._gateway
-        if gateway is None or request.route is not None:
+        context = self._context
+        if context is None or request.route is not None:
             return False
-        endpoint = gateway.endpoints.get(request.path)
-        return endpoint is not None and not endpoint[1]
+        endpoint = context.endpoints.get(request.path)
+        return endpoint is not None and not endpoint.run_global_filters
 
     async def on_log(self, exchange: Exchange) -> None:
         request = exchange.request
