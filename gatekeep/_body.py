@@ -184,6 +184,10 @@ class BodyPolicy:
         self._uploads = {name: _Uploads(name, limit) for name, limit in uploads.items()}
         self._wait = wait
 
+    def streaming(self) -> dict[str, int]:
+        """Per service, the request bodies streaming now (each holds a slot); read-only."""
+        return {name: u.limit - u.slots.value for name, u in self._uploads.items()}
+
     def timed(self, body: Body) -> Body:
         """``body`` with the client body timeouts (a body held in memory needs none)."""
         if body is EMPTY_BODY or is_replayable(body):
@@ -252,22 +256,32 @@ class BodyPolicy:
         budget = self._budget
         limit = self.buffer_size
         it = aiter(request.body)
-        data = bytearray()
+        # A body that arrives in one chunk (most do) is kept as it came: no copy.
+        first = b""
+        data: bytearray | None = None
         taken = 0
         try:
             async for chunk in it:
-                data += chunk
+                if data is not None:
+                    data += chunk
+                elif not first:
+                    first = chunk
+                else:
+                    data = bytearray(first)
+                    data += chunk
                 if reserved is None:
-                    if len(data) > limit or not budget.take(len(chunk)):
+                    size = len(first) if data is None else len(data)
+                    if size > limit or not budget.take(len(chunk)):
                         budget.give(taken)
-                        request.body = _resume(bytes(data), it)
+                        request.body = _resume(first if data is None else bytes(data), it)
                         return -1
                     taken += len(chunk)
         except BaseException:
             budget.give(taken)
             raise
-        request.body = replayable(bytes(data))
-        return len(data) if reserved is None else reserved
+        whole = bytes(first) if data is None else bytes(data)
+        request.body = replayable(whole)
+        return len(whole) if reserved is None else reserved
 
 
 async def _resume(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
