@@ -59,7 +59,7 @@ from ._errors import ConfigError, FieldError
 from ._filter import Chain, _overrides
 from ._forwarding import HOP_BY_HOP
 from ._plugin_context import Endpoint, PluginContext, UpstreamState
-from ._protocols import Authenticator, Balancer, Breaker, Discovery, Instance, RateLimiter, Router
+from ._protocols import Authenticator, Authorizer, Balancer, Breaker, Discovery, Instance, RateLimiter, Router
 from ._registry import INSTALLED, PluginRegistry
 from ._router import CompiledRouter, RouteRule
 from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool, codec_for
@@ -208,9 +208,11 @@ class Compiled:
     consumers: dict[str, ConsumerConfig] = attrs.field(factory=dict)
     endpoints: dict[str, Endpoint] = attrs.field(factory=dict)
     # Named protocol objects a plugin selects in its config (``policy = "name"``,
-    # ``authenticator = "name"``): ``Gateway(rate_limiters=, authenticators=)``.
+    # ``authenticator = "name"``, ``authorizer = "name"``):
+    # ``Gateway(rate_limiters=, authenticators=, authorizers=)``.
     rate_limiters: Mapping[str, RateLimiter] = attrs.field(factory=dict)
     authenticators: Mapping[str, Authenticator] = attrs.field(factory=dict)
+    authorizers: Mapping[str, Authorizer] = attrs.field(factory=dict)
 
     def chain(self, route: str | None, service: str | None, consumer: str | None) -> Chain:
         """The chain for a scope: per filter name, the most specific entry (Kong's precedence)."""
@@ -248,6 +250,7 @@ def compile_config(
     breaker: BreakerFactory | None = None,
     rate_limiters: Mapping[str, RateLimiter] | None = None,
     authenticators: Mapping[str, Authenticator] | None = None,
+    authorizers: Mapping[str, Authorizer] | None = None,
     previous: Compiled | None = None,
     plugins: PluginRegistry = INSTALLED,
 ) -> Compiled:
@@ -263,6 +266,7 @@ def compile_config(
         breaker: ``breaker(service_config, instance_or_None) -> Breaker``.
         rate_limiters: ``RateLimiter``s by name, for ``rate-limiting``'s ``policy``.
         authenticators: ``Authenticator``s by name, for the ``auth`` plugin.
+        authorizers: ``Authorizer``s by name, for the ``authz`` plugin.
         previous: the compiled config this one replaces; unchanged services
             keep their state (see the module doc).
         plugins: where plugin names are looked up (the gateway's registry).
@@ -324,6 +328,7 @@ def compile_config(
         entries=entries,
         rate_limiters=dict(rate_limiters or {}),
         authenticators=dict(authenticators or {}),
+        authorizers=dict(authorizers or {}),
     )
     rules: list[RouteRule] = []
     for sc in config.services:
@@ -383,6 +388,7 @@ def bind_filters(
         },
         rate_limiters=compiled.rate_limiters,
         authenticators=compiled.authenticators,
+        authorizers=compiled.authorizers,
         endpoints=compiled.endpoints,
         task_group=task_group,
     )

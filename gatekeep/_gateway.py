@@ -71,7 +71,7 @@ from ._forwarding import downstream_response_headers, upstream_request_headers
 from ._http import EMPTY_BODY, Request, Response, problem_response
 from ._normalise import normalise_path
 from ._plugin_context import Endpoint
-from ._protocols import Authenticator, Discovery, Instance, RateLimiter, Router
+from ._protocols import Authenticator, Authorizer, Discovery, Instance, RateLimiter, Router
 from ._registry import PluginRegistry
 from ._router import RouteMatch
 from ._upstream import check_transfer_coding
@@ -105,6 +105,8 @@ class Gateway:
             with ``policy = "name"`` takes its decisions from that one.
         authenticators: ``Authenticator``s by name: the ``auth`` plugin with
             ``authenticator = "name"`` runs that one (``docs/composing.md``).
+        authorizers: ``Authorizer``s by name: the ``authz`` plugin with
+            ``authorizer = "name"`` asks that one (``docs/composing.md``).
         filters: extra plugin instances attached globally (embedding).
         plugins: plugin classes the config may name besides the installed
             ones (entry points); this gateway's only (``docs/plugins.md``).
@@ -123,6 +125,7 @@ class Gateway:
         breaker: BreakerFactory | None = None,
         rate_limiters: Mapping[str, RateLimiter] | None = None,
         authenticators: Mapping[str, Authenticator] | None = None,
+        authorizers: Mapping[str, Authorizer] | None = None,
         filters: Sequence[Any] = (),
         plugins: Sequence[type[Any]] = (),
     ) -> None:
@@ -140,6 +143,7 @@ class Gateway:
                 plugins=registry,
                 rate_limiters=rate_limiters,
                 authenticators=authenticators,
+                authorizers=authorizers,
             )
         )
         # What plugins may read of this gateway (``bind(context)``).
@@ -173,6 +177,7 @@ class Gateway:
         self.endpoints = compiled.endpoints
         self.rate_limiters = compiled.rate_limiters
         self.authenticators = compiled.authenticators
+        self.authorizers = compiled.authorizers
         self.chain_for = compiled.chain_for
 
     # -- lifespan -------------------------------------------------------------

@@ -5,7 +5,8 @@ It gets a ``PluginContext``, not the gateway: public descriptions of the
 routes and services, the consumers and their credentials, the other plugins,
 the gateway settings a plugin needs, read-only upstream state (breakers,
 target health) for metrics, the protocol objects given to the gateway
-(``rate_limiters``, ``authenticators``, ``discovery``), and two verbs:
+(``rate_limiters``, ``authenticators``, ``authorizers``,
+``discovery``), and two verbs:
 ``add_endpoint`` (a gateway-answered path such as ``/metrics``) and the
 lifespan's ``task_group``.  Everything else of the gateway is the core's to
 change without notice.
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ._config import ConsumerConfig, GatewayConfig, GatewaySettings
 from ._descriptions import RouteInfo, ServiceInfo
 from ._http import Request, Response
-from ._protocols import Authenticator, Discovery, Instance, RateLimiter
+from ._protocols import Authenticator, Authorizer, Discovery, Instance, RateLimiter
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -122,6 +123,7 @@ class PluginContext:
         upstreams: read-only breaker and health state, by service name.
         rate_limiters: the ``RateLimiter``s given to ``Gateway(rate_limiters=...)``.
         authenticators: the ``Authenticator``s given to ``Gateway(authenticators=...)``.
+        authorizers: the ``Authorizer``s given to ``Gateway(authorizers=...)``.
         endpoints: the gateway-answered paths (see ``add_endpoint``).
     """
 
@@ -137,6 +139,7 @@ class PluginContext:
         upstreams: Mapping[str, UpstreamState],
         rate_limiters: Mapping[str, RateLimiter],
         authenticators: Mapping[str, Authenticator],
+        authorizers: Mapping[str, Authorizer] | None = None,
         endpoints: dict[str, Endpoint],
         task_group: Callable[[], TaskGroup | None],
     ) -> None:
@@ -151,6 +154,7 @@ class PluginContext:
         self.upstreams: Mapping[str, UpstreamState] = MappingProxyType(dict(upstreams))
         self.rate_limiters: Mapping[str, RateLimiter] = MappingProxyType(dict(rate_limiters))
         self.authenticators: Mapping[str, Authenticator] = MappingProxyType(dict(authenticators))
+        self.authorizers: Mapping[str, Authorizer] = MappingProxyType(dict(authorizers or {}))
         self._endpoints = endpoints
         self.endpoints: Mapping[str, Endpoint] = MappingProxyType(endpoints)
         self._plugin_routes = plugin_routes

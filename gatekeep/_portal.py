@@ -49,6 +49,11 @@ class LifespanPortal:
         return self._portal is not None
 
     @property
+    def running(self) -> anyio.from_thread.BlockingPortal | None:
+        """The portal if it runs now (never starts it): for clean-ups after ``close()``."""
+        return self._portal
+
+    @property
     def portal(self) -> anyio.from_thread.BlockingPortal:
         """The portal, started (and the lifespan entered) on first use."""
         portal = self._portal

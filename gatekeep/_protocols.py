@@ -3,7 +3,7 @@
 Each protocol is a one-line contract.  Built-in implementations are plain
 classes that satisfy them; a user may pass any object of the right shape
 wherever one is expected (``Gateway(router=, discovery=, balancer=,
-breaker=, rate_limiters=, authenticators=)``; ``docs/composing.md``), and
+breaker=, rate_limiters=, authenticators=, authorizers=)``; ``docs/composing.md``), and
 gatekeep calls only what the protocol declares.
 
 Where the built-ins can do more than the contract (a balancer that wants
@@ -137,7 +137,11 @@ class Authenticator(Protocol):
 
 @runtime_checkable
 class Authorizer(Protocol):
-    """Decides whether an identity may make a request (``rbac``, ``gatekeep.service``)."""
+    """Decides whether an identity may make a request (``rbac``, ``gatekeep.service``).
+
+    ``Gateway(authorizers={"name": obj})`` plus the ``authz`` plugin
+    (``config.authorizer = "name"``) asks any other.
+    """
 
     def authorize(self, identity: Identity | None, method: str, path: str) -> None:
         """Return when ``identity`` may call ``method path`` (the normalised path).

@@ -235,8 +235,9 @@ async def gateway_for(
         filters: plugin instances to attach globally (no entry point needed).
         plugin_classes: plugin classes the config may name without an entry
             point (``Gateway(plugins=...)``: the plugin under test).
-        parts: your own ``router``, ``discovery``, ``balancer``, ``breaker``
-            (passed to ``Gateway``; see docs/composing.md).
+        parts: your own ``router``, ``discovery``, ``balancer``, ``breaker``,
+            ``rate_limiters``, ``authenticators``, ``authorizers`` (passed to
+            ``Gateway``; see docs/composing.md).
     """
     app = upstream if upstream is not None else EchoUpstream()
     async with AsyncExitStack() as stack:

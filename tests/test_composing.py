@@ -23,6 +23,7 @@ from gatekeep import (
     Breaker,
     ConfigError,
     Decision,
+    Forbidden,
     Gateway,
     Identity,
     Instance,
@@ -86,6 +87,18 @@ class HeaderAuthenticator:
         return Identity(subject=name, consumer=name, roles=frozenset({"user"}))
 
 
+class NoDeletes:
+    """An ``Authorizer``: nobody may DELETE; notes every question it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str | None, str, str]] = []
+
+    def authorize(self, identity: Identity | None, method: str, path: str) -> None:
+        self.asked.append((identity.subject if identity is not None else None, method, path))
+        if method == "DELETE":
+            raise Forbidden(f"nobody may DELETE {path}")
+
+
 class TwoPerKey:
     """Lets two requests per key through, then says no."""
 
@@ -133,6 +146,7 @@ class TwoStrikes:
 def test_the_parts_satisfy_the_protocols() -> None:
     assert isinstance(PrefixRouter([]), Router)
     assert isinstance(HeaderAuthenticator(), Authenticator)
+    assert isinstance(NoDeletes(), Authorizer)
     assert isinstance(TwoPerKey(), RateLimiter)
     assert isinstance(LastOne(), Balancer)
     assert isinstance(TwoStrikes(), Breaker)
@@ -146,6 +160,7 @@ async def test_a_gateway_of_user_parts_serves_requests_through_each() -> None:
     balancers: dict[str, LastOne] = {}
     breaker = TwoStrikes()
     authenticator = HeaderAuthenticator()
+    authorizer = NoDeletes()
     limiter = TwoPerKey()
 
     def router(rules: Sequence[Any]) -> PrefixRouter:
@@ -172,7 +187,8 @@ async def test_a_gateway_of_user_parts_serves_requests_through_each() -> None:
                     "targets": [{"target": f"127.0.0.1:{p}"} for p in ports[:2]],
                     "routes": [{"name": "api", "paths": ["/api"]}],
                     "plugins": [
-                        {"name": "rate-limiting", "config": {"minute": 100, "policy": "two-per-key"}}
+                        {"name": "authz", "config": {"authorizer": "no-deletes"}},
+                        {"name": "rate-limiting", "config": {"minute": 100, "policy": "two-per-key"}},
                     ],
                 },
                 {
@@ -191,6 +207,7 @@ async def test_a_gateway_of_user_parts_serves_requests_through_each() -> None:
                 breaker=breakers,
                 rate_limiters={"two-per-key": limiter},
                 authenticators={"sso": authenticator},
+                authorizers={"no-deletes": authorizer},
             )
         )
         client = harness.client
@@ -210,6 +227,14 @@ async def test_a_gateway_of_user_parts_serves_requests_through_each() -> None:
         assert [r.path for r in high.requests] == ["/1", "/2"] and not low.requests
         assert balancers["api"].picked == [max(ports[:2])] * 2
         assert high.requests[-1].headers["x-consumer-username"] == "alice"
+        # The authorizer: her DELETE is refused before it reaches the limiter or the upstream.
+        denied = await client.request("DELETE", "/api/1", headers=alice)
+        assert denied.status == 403 and len(high.requests) == 2
+        assert authorizer.asked == [
+            ("alice", "GET", "/api/1"),
+            ("alice", "GET", "/api/2"),
+            ("alice", "DELETE", "/api/1"),
+        ]
         # The rate limiter says no to her third request.
         refused = await client.get("/api/3", headers=alice)
         assert refused.status == 429 and len(high.requests) == 2
@@ -245,6 +270,14 @@ async def test_a_gateway_without_the_named_part_is_refused() -> None:
     }
     with pytest.raises(ConfigError, match="no authenticator 'sso'"):
         Gateway(authenticated)
+    authorized = {
+        "plugins": [{"name": "authz", "config": {"authorizer": "policy"}}],
+        "services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [{"paths": ["/"]}]}],
+    }
+    with pytest.raises(
+        ConfigError, match=r"authz\.config\.authorizer.*no authorizer 'policy'.*given: 'other'"
+    ):
+        Gateway(authorized, authorizers={"other": NoDeletes()})
 
 
 async def test_a_balancer_with_only_pick_and_a_breaker_with_only_the_three_calls_per_instance() -> None:

@@ -3,7 +3,8 @@
 Each adapter turns its server's requests into ``Request``s, calls
 ``Gateway.handle`` and sends the ``Response`` back; none changes the gateway.
 In middleware mode the wrapped app is the upstream of ``app://`` routes: the
-adapter hands its caller to ``Gateway.handle`` (``_asgi_app.py`` for ASGI).
+adapter hands its caller to ``Gateway.handle`` (``_asgi_app.py`` for ASGI,
+``_wsgi_app.py`` for WSGI).
 gatekeep's own front server (``gatekeep serve``) lives in ``gatekeep._front``.
 """
 

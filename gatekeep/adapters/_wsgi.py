@@ -3,8 +3,9 @@
 There is no second, sync implementation: every WSGI worker thread hands its
 request to the same async core through one shared anyio blocking portal (an
 event loop in a thread of its own, started on the first request or by
-``start()``).  The gateway's lifespan runs in that portal, so filters and
-background tasks live as long as the WSGI app.
+``start()``; ``gatekeep._portal.LifespanPortal``, as for ``gatekeep.service``).
+The gateway's lifespan runs in that portal, so filters and background tasks
+live as long as the WSGI app.
 
 Bodies stream both ways: the request body is read from ``wsgi.input`` in a
 worker thread chunk by chunk as the upstream wants it, and the response body
@@ -14,36 +15,29 @@ Middleware mode: ``gatekeep.wsgi(gateway, app=flask_app)`` runs the wrapped
 WSGI app (in a worker thread, never on the event loop) for routes whose
 service has ``url = "app://"`` and, with ``fallthrough``, for requests no
 route matches.  The principal is in ``environ["gatekeep.identity"]``.
+The caller lives in ``_wsgi_app.py``.
 """
 
 from __future__ import annotations
 
-import atexit
 import http
-import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from concurrent.futures import Future
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote
 
-import anyio
-import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
-from .._errors import BadRequest, ClientClosedRequest, GatekeepError, UpstreamError
+from .._errors import BadRequest, ClientClosedRequest, GatekeepError
 from .._filter import Exchange
 from .._forwarding import HOP_BY_HOP
 from .._gateway import Gateway
 from .._http import Headers, Request, Response
+from .._portal import LifespanPortal
+from ._wsgi_app import WSGI, StartResponse, WSGIAppCaller
 
 __all__ = ["WSGIApp", "wsgi"]
-
-StartResponse = Callable[..., Any]
-WSGI = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _CHUNK = 64 * 1024
 
@@ -115,59 +109,23 @@ class WSGIApp:
         self.app = app
         # Middleware mode: the wrapped app is the upstream of ``app://`` routes, handed to
         # ``Gateway.handle`` with each request (the gateway itself is never changed).
-        self._caller: _WSGIAppCaller | None = _WSGIAppCaller(app) if app is not None else None
-        self._lock = threading.Lock()
-        self._portal: anyio.from_thread.BlockingPortal | None = None
-        self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
-        self._lifespan: Future[None] | None = None
-        self._stop: anyio.Event | None = None
+        self._caller: WSGIAppCaller | None = WSGIAppCaller(app) if app is not None else None
+        # The gateway's lifespan runs in the portal's loop for as long as the app lives;
+        # a server that never calls ``close()`` leaves it at interpreter exit.
+        self._lifespan = LifespanPortal(lambda: gateway, close_at_exit=True)
 
     def start(self) -> None:
         """Start the event loop thread and enter the gateway's lifespan."""
-        self.portal  # noqa: B018 - starts it
+        self._lifespan.portal  # noqa: B018 - starts it
 
     @property
     def portal(self) -> anyio.from_thread.BlockingPortal:
-        portal = self._portal
-        if portal is not None:
-            return portal
-        with self._lock:
-            if self._portal is None:
-                cm = anyio.from_thread.start_blocking_portal("asyncio")
-                portal = cm.__enter__()
-                try:
-                    # The gateway's task group must be entered and left by one
-                    # task, so its lifespan runs as a task of its own.
-                    self._lifespan, self._stop = portal.start_task(self._run_lifespan)
-                except BaseException:
-                    cm.__exit__(*sys.exc_info())
-                    raise
-                self._portal_cm = cm
-                self._portal = portal
-                atexit.register(self.close)
-            return self._portal
+        """The blocking portal every request goes through (started on first use)."""
+        return self._lifespan.portal
 
     def close(self) -> None:
         """Leave the gateway's lifespan and stop the event loop thread."""
-        with self._lock:
-            portal, cm = self._portal, self._portal_cm
-            lifespan, stop = self._lifespan, self._stop
-            self._portal = self._portal_cm = None
-            self._lifespan = self._stop = None
-        if portal is None or cm is None or lifespan is None or stop is None:
-            return
-        try:
-            portal.call(stop.set)
-            lifespan.result()
-        finally:
-            cm.__exit__(None, None, None)
-            atexit.unregister(self.close)
-
-    async def _run_lifespan(self, *, task_status: anyio.abc.TaskStatus[anyio.Event]) -> None:
-        stop = anyio.Event()
-        async with self.gateway:
-            task_status.started(stop)
-            await stop.wait()
+        self._lifespan.close()
 
     def request_from_environ(self, environ: dict[str, Any]) -> Request:
         raw: list[tuple[bytes, bytes]] = []
@@ -274,7 +232,7 @@ class _ResponseIterator:
         if self._closed:
             return
         self._closed = True
-        portal = self.owner._portal
+        portal = self.owner._lifespan.running
         if portal is None:
             return  # the app was closed meanwhile: nothing is left to release
         try:
@@ -284,155 +242,3 @@ class _ResponseIterator:
             if body is not None:
                 self.exchange.bytes_in = body.received
             portal.call(self.owner.gateway.log, self.exchange)
-
-
-class _WSGIInput:
-    """``wsgi.input`` for the wrapped app: reads the (filtered) async body from its thread.
-
-    When the body fails with a gatekeep error (the client went away, a
-    malformed chunk, a size limit) the app reads a short body, as from a
-    server whose client left, and the error is kept in ``error``: the
-    client's answer is the body's error, whatever the app made of it.
-    """
-
-    def __init__(self, body: Any) -> None:
-        self._iter = body.__aiter__()
-        self._buffer = b""
-        self._eof = False
-        self.error: GatekeepError | None = None
-
-    def _fill(self) -> bool:
-        if self._eof:
-            return False
-        try:
-            chunk: bytes = anyio.from_thread.run(self._iter.__anext__)
-        except StopAsyncIteration:
-            self._eof = True
-            return False
-        except GatekeepError as exc:
-            self.error = exc
-            self._eof = True
-            return False
-        self._buffer += chunk
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            while self._fill():
-                pass
-            data, self._buffer = self._buffer, b""
-            return data
-        while len(self._buffer) < size and self._fill():
-            pass
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
-
-    def readline(self, size: int = -1) -> bytes:
-        while b"\n" not in self._buffer and self._fill():
-            pass
-        end = self._buffer.find(b"\n") + 1 or len(self._buffer)
-        if size is not None and 0 <= size < end:
-            end = size
-        data, self._buffer = self._buffer[:end], self._buffer[end:]
-        return data
-
-    def readlines(self, hint: int = -1) -> list[bytes]:
-        return list(iter(self.readline, b""))
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.readline, b"")
-
-
-class _WSGIAppCaller:
-    """Calls a wrapped WSGI app in a worker thread as the upstream of a route."""
-
-    def __init__(self, app: WSGI) -> None:
-        self.app = app
-
-    def environ_for(self, request: Request) -> dict[str, Any]:
-        base = request.state.get("wsgi.environ")
-        environ: dict[str, Any] = {k: v for k, v in (base or {}).items() if not k.startswith("HTTP_")}
-        environ.update(
-            {
-                "REQUEST_METHOD": request.method,
-                "SCRIPT_NAME": "",
-                # PEP 3333: decoded, as bytes in latin-1 (the normalised path has no %2F).
-                "PATH_INFO": unquote_to_bytes(request.path).decode("latin-1"),
-                "QUERY_STRING": request.query_string.decode("latin-1"),
-                "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
-                "wsgi.url_scheme": request.scheme,
-                "wsgi.input": _WSGIInput(request.body),
-                "wsgi.errors": sys.stderr,
-                "wsgi.version": (1, 0),
-                "wsgi.multithread": True,
-                "wsgi.multiprocess": False,
-                "wsgi.run_once": False,
-                "gatekeep.identity": request.identity,
-                "gatekeep.consumer": request.consumer,
-                "gatekeep.request_id": request.request_id,
-            }
-        )
-        environ.setdefault("SERVER_NAME", request.host or "localhost")
-        environ.setdefault("SERVER_PORT", "80")
-        if request.client:
-            environ.setdefault("REMOTE_ADDR", request.client[0])
-        environ.pop("CONTENT_TYPE", None)
-        environ.pop("CONTENT_LENGTH", None)
-        for k, v in request.headers.raw:
-            name = k.decode("latin-1").upper().replace("-", "_")
-            value = v.decode("latin-1")
-            if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                environ[name] = value
-                continue
-            key = "HTTP_" + name
-            environ[key] = f"{environ[key]},{value}" if key in environ else value
-        return environ
-
-    async def __call__(self, request: Request) -> Response:
-        environ = self.environ_for(request)
-        wsgi_input: _WSGIInput = environ["wsgi.input"]
-        head: list[Any] = []
-
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            head[:] = [status, headers]
-            return lambda data: None  # the write() callable: not supported for streaming
-
-        def run() -> Any:
-            result = self.app(environ, start_response)
-            iterator = iter(result)
-            first = next(iterator, None)
-            return result, iterator, first
-
-        try:
-            result, iterator, first = await anyio.to_thread.run_sync(run)
-        except Exception as exc:
-            if wsgi_input.error is not None:
-                raise wsgi_input.error from exc
-            raise UpstreamError(f"the wrapped app failed: {exc!r}") from exc
-        if wsgi_input.error is not None:
-            # The body failed before the app answered: its answer is about that failure.
-            closer = getattr(result, "close", None)
-            if closer is not None:
-                await anyio.to_thread.run_sync(closer)
-            raise wsgi_input.error
-        if not head:
-            raise UpstreamError("the wrapped app returned without calling start_response")
-        status = int(str(head[0]).split(" ", 1)[0])
-        headers = Headers([(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in head[1]])
-
-        async def body() -> AsyncIterator[bytes]:
-            if first:
-                yield first
-            while True:
-                chunk = await anyio.to_thread.run_sync(next, iterator, None)
-                if chunk is None:
-                    return
-                if chunk:
-                    yield chunk
-
-        async def close() -> None:
-            closer = getattr(result, "close", None)
-            if closer is not None:
-                await anyio.to_thread.run_sync(closer)
-
-        return Response(status, headers, body(), source="service", deferred=[close])
