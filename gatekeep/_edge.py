@@ -62,6 +62,7 @@ from typing import Final, Literal
 from ._errors import BadRequest
 from ._http import DEFAULT_REQUEST_ID_HEADER, Request, header_names
 from ._identity_headers import IDENTITY_PREFIXES
+from ._netaddr import in_networks
 
 __all__ = ["FORWARDING_HEADERS", "METHOD_OVERRIDE_HEADERS", "PROTECTED_HEADERS", "Edge"]
 
@@ -256,13 +257,7 @@ class Edge:
     # -- the client's address -----------------------------------------------------
 
     def _peer_trusted(self, peer: str) -> bool:
-        if not self.trusted_proxies or not peer:
-            return False
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted_proxies)
+        return in_networks(peer, self.trusted_proxies)
 
     def _client_from(self, values: list[bytes]) -> str:
         """The client behind trusted proxies: walk ``X-Forwarded-For`` from the right.

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import ipaddress
 import logging
 import os
 import random
@@ -69,6 +68,7 @@ from ._errors import (
 from ._filter import Chain, Exchange
 from ._forwarding import downstream_response_headers, upstream_request_headers
 from ._http import EMPTY_BODY, Request, Response, problem_response
+from ._netaddr import in_networks
 from ._normalise import normalise_path
 from ._plugin_context import Endpoint
 from ._protocols import Authenticator, Authorizer, Discovery, Instance, RateLimiter, Router
@@ -452,7 +452,7 @@ class Gateway:
         pool = self.pool
         via = self.via
         retry_safe = request.method in _IDEMPOTENT
-        trusted = bool(self._trusted) and _is_trusted(request.peer_ip, self._trusted)
+        trusted = bool(self._trusted) and in_networks(request.peer_ip, self._trusted)
 
         async def send(instance: Instance) -> Response:
             # One try; the guard picks the instance and decides about retries.
@@ -531,14 +531,6 @@ _gc_frozen = False
 _ids = random.Random(os.urandom(32))
 # Forked workers (gunicorn, uvicorn --workers) must not share a sequence.
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
-
-
-def _is_trusted(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
 
 
 def _consumer_key(consumer: Any) -> str | None:

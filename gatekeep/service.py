@@ -38,6 +38,7 @@ import anyio.from_thread
 
 from ._errors import AuthError, GatekeepError
 from ._http import problem_response
+from ._netaddr import in_networks
 from ._portal import LifespanPortal
 from ._protocols import Identity
 from .auth import certificate_names, peer_certificate_from_environ, peer_certificate_from_tls
@@ -155,13 +156,7 @@ class HeaderTrust:
         self.networks = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_peers)
 
     def _peer_ok(self, address: str | None) -> bool:
-        if not address or not self.networks:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
+        return in_networks(address, self.networks)
 
     def _cert_ok(self, cert: Any) -> bool:
         if cert is None or not self.gateway_names:

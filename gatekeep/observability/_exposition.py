@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from .._errors import Forbidden
 from .._http import Headers, Request, Response
 from .._miniserver import serve_asgi
+from .._netaddr import in_networks
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -72,13 +73,7 @@ class MetricsEndpoint:
     def allowed(self, client_ip: str) -> bool:
         if not self.allow:
             return True
-        try:
-            ip = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.allow)
+        return in_networks(client_ip, self.allow)
 
     async def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
