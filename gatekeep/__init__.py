@@ -61,7 +61,7 @@ from ._filter import (
 from ._gateway import Gateway
 from ._http import Body, Headers, Request, Response, problem_response, replayable
 from ._normalise import normalise_path
-from ._plugin_context import Endpoint, PluginContext, UpstreamState
+from ._plugin_context import Endpoint, PluginContext, UpstreamState, named_part
 from ._protocols import (
     Authenticator,
     Authorizer,
@@ -178,4 +178,5 @@ __all__ = [
     "register_filter",
     "replayable",
     "wsgi",
+    "named_part",
 ]

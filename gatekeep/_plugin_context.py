@@ -20,10 +20,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ._config import ConsumerConfig, GatewayConfig, GatewaySettings
 from ._descriptions import RouteInfo, ServiceInfo
+from ._errors import ConfigError, FieldError
 from ._http import Request, Response
 from ._protocols import Authenticator, Authorizer, Discovery, Instance, RateLimiter
 
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 
     from .resilience import UpstreamGuard
 
-__all__ = ["Endpoint", "EndpointHandler", "PluginContext", "UpstreamState"]
+__all__ = ["Endpoint", "EndpointHandler", "PluginContext", "UpstreamState", "named_part"]
+
+_T = TypeVar("_T")
 
 EndpointHandler = Callable[[Request], Awaitable[Response]]
 # A breaker state change: ``(old, new)`` state names ("closed", "open", "half-open").
@@ -193,3 +196,28 @@ class PluginContext:
         rate limit).
         """
         self._endpoints[path] = Endpoint(handler, run_global_filters)
+
+
+def named_part(
+    parts: Mapping[str, _T], name: str, *, path: str, what: str, argument: str, also: str = ""
+) -> _T:
+    """The part a plugin's config names among those given to ``Gateway(<argument>=...)``.
+
+    Args:
+        parts: what the gateway was given (``context.authenticators`` …).
+        name: the name the config holds.
+        path: the config field, for the error (``auth.config.authenticator``).
+        what: the kind of part, for the error ("authenticator").
+        argument: the ``Gateway`` argument that gives such parts.
+        also: built-in names the field accepts too, for the error ("'local', 'redis'").
+
+    Raises:
+        ConfigError: the gateway was given no part of that name.
+    """
+    found = parts.get(name)
+    if found is None:
+        given = ", ".join(repr(n) for n in sorted(parts)) or "none"
+        where = f"expected {also} or one given to" if also else "in"
+        message = f"no {what} {name!r}: {where} Gateway({argument}=...) (given: {given})"
+        raise ConfigError([FieldError(path, message)])
+    return found

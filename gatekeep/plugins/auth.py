@@ -27,10 +27,9 @@ from gatekeep import (
     Authenticator,
     AuthError,
     BasePlugin,
-    ConfigError,
-    FieldError,
     Request,
     Response,
+    named_part,
     validators,
 )
 from gatekeep.auth import (
@@ -81,19 +80,13 @@ class AuthFilter(BasePlugin[AuthConfig]):
         Raises:
             ConfigError: the gateway was given no authenticator of that name.
         """
-        name = self.config.authenticator
-        found = context.authenticators.get(name)
-        if found is None:
-            given = ", ".join(repr(n) for n in sorted(context.authenticators)) or "none"
-            raise ConfigError(
-                [
-                    FieldError(
-                        f"{self.name}.config.authenticator",
-                        f"no authenticator {name!r} in Gateway(authenticators=...) (given: {given})",
-                    )
-                ]
-            )
-        self.authenticator = found
+        self.authenticator = named_part(
+            context.authenticators,
+            self.config.authenticator,
+            path=f"{self.name}.config.authenticator",
+            what="authenticator",
+            argument="authenticators",
+        )
         self.consumers = context.consumers
         self.anonymous = resolve_anonymous(context, self.name, self.config.anonymous)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
-from gatekeep import Authorizer, BasePlugin, ConfigError, FieldError, Identity, Request, Response, validators
+from gatekeep import Authorizer, BasePlugin, Identity, Request, Response, named_part, validators
 
 if TYPE_CHECKING:
     from gatekeep import PluginContext
@@ -54,19 +54,13 @@ class AuthzFilter(BasePlugin[AuthzConfig]):
         Raises:
             ConfigError: the gateway was given no authorizer of that name.
         """
-        name = self.config.authorizer
-        found = context.authorizers.get(name)
-        if found is None:
-            given = ", ".join(repr(n) for n in sorted(context.authorizers)) or "none"
-            raise ConfigError(
-                [
-                    FieldError(
-                        f"{self.name}.config.authorizer",
-                        f"no authorizer {name!r} in Gateway(authorizers=...) (given: {given})",
-                    )
-                ]
-            )
-        self.authorizer = found
+        self.authorizer = named_part(
+            context.authorizers,
+            self.config.authorizer,
+            path=f"{self.name}.config.authorizer",
+            what="authorizer",
+            argument="authorizers",
+        )
 
     async def on_request(self, request: Request) -> Response | None:
         authorizer = self.authorizer

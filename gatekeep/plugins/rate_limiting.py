@@ -41,14 +41,13 @@ import attrs
 from gatekeep import (
     BadRequest,
     BasePlugin,
-    ConfigError,
     Decision,
-    FieldError,
     Limit,
     RateLimited,
     RateLimiter,
     Request,
     Response,
+    named_part,
     validators,
 )
 from gatekeep.ratelimit import (
@@ -297,19 +296,14 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
         policy = self.config.policy
         if policy in ("local", "redis"):
             return
-        limiter = limiters.get(policy)
-        if limiter is None:
-            given = ", ".join(repr(n) for n in sorted(limiters)) or "none"
-            raise ConfigError(
-                [
-                    FieldError(
-                        f"{self.name}.config.policy",
-                        f"no rate limiter {policy!r}: expected 'local', 'redis' or one given to "
-                        f"Gateway(rate_limiters=...) (given: {given})",
-                    )
-                ]
-            )
-        self._store = limiter
+        self._store = named_part(
+            limiters,
+            policy,
+            path=f"{self.name}.config.policy",
+            what="rate limiter",
+            argument="rate_limiters",
+            also="'local', 'redis'",
+        )
 
     async def start(self, task_group: TaskGroup) -> None:
         c: RateLimitingConfig = self.config
