@@ -12,6 +12,7 @@ of the server's keys.  With ``ssl_context`` it is served over TLS
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import time
@@ -43,7 +44,16 @@ def new_private_key(alg: str) -> Any:
 
 def public_jwk(private_key: Any, alg: str, kid: str | None) -> dict[str, Any]:
     algo = jwt.get_algorithm_by_name(alg)
-    jwk: dict[str, Any] = json.loads(algo.to_jwk(private_key.public_key()))
+    public = private_key.public_key()
+    jwk: dict[str, Any] = json.loads(algo.to_jwk(public))
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        # RFC 7518 §6.2.1.2: each coordinate is the full size of the curve, leading
+        # zeros kept, as issuers publish it.  pyjwt 2.8 drops them (then refuses its own
+        # JWK, ~1 key in 64); every release reads the full-size form.
+        size = (public.curve.key_size + 7) // 8
+        numbers = public.public_numbers()
+        for name, value in (("x", numbers.x), ("y", numbers.y)):
+            jwk[name] = base64.urlsafe_b64encode(value.to_bytes(size, "big")).rstrip(b"=").decode()
     jwk["alg"] = alg
     jwk["use"] = "sig"
     if kid is not None:
