@@ -25,6 +25,11 @@ lifespan on), in a process of its own::
 ``asgiproxy``
     the ``asgiproxy`` package as its README shows it (``BaseURLProxyConfigMixin``
     + ``make_simple_proxy_app``), with its defaults.
+``aiohttp-native``
+    no ASGI at all: aiohttp's own server (``aiohttp.web``, uvloop, access log
+    off) forwarding on one shared ``ClientSession``, streaming both ways and
+    dropping hop-by-hop headers: the fastest way to proxy that stays in
+    Python's mainstream, and the one server here that is not uvicorn.
 
 nginx is not a Python target: :func:`nginx_conf` writes its configuration.
 """
@@ -41,7 +46,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-KINDS = ("upstream", "gatekeep", "aiohttp", "httpx", "asgiproxy")
+KINDS = ("upstream", "gatekeep", "aiohttp", "httpx", "asgiproxy", "aiohttp-native")
 
 # RFC 9110 §7.6.1, plus Host (the client library sets the upstream's).
 HOP_BY_HOP = frozenset(
@@ -221,6 +226,62 @@ class HttpxProxy:
             await response.aclose()
 
 
+def serve_aiohttp_native(upstream: str, port: int) -> None:
+    """aiohttp's own server in front of one shared ``ClientSession`` (no ASGI in between)."""
+    import asyncio
+
+    import aiohttp
+    import uvloop
+    from aiohttp import web
+
+    base = upstream.rstrip("/")
+    skip_request = {h.decode() for h in _SKIP_REQUEST}
+    skip_response = {h.decode() for h in HOP_BY_HOP} | {"content-length"}
+
+    async def start(app: web.Application) -> None:
+        app["session"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=100),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30),
+        )
+
+    async def stop(app: web.Application) -> None:
+        await app["session"].close()
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in skip_request]
+        try:
+            async with request.app["session"].request(
+                request.method,
+                base + request.raw_path,
+                headers=headers,
+                data=request.content if request.body_exists else None,
+                allow_redirects=False,
+            ) as upstream_response:
+                response = web.StreamResponse(status=upstream_response.status)
+                for k, v in upstream_response.headers.items():
+                    if k.lower() not in skip_response:
+                        response.headers.add(k, v)
+                if upstream_response.content_length is not None:
+                    response.content_length = upstream_response.content_length
+                await response.prepare(request)
+                async for chunk in upstream_response.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except (aiohttp.ClientError, OSError):
+            return web.Response(status=502, body=BAD_GATEWAY)
+
+    app = web.Application()
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
+
+
 def asgiproxy_app(upstream: str) -> ASGI:
     """``asgiproxy`` as its README builds it, closing its session on shutdown."""
     from asgiproxy.config import BaseURLProxyConfigMixin, ProxyConfig
@@ -349,6 +410,11 @@ def main(argv: list[str]) -> None:
             f"usage: python -m benchmarks._peers {{{'|'.join(KINDS)}}} PORT [UPSTREAM_URL]"
             " [--config FILE] [--cprofile FILE]"
         )
+    if args[0] == "aiohttp-native":
+        if len(args) != 3:
+            raise SystemExit("aiohttp-native needs an upstream URL")
+        serve_aiohttp_native(args[2], int(args[1]))
+        return
     app = build(args[0], args[2] if len(args) == 3 else None, options["--config"])
     if profile_to is None:
         serve(app, int(args[1]))

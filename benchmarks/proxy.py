@@ -62,7 +62,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "proxy.json"
-PYTHON_PEERS = ("aiohttp", "httpx", "asgiproxy")
+PYTHON_PEERS = ("aiohttp", "httpx", "asgiproxy", "aiohttp-native")
 # gatekeep with one feature on, each against plain gatekeep in the same run (issues 3-6, the codec seam).
 GATEKEEP_VARIANTS = (
     "gatekeep+jwt+rbac",
@@ -73,8 +73,12 @@ GATEKEEP_VARIANTS = (
     "gatekeep-3x-p2c",
     "gatekeep-h11",
     "gatekeep-httptools",
+    "gatekeep+pipeline",
 )
-TARGETS = ("direct", "gatekeep", *GATEKEEP_VARIANTS, *PYTHON_PEERS, "nginx")
+# The two ways gatekeep itself runs: embedded (an ASGI app on uvicorn) and
+# standalone (``gatekeep serve CONFIG``, exactly as a user starts it).
+GATEKEEP_BASES = ("gatekeep", "gatekeep-serve")
+TARGETS = ("direct", *GATEKEEP_BASES, *GATEKEEP_VARIANTS, *PYTHON_PEERS, "nginx")
 POST_SIZE = 64 * 1024
 GET_SIZE = 1024
 
@@ -437,10 +441,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """gatekeep against the best Python peer and against nginx, per case."""
+def ratios(results: dict[str, dict[str, Any]], me: str = "gatekeep") -> dict[str, dict[str, Any]]:
+    """gatekeep (``me``: embedded or served) against the best Python peer and nginx, per case."""
     out: dict[str, dict[str, Any]] = {}
-    gk = results.get("gatekeep", {})
+    gk = results.get(me, {})
     if "error" in gk:
         return out
     for case, mine in gk.items():
@@ -540,6 +544,8 @@ JWT_AUDIENCE = "bench-api"
 JWT_ROLE = "user"
 # Limits that never reject: the cost of deciding is measured, not of refusing.
 NEVER_LIMITED = 10_000_000
+# Who the pipeline's limits count: the token's subject (every request carries the same token).
+PIPELINE_LIMIT_BY = "ip"
 BREAKER = {
     "consecutive_failures": 5,
     "failure_rate": 0.5,
@@ -744,6 +750,39 @@ def variant_config(target: str, upstream: str, helpers: Helpers, upstreams: list
         service["balancer"] = "p2c-ewma"
         service["breaker"] = BREAKER
         service["healthchecks"] = {"passive": PASSIVE_HEALTH}
+    elif target == "gatekeep+pipeline":
+        # The seed's whole pipeline (issue 17): jwt + rbac + rate-limiting (redis) + prometheus.
+        public, _ = helpers.jwt()
+        config["plugins"] = [
+            {
+                "name": "jwt",
+                "config": {"keys": [{"algorithm": "RS256", "pem": public}], "audiences": [JWT_AUDIENCE]},
+            },
+            {
+                "name": "rbac",
+                "config": {"hierarchy": {"admin": [JWT_ROLE]}, "rules": [{"any_of": [JWT_ROLE]}]},
+            },
+            {
+                "name": "rate-limiting",
+                "config": {
+                    "second": NEVER_LIMITED,
+                    "hour": NEVER_LIMITED,
+                    "limit_by": PIPELINE_LIMIT_BY,
+                    "policy": "redis",
+                    "redis": {"host": "127.0.0.1", "port": helpers.redis()},
+                    "fault_tolerant": False,
+                },
+            },
+            {
+                "name": "prometheus",
+                "config": {
+                    "per_consumer": True,
+                    "status_code_metrics": True,
+                    "latency_metrics": True,
+                    "bandwidth_metrics": True,
+                },
+            },
+        ]
     elif target in ("gatekeep-h11", "gatekeep-httptools"):
         if not codec_option_exists():
             raise RuntimeError("skipped: gatekeep's [gateway] settings have no http_codec option yet")
@@ -756,7 +795,7 @@ def variant_config(target: str, upstream: str, helpers: Helpers, upstreams: list
 def feature_check(name: str, port: int, headers: dict[str, str]) -> None:
     """Before a variant is measured: its feature is really on (not only configured)."""
     base = f"http://127.0.0.1:{port}"
-    if name.startswith("gatekeep+jwt"):
+    if name.startswith("gatekeep+jwt") or name == "gatekeep+pipeline":
         status, _ = http("GET", base + "/item/1")
         if status != 401:
             raise RuntimeError(f"a request without a token answered {status}, not 401")
@@ -766,14 +805,55 @@ def feature_check(name: str, port: int, headers: dict[str, str]) -> None:
             limit = response.headers.get("x-ratelimit-limit-second")
         if limit != str(NEVER_LIMITED):
             raise RuntimeError(f"no rate-limit headers in the answer (x-ratelimit-limit-second: {limit})")
-    elif name == "gatekeep+prometheus":
+    if name == "gatekeep+pipeline":
+        request = urllib.request.Request(base + "/item/1", headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback only
+            if response.headers.get("x-ratelimit-limit-second") != str(NEVER_LIMITED):
+                raise RuntimeError("the pipeline answered without rate-limit headers")
+    if name in ("gatekeep+prometheus", "gatekeep+pipeline"):
         status, body = http("GET", base + "/metrics")
         if status != 200 or b"gatekeep_http_requests_total{" not in body:
             raise RuntimeError(f"/metrics answered {status} without gatekeep_http_requests_total")
 
 
-def start_target(fleet: Fleet, target: str, upstream_port: int, upstream: str, helpers: Helpers) -> Target:
-    """Start ``target`` in front of the upstream (and whatever else it needs)."""
+def to_toml(config: dict[str, Any]) -> str:
+    """``config`` as TOML (``gatekeep serve`` reads TOML): one ``key = value`` line per top-level key."""
+
+    def key(k: str) -> str:
+        return k if k.replace("-", "").replace("_", "").isalnum() else json.dumps(k)
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)  # JSON's escapes are TOML basic-string escapes
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"no TOML for {v!r}")
+
+    return "".join(f"{key(k)} = {value(v)}\n" for k, v in config.items())
+
+
+def serve_server(fleet: Fleet, name: str, port: int, config: dict[str, Any]) -> None:
+    """``gatekeep serve CONFIG`` exactly as a user starts it: default server, default logging."""
+    config_file = fleet.workdir / f"{name}.toml"
+    config_file.write_text(to_toml(config))
+    fleet.start(name, [sys.executable, "-m", "gatekeep", "serve", str(config_file), "--port", str(port)])
+    wait_ready(fleet, name, port)
+
+
+def start_target(
+    fleet: Fleet, target: str, upstream_port: int, upstream: str, helpers: Helpers, server: str = "serve"
+) -> Target:
+    """Start ``target`` in front of the upstream (and whatever else it needs).
+
+    ``server``: how the gatekeep variants run, ``serve`` (``gatekeep serve``) or
+    ``uvicorn`` (``gatekeep.asgi()`` on the peers' uvicorn settings).
+    """
     upstream_pid = fleet.procs["upstream"].pid
     if target == "direct":
         return Target(upstream_port, None, [upstream_pid])
@@ -783,6 +863,12 @@ def start_target(fleet: Fleet, target: str, upstream_port: int, upstream: str, h
         port = free_port()
         nginx_server(fleet, port, upstream_port)
         return Target(port, fleet.procs["nginx"].pid, [upstream_pid], stop=["nginx"])
+    if target == "gatekeep-serve":
+        from ._peers import gatekeep_config
+
+        port = free_port()
+        serve_server(fleet, target, port, gatekeep_config(upstream))
+        return Target(port, fleet.procs[target].pid, [upstream_pid], stop=[target])
     if target not in GATEKEEP_VARIANTS:
         port = free_port()
         python_server(fleet, target, target, port, upstream)
@@ -797,17 +883,20 @@ def start_target(fleet: Fleet, target: str, upstream_port: int, upstream: str, h
             upstreams.append(url)
             found.upstream_pids.append(fleet.procs[name].pid)
     config = variant_config(target, upstream, helpers, upstreams)
-    if target.startswith("gatekeep+jwt"):
+    if target.startswith("gatekeep+jwt") or target == "gatekeep+pipeline":
         found.headers["Authorization"] = "Bearer " + helpers.jwt()[1]
-    if target == "gatekeep+ratelimit-redis":
+    if target in ("gatekeep+ratelimit-redis", "gatekeep+pipeline"):
         redis_port = helpers.redis()
         found.side_pids["redis"] = fleet.procs["redis"].pid
         found.counters["redis_commands"] = functools.partial(redis_commands_processed, redis_port)
         found.counters["redis_scripts"] = functools.partial(redis_script_calls, redis_port)
-    config_file = fleet.workdir / f"{target}.json"
-    config_file.write_text(json.dumps(config))
     found.port = free_port()
-    python_server(fleet, target, "gatekeep", found.port, upstream, "--config", str(config_file))
+    if server == "serve":
+        serve_server(fleet, target, found.port, config)
+    else:
+        config_file = fleet.workdir / f"{target}.json"
+        config_file.write_text(json.dumps(config))
+        python_server(fleet, target, "gatekeep", found.port, upstream, "--config", str(config_file))
     found.pid = fleet.procs[target].pid
     return found
 
@@ -839,13 +928,13 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
     for round_no in range(1, args.rounds + 1):
         if args.rounds > 1:
             print(f"\n######## round {round_no} of {args.rounds}", flush=True)
-        for name in round_order(args.targets, args.bracket):
+        for name in round_order(args.targets, args.bracket, base_of(args)):
             if "error" in results.get(name, {}):
                 continue
             print(f"\n== {name}", flush=True)
             target: Target | None = None
             try:
-                target = start_target(fleet, name, upstream_port, upstream, helpers)
+                target = start_target(fleet, name, upstream_port, upstream, helpers, args.variant_server)
                 check(target.port, target.headers)
                 feature_check(name, target.port, target.headers)
                 lua = scripts(fleet.workdir, target.headers, name if target.headers else "")
@@ -867,20 +956,13 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
                         fleet.stop(proc_name)
     for name, cases in runs.items():
         if "error" not in results.get(name, {}):
-            # With several rounds, the least disturbed run (most requests/s) stands for the target.
-            results[name] = {
-                case: dict(
-                    max(rs, key=lambda r: r["rps"]),
-                    runs=len(rs),
-                    rounds=[{k: r.get(k) for k in ROUND_FIELDS} for r in rs],
-                )
-                for case, rs in cases.items()
-            }
+            results[name] = {case: median_run(rs) for case, rs in cases.items()}
     print("\n" + table(results))
-    found = ratios(results)
-    if found:
-        print("\n" + ratio_text(found))
-    added = added_costs(results, sequence)
+    found = {me: ratios(results, me) for me in GATEKEEP_BASES if me in results}
+    for me, rows in found.items():
+        if rows:
+            print(f"\n{me}:\n" + ratio_text(rows))
+    added = added_costs(results, sequence, base_of(args))
     if added:
         print("\nAdded cost of each feature against plain gatekeep in this run:\n")
         print(added_table(added))
@@ -891,7 +973,11 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
                     "duration_s": args.duration,
                     "rounds": args.rounds,
                     "bracket": args.bracket,
-                    "order": round_order(args.targets, args.bracket),
+                    "order": round_order(args.targets, args.bracket, base_of(args)),
+                    "figures": "each figure is the median of the target's rounds (rounds interleaved)",
+                    "gatekeep_variants_run_on": args.variant_server,
+                    "gatekeep-serve": "python -m gatekeep serve CONFIG --port P: gatekeep's front server,"
+                    " default [server] settings and logging, one worker",
                     "connections": args.connections,
                     "wrk_threads": 1,
                     "warmup_s": 1,
@@ -921,6 +1007,28 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
     )
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several interleaved rounds of one target and case: the median of each figure.
+
+    The fields not taken per round (errors, bytes ...) come from the run whose
+    requests/s is the median one; ``rounds`` keeps every round's figures.
+    """
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    out = dict(ordered[(len(ordered) - 1) // 2], runs=len(runs))
+    for k in ROUND_FIELDS:
+        values = [r[k] for r in runs if r.get(k) is not None]
+        if values:
+            out[k] = statistics.median(values)
+    out["best_rps"] = ordered[-1]["rps"]
+    out["rounds"] = [{k: r.get(k) for k in ROUND_FIELDS} for r in runs]
+    return out
+
+
+def base_of(args: argparse.Namespace) -> str:
+    """The plain gatekeep the variants are compared with: the one that runs as they do."""
+    return "gatekeep-serve" if args.variant_server == "serve" else "gatekeep"
+
+
 ROUND_FIELDS = ("rps", "p50_us", "p99_us", "proxy_cpu_us", "upstream_cpu_us", "foreign_cpu_pct", "loadavg_1m")
 VARIANT_SETTINGS = {
     "gatekeep+jwt+rbac": "jwt (static RS256 key, audience checked, verified-token cache on) + rbac "
@@ -935,11 +1043,16 @@ VARIANT_SETTINGS = {
     "per instance) and passive health checks on",
     "gatekeep-h11": "[gateway] http_codec = 'h11' (upstream leg)",
     "gatekeep-httptools": "[gateway] http_codec = 'httptools' (upstream leg)",
+    "gatekeep+pipeline": "the seed's pipeline: jwt (RS256, verified-token cache on) + rbac + rate-limiting"
+    f" (second and hour = {NEVER_LIMITED}, limit_by {PIPELINE_LIMIT_BY}, policy redis, fault_tolerant false)"
+    " + prometheus (per_consumer, status, latency, bandwidth); one valid token in Authorization",
 }
 
 
 def added_costs(
-    results: dict[str, dict[str, Any]], sequence: list[tuple[str, str, dict[str, Any]]]
+    results: dict[str, dict[str, Any]],
+    sequence: list[tuple[str, str, dict[str, Any]]],
+    plain: str = "gatekeep",
 ) -> dict[str, dict[str, Any]]:
     """Each variant against plain gatekeep: added p50 and CPU per request.
 
@@ -954,8 +1067,8 @@ def added_costs(
     for i, (name, case, run) in enumerate(sequence):
         if name not in GATEKEEP_VARIANTS or "error" in results.get(name, {}):
             continue
-        before = next((r for n, c, r in reversed(sequence[:i]) if n == "gatekeep" and c == case), None)
-        after = next((r for n, c, r in sequence[i + 1 :] if n == "gatekeep" and c == case), None)
+        before = next((r for n, c, r in reversed(sequence[:i]) if n == plain and c == case), None)
+        after = next((r for n, c, r in sequence[i + 1 :] if n == plain and c == case), None)
         base = [b for b in (before, after) if b is not None]
         if not base:
             continue
@@ -1017,17 +1130,17 @@ def added_table(added: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def round_order(targets: list[str], bracket: bool) -> list[str]:
-    """The targets of one round; with ``bracket``, plain gatekeep before and after every variant."""
+def round_order(targets: list[str], bracket: bool, plain: str = "gatekeep") -> list[str]:
+    """The targets of one round; with ``bracket``, ``plain`` gatekeep before and after every variant."""
     if not bracket:
         return targets
     order: list[str] = []
     for name in targets:
         if name in GATEKEEP_VARIANTS:
-            if not order or order[-1] != "gatekeep":
-                order.append("gatekeep")
-            order += [name, "gatekeep"]
-        elif name != "gatekeep" or not order or order[-1] != "gatekeep":
+            if not order or order[-1] != plain:
+                order.append(plain)
+            order += [name, plain]
+        elif name != plain or not order or order[-1] != plain:
             order.append(name)
     return order
 
@@ -1152,13 +1265,17 @@ def run_profile(fleet: Fleet, args: argparse.Namespace) -> None:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     use_pyspy = args.profiler == "py-spy" or (args.profiler == "auto" and os.access(pyspy, os.X_OK))
     if use_pyspy:
-        python_server(fleet, "gatekeep", "gatekeep", port, upstream)
-        check(port)
+        target = start_target(
+            fleet, args.profile_target, upstream_port, upstream, Helpers(fleet), args.variant_server
+        )
+        port, url = target.port, f"http://127.0.0.1:{target.port}/item/1"
+        check(port, target.headers)
+        lua = scripts(fleet.workdir, target.headers, "profile")
         wrk(url, lua[case], 1, args.connections)
         raw = fleet.workdir / "profile.txt"
         fleet.start(
             "py-spy",
-            [pyspy, "record", "--pid", str(fleet.procs["gatekeep"].pid),
+            [pyspy, "record", "--pid", str(target.pid),
              "--duration", str(args.profile_seconds),
              "--rate", "500", "--format", "raw", "--full-filenames", "--output", str(raw), "--nonblocking"],
         )  # fmt: skip
@@ -1210,12 +1327,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--requests", type=int, default=200_000, help="requests for --memory (default 200 000)"
     )
+    parser.add_argument(
+        "--variant-server",
+        choices=("serve", "uvicorn"),
+        default="serve",
+        help="run the gatekeep variants with `gatekeep serve` (default; bracketed against gatekeep-serve)"
+        " or as gatekeep.asgi() on uvicorn (bracketed against gatekeep)",
+    )
     parser.add_argument("--memory-chunk", type=float, default=5.0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--memory-budget", type=float, default=300.0, help="--memory gives up after this many s"
     )
     parser.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto")
     parser.add_argument("--profile-seconds", type=int, default=10)
+    parser.add_argument(
+        "--profile-target",
+        default="gatekeep",
+        choices=TARGETS[1:-1],
+        help="what --profile samples with py-spy (default gatekeep; e.g. gatekeep-serve, gatekeep+pipeline)",
+    )
     parser.add_argument("--profile-case", choices=("get", "post"), default="get")
     parser.add_argument("--top", type=int, default=30, help="rows per profile table (default 30)")
     args = parser.parse_args(argv)

@@ -27,6 +27,22 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         await c.aclose()
 
 
+@pytest.fixture
+async def limiters() -> AsyncIterator[list[RedisRateLimiter]]:
+    """Limiters to close at the end (a limiter's lean connection is its own)."""
+    made: list[RedisRateLimiter] = []
+    try:
+        yield made
+    finally:
+        for limiter in made:
+            await limiter.aclose()
+
+
+def keep(limiters: list[RedisRateLimiter], limiter: RedisRateLimiter) -> RedisRateLimiter:
+    limiters.append(limiter)
+    return limiter
+
+
 async def many(limiter: RedisRateLimiter, n: int, key: str, limits: list[Limit]) -> list[bool | Exception]:
     """``n`` concurrent acquires; each one's verdict, or what it raised."""
     out: list[bool | Exception] = []
@@ -43,8 +59,10 @@ async def many(limiter: RedisRateLimiter, n: int, key: str, limits: list[Limit])
     return out
 
 
-async def test_the_script_comes_back_after_script_flush(client: aioredis.Redis) -> None:
-    limiter = RedisRateLimiter(client)
+async def test_the_script_comes_back_after_script_flush(
+    client: aioredis.Redis, limiters: list[RedisRateLimiter]
+) -> None:
+    limiter = keep(limiters, RedisRateLimiter(client))
     limit = Limit(rate=100, period=HOUR)
     assert (await limiter.acquire("k", [limit])).remaining == (99,)
     await client.script_flush()
@@ -56,8 +74,10 @@ async def test_the_script_comes_back_after_script_flush(client: aioredis.Redis) 
     await limiter.aclose()
 
 
-async def test_keys_expire_when_their_bucket_is_full_again(client: aioredis.Redis) -> None:
-    limiter = RedisRateLimiter(client, prefix="t:")
+async def test_keys_expire_when_their_bucket_is_full_again(
+    client: aioredis.Redis, limiters: list[RedisRateLimiter]
+) -> None:
+    limiter = keep(limiters, RedisRateLimiter(client, prefix="t:"))
     slow, fast = Limit(rate=10, period=HOUR), Limit(rate=10, period=0.2)
     await limiter.acquire("k", [slow, fast], cost=2)
     keys = sorted(await client.keys("t:*"))
@@ -70,8 +90,10 @@ async def test_keys_expire_when_their_bucket_is_full_again(client: aioredis.Redi
     assert await client.exists(keys[1]) == 1
 
 
-async def test_a_rejected_request_writes_nothing(client: aioredis.Redis) -> None:
-    limiter = RedisRateLimiter(client, prefix="t:")
+async def test_a_rejected_request_writes_nothing(
+    client: aioredis.Redis, limiters: list[RedisRateLimiter]
+) -> None:
+    limiter = keep(limiters, RedisRateLimiter(client, prefix="t:"))
     limits = [Limit(rate=5, period=HOUR), Limit(rate=1, period=HOUR)]
     await limiter.acquire("k", limits)
     before = {k: await client.get(k) for k in await client.keys("t:*")}
@@ -80,8 +102,10 @@ async def test_a_rejected_request_writes_nothing(client: aioredis.Redis) -> None
 
 
 @pytest.mark.parametrize("key", ["user:42", "", "a}b", "}", "{x}", "\udc80"])
-async def test_the_keys_of_one_request_share_a_cluster_slot(client: aioredis.Redis, key: str) -> None:
-    limiter = RedisRateLimiter(client)
+async def test_the_keys_of_one_request_share_a_cluster_slot(
+    client: aioredis.Redis, key: str, limiters: list[RedisRateLimiter]
+) -> None:
+    limiter = keep(limiters, RedisRateLimiter(client))
     limits = [Limit(rate=5, period=1.0), Limit(rate=100, period=60.0), Limit(rate=1000, period=HOUR)]
     assert (await limiter.acquire(key, limits)).allowed
     stored = await client.keys("gk:rl:*")
@@ -89,15 +113,19 @@ async def test_the_keys_of_one_request_share_a_cluster_slot(client: aioredis.Red
     assert len({key_slot(k) for k in stored}) == 1
 
 
-async def test_prefixes_with_braces_are_refused(client: aioredis.Redis) -> None:
+async def test_prefixes_with_braces_are_refused(
+    client: aioredis.Redis, limiters: list[RedisRateLimiter]
+) -> None:
     with pytest.raises(ValueError, match="braces"):
         RedisRateLimiter(client, prefix="{gk}:")
 
 
-async def test_separate_clients_share_the_buckets_exactly(redis_url: str) -> None:
+async def test_separate_clients_share_the_buckets_exactly(
+    redis_url: str, limiters: list[RedisRateLimiter]
+) -> None:
     """Four clients with pools of their own stand in for four gateway processes."""
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(4)]
-    limiters = [RedisRateLimiter(c) for c in clients]
+    limiters += [RedisRateLimiter(c) for c in clients]
     results: list[bool | Exception] = []
 
     async def hammer(limiter: RedisRateLimiter) -> None:
@@ -108,15 +136,19 @@ async def test_separate_clients_share_the_buckets_exactly(redis_url: str) -> Non
             for limiter in limiters:
                 tg.start_soon(hammer, limiter)
     finally:
+        for limiter in limiters:
+            await limiter.aclose()
         for c in clients:
             await c.aclose()
     assert results.count(True) == 50
     assert results.count(False) == 350
 
 
-async def test_a_wrong_type_key_is_an_unavailable_store(client: aioredis.Redis) -> None:
+async def test_a_wrong_type_key_is_an_unavailable_store(
+    client: aioredis.Redis, limiters: list[RedisRateLimiter]
+) -> None:
     await client.lpush("gk:rl:{k}:5/3600.0/5", "x")
-    limiter = RedisRateLimiter(client)
+    limiter = keep(limiters, RedisRateLimiter(client))
     with pytest.raises(RateLimiterUnavailable, match="WRONGTYPE") as info:
         await limiter.acquire("k", [Limit(rate=5, period=HOUR)])
     assert info.value.status == 503

@@ -38,12 +38,15 @@ With ``batch=False`` calls run concurrently and each keeps its own
 
 A lean wire.  With a plain ``Redis`` client (also what Sentinel's
 ``master_for`` gives), the round trips of a batched limiter never overlap, so
-the limiter keeps one connection of the client's pool checked out and writes
-its commands packed on it, reading the replies itself: redis-py's per-command
-machinery (pool checkout with its bookkeeping, retry wrapper, pipeline
-objects, response callbacks) is skipped, which is most of a decision's
-client-side cost.  Any failure on that connection disconnects it (its replies
-cannot be trusted any more) and hands it back to the pool; a failure on a
+the limiter keeps one connection and writes its commands packed on it,
+reading the replies itself: redis-py's per-command machinery (pool checkout
+with its bookkeeping, retry wrapper, pipeline objects, response callbacks) is
+skipped, which is most of a decision's client-side cost.  For a plain TCP
+server that connection is gatekeep's own RESP2 protocol (``_resp.py``: no
+stream reader, no generic packer or RESP3 parser); for TLS, Unix sockets and
+Sentinel it is one connection checked out of the client's pool.  Any failure
+on that connection disconnects it (its replies cannot be trusted any more)
+and hands it back to the pool; a failure on a
 reused connection before any reply was read -- a server that restarted since
 -- is retried once on a fresh connection, as redis-py itself would.
 ``RedisCluster`` clients (keys of one batch live on several nodes) and
@@ -59,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import weakref
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, TypeAlias, cast
@@ -70,6 +74,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 from .._protocols import Decision, Limit
 from ._bucket import check_limit
 from ._errors import RateLimiterUnavailable
+from ._resp import wire_for
 
 __all__ = ["SCRIPT", "RedisRateLimiter"]
 
@@ -199,6 +204,11 @@ class RedisRateLimiter:
         self._watchdog: asyncio.TimerHandle | None = None
         # The connection of the lean wire (plain clients, batched limiters).
         self._direct = batch and isinstance(client, Redis)
+        self._wire = wire_for(client) if self._direct else None
+        if self._wire is not None:
+            # The wire's connection is the limiter's own: a limiter dropped without
+            # ``aclose`` (the client is shared, so nothing else would) still closes it.
+            weakref.finalize(self, self._wire.close)
         self._conn: Any = None
 
     @property
@@ -239,6 +249,8 @@ class RedisRateLimiter:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._wire is not None:
+            self._wire.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             await self._client.connection_pool.release(conn)
@@ -447,6 +459,8 @@ class RedisRateLimiter:
 
     async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[_Outcome]:
         """Write ``commands`` packed on the limiter's connection; every reply, errors as values."""
+        if self._wire is not None:
+            return await self._wire.roundtrip(commands)
         pool = self._client.connection_pool
         for attempt in (1, 2):
             conn = self._conn

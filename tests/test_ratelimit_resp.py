@@ -1,0 +1,246 @@
+"""The limiter's lean RESP2 wire: the parser (property tests), the protocol, a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from gatekeep import Limit, RateLimiterUnavailable, RedisRateLimiter
+from gatekeep.ratelimit._resp import (
+    Incomplete,
+    ProtocolViolation,
+    RespProtocol,
+    RespWire,
+    pack,
+    parse,
+    wire_for,
+)
+from tests._redis_fixture import RedisProcess
+
+# -- the codec, without a server -------------------------------------------------
+
+replies: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.binary(max_size=40)
+    | st.builds(lambda t: ("+", t), st.text(alphabet="abcXYZ 019", max_size=10))
+    | st.builds(lambda t: ("-", t), st.text(alphabet="ERRNOSCRIPT abc", min_size=1, max_size=20)),
+    lambda inner: st.lists(inner, max_size=5),
+    max_leaves=20,
+)
+
+
+def encode(reply: Any) -> bytes:
+    """RESP2 as a server writes it (written here independently of the module's ``pack``)."""
+    if reply is None:
+        return b"$-1\r\n"
+    if isinstance(reply, int):
+        return f":{reply}\r\n".encode()
+    if isinstance(reply, bytes):
+        return f"${len(reply)}\r\n".encode() + reply + b"\r\n"
+    if isinstance(reply, tuple):
+        return f"{reply[0]}{reply[1]}\r\n".encode()
+    return f"*{len(reply)}\r\n".encode() + b"".join(encode(r) for r in reply)
+
+
+def expected(reply: Any) -> Any:
+    """What ``parse`` gives for ``reply``: errors as exceptions, simple strings as bytes."""
+    if isinstance(reply, tuple):
+        return reply[1].encode() if reply[0] == "+" else ("error", reply[1])
+    if isinstance(reply, list):
+        return [expected(r) for r in reply]
+    return reply
+
+
+def comparable(value: Any) -> Any:
+    if isinstance(value, ResponseError):
+        return ("error", str(value))
+    if isinstance(value, list):
+        return [comparable(v) for v in value]
+    return value
+
+
+@given(st.lists(replies, min_size=1, max_size=6), st.data())
+def test_any_replies_split_anywhere_parse_back(found: list[Any], data: st.DataObject) -> None:
+    wire = b"".join(encode(r) for r in found)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    protocol = RespProtocol()
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.run_until_complete(_roundtrip(protocol, len(found)))
+        for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+            protocol.data_received(wire[start:end])
+        assert future.done()
+        assert comparable(future.result()) == [expected(r) for r in found]
+    finally:
+        loop.close()
+    assert transport.written == b"PING"
+
+
+async def _roundtrip(protocol: RespProtocol, count: int) -> asyncio.Future[list[Any]]:
+    return protocol.roundtrip(b"PING", count)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@given(
+    st.lists(st.one_of(st.binary(max_size=30), st.text(max_size=10), st.integers()), min_size=1, max_size=8)
+)
+def test_pack_writes_an_array_of_bulk_strings(command: list[Any]) -> None:
+    value, end = parse(pack(command))
+    as_bytes = [c if isinstance(c, bytes) else str(c).encode("utf-8", "surrogatepass") for c in command]
+    assert value == as_bytes
+    assert end == len(pack(command))
+
+
+@pytest.mark.parametrize("raw", [b":12", b"$5\r\nab", b"*2\r\n:1\r\n", b""])
+def test_a_reply_cut_short_is_incomplete(raw: bytes) -> None:
+    with pytest.raises(Incomplete):
+        parse(raw)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"!3\r\n", b":x1\r\n", b"*z\r\n", b"$2\r\nabcd\r\n", b"HTTP/1.1 400 Bad Request\r\n"]
+)
+def test_what_is_not_resp2_is_a_protocol_violation(raw: bytes) -> None:
+    with pytest.raises(ProtocolViolation):
+        parse(raw)
+
+
+def test_server_errors_keep_their_kind() -> None:
+    assert isinstance(parse(b"-NOSCRIPT No matching script\r\n")[0], NoScriptError)
+    assert isinstance(parse(b"-WRONGPASS invalid username-password pair\r\n")[0], AuthenticationError)
+    error = parse(b"-WRONGTYPE Operation against a key\r\n")[0]
+    assert type(error) is ResponseError and "WRONGTYPE" in str(error)
+
+
+@pytest.mark.anyio
+async def test_a_reply_nobody_asked_for_ends_the_connection() -> None:
+    protocol = RespProtocol()
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(b":1\r\n")
+    assert transport.aborted and not protocol.alive
+    future = protocol.roundtrip(b"x", 1)
+    with pytest.raises(RedisConnectionError):
+        await future
+
+
+@pytest.mark.anyio
+async def test_garbage_fails_every_waiting_round_trip() -> None:
+    protocol = RespProtocol()
+    protocol.connection_made(_Transport())  # type: ignore[arg-type]
+    first, second = protocol.roundtrip(b"a", 1), protocol.roundtrip(b"b", 2)
+    protocol.data_received(b":1\r\n:2\r\n?bad\r\n")
+    assert await first == [1]
+    with pytest.raises(ProtocolViolation):
+        await second
+
+
+# -- against a real redis-server ---------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_only_a_plain_tcp_pool_gets_the_wire(redis_url: str, tmp_path: Any) -> None:
+    plain = aioredis.Redis.from_url(redis_url)
+    unix = aioredis.Redis(unix_socket_path=str(tmp_path / "redis.sock"))
+    tls = aioredis.Redis(host="127.0.0.1", port=1, ssl=True)
+    try:
+        assert isinstance(wire_for(plain), RespWire)
+        assert wire_for(unix) is None
+        assert wire_for(tls) is None
+    finally:
+        for client in (plain, unix, tls):
+            await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_wire_authenticates_and_selects_its_database(redis_process: RedisProcess) -> None:
+    admin = aioredis.Redis.from_url(redis_process.url)
+    await admin.config_set("requirepass", "s3cret")
+    await admin.aclose()
+    admin = aioredis.Redis(host="127.0.0.1", port=redis_process.port, password="s3cret")
+    await admin.execute_command("ACL", "SETUSER", "gk", "on", ">gk-pass", "~*", "+@all")
+    client = aioredis.Redis(
+        host="127.0.0.1", port=redis_process.port, username="gk", password="gk-pass", db=3
+    )
+    limiter = RedisRateLimiter(client)
+    try:
+        assert (await limiter.acquire("k", [Limit(rate=5, period=60.0)])).remaining == (4,)
+        in_db3 = aioredis.Redis(host="127.0.0.1", port=redis_process.port, password="s3cret", db=3)
+        assert await in_db3.keys("gk:rl:*") == [b"gk:rl:{k}:5/60.0/5"]
+        assert await admin.keys("gk:rl:*") == []
+        await in_db3.aclose()
+    finally:
+        await limiter.aclose()
+        await client.aclose()
+        await admin.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_wrong_password_is_an_unavailable_store_not_a_traceback(redis_process: RedisProcess) -> None:
+    admin = aioredis.Redis.from_url(redis_process.url)
+    await admin.config_set("requirepass", "s3cret")
+    await admin.aclose()
+    client = aioredis.Redis(host="127.0.0.1", port=redis_process.port, password="wrong")
+    limiter = RedisRateLimiter(client)
+    try:
+        with pytest.raises(RateLimiterUnavailable, match="WRONGPASS|invalid"):
+            await limiter.acquire("k", [Limit(rate=5, period=60.0)])
+    finally:
+        await limiter.aclose()
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_server_restart_between_calls_costs_no_decision(redis_process: RedisProcess) -> None:
+    """The idle connection died with the server: the next call reconnects and succeeds."""
+    client = aioredis.Redis.from_url(redis_process.url)
+    limiter = RedisRateLimiter(client, timeout=2.0)
+    limit = Limit(rate=100, period=60.0)
+    try:
+        assert (await limiter.acquire("k", [limit])).allowed
+        redis_process.restart()
+        decision = await limiter.acquire("k", [limit])
+        assert decision.allowed and decision.remaining == (99,)  # a fresh server
+    finally:
+        await limiter.aclose()
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_pipelined_wave_shares_one_connection(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    limiter = RedisRateLimiter(client)
+    limit = Limit(rate=1000, period=60.0)
+    try:
+        decisions = await asyncio.gather(*(limiter.acquire(f"k{i % 7}", [limit]) for i in range(300)))
+        assert all(d.allowed for d in decisions)
+        remaining = sorted(d.remaining[0] for d in decisions)
+        # Every key saw its own exact sequence of decisions.
+        assert remaining.count(999) == 7
+        clients = await client.client_list()
+        # The limiter's own connection plus the checking client's: no pool of connections.
+        assert len(clients) == 2
+    finally:
+        await limiter.aclose()
+        await client.aclose()
