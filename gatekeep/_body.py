@@ -44,6 +44,8 @@ The streaming cap (``_Uploads``)
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
@@ -60,7 +62,16 @@ _CLOSE: Final = (("connection", "close"),)
 
 
 class TimedBody:
-    """A request body whose every read must finish in time (see the module doc)."""
+    """A request body whose every read must finish in time (see the module doc).
+
+    On asyncio one timer serves the whole body: each read only notes when it
+    started waiting, and the timer, when it fires, either finds a read overdue
+    (it cancels the reading task, and the read turns that into
+    ``RequestTimeout``) or re-arms itself for the read in progress.  A body
+    that flows costs no timer per chunk -- a cancel scope and a timer handle
+    per read were most of a fast upload's cost.  Other event loops (trio) get
+    a cancel scope per read.
+    """
 
     __slots__ = ("_body", "_idle", "_total")
 
@@ -70,6 +81,8 @@ class TimedBody:
         self._total = total
 
     def __aiter__(self) -> AsyncIterator[bytes]:
+        if asyncio._get_running_loop() is not None:
+            return _Watched(self._body, self._idle, self._total)
         return self._iter()
 
     async def _iter(self) -> AsyncIterator[bytes]:
@@ -85,12 +98,78 @@ class TimedBody:
                 except StopAsyncIteration:
                     return
             if scope.cancelled_caught:
-                if deadline is not None and anyio.current_time() >= deadline:
-                    detail = f"the request body did not arrive within {total:g} s"
-                else:
-                    detail = f"no request body data for {idle:g} s"
-                raise RequestTimeout(detail, headers=_CLOSE)
+                raise _timeout(idle, total, deadline is not None and anyio.current_time() >= deadline)
             yield chunk
+
+
+def _timeout(idle: float, total: float | None, whole: bool) -> RequestTimeout:
+    if whole:
+        return RequestTimeout(f"the request body did not arrive within {total:g} s", headers=_CLOSE)
+    return RequestTimeout(f"no request body data for {idle:g} s", headers=_CLOSE)
+
+
+class _Watched:
+    """``TimedBody`` on asyncio: an async iterator with one watchdog timer."""
+
+    __slots__ = ("_deadline", "_expired", "_idle", "_it", "_loop", "_reader", "_timer", "_total", "_waiting")
+
+    def __init__(self, body: Body, idle: float, total: float | None) -> None:
+        self._it = aiter(body)
+        self._idle = idle
+        self._total = total
+        self._loop = asyncio.get_running_loop()
+        self._deadline = math.inf if total is None else self._loop.time() + total
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting = 0.0  # when the read in progress began; 0: none in progress
+        self._reader: asyncio.Task[object] | None = None
+        self._expired = False
+
+    def __aiter__(self) -> _Watched:
+        return self
+
+    async def __anext__(self) -> bytes:
+        loop = self._loop
+        now = loop.time()
+        self._waiting = now
+        reader = self._reader = asyncio.current_task(loop)
+        if self._timer is None:
+            self._timer = loop.call_at(min(now + self._idle, self._deadline), self._check)
+        try:
+            return await self._it.__anext__()
+        except asyncio.CancelledError:
+            if self._expired and reader is not None and reader.uncancel() == 0:
+                raise _timeout(self._idle, self._total, loop.time() >= self._deadline) from None
+            raise
+        except BaseException:
+            self._stop()
+            raise
+        finally:
+            self._waiting = 0.0
+
+    def _check(self) -> None:
+        self._timer = None
+        started = self._waiting
+        if not started:
+            return  # no read in progress: the next one arms the timer again
+        due = min(started + self._idle, self._deadline)
+        if self._loop.time() >= due - 0.001:  # a timer may fire a clock tick early
+            reader = self._reader
+            if reader is not None and not reader.done():
+                self._expired = True
+                reader.cancel()
+            return
+        self._timer = self._loop.call_at(due, self._check)
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def aclose(self) -> None:
+        self._stop()
+        close = getattr(self._it, "aclose", None)
+        if close is not None:
+            await close()
 
 
 class _Budget:
