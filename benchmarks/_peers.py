@@ -36,6 +36,7 @@ nginx is not a Python target: :func:`nginx_conf` writes its configuration.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -357,10 +358,31 @@ def serve(app: ASGI, port: int) -> None:
     )
 
 
-def nginx_conf(prefix: str, port: int, upstream_port: int) -> str:
-    """A one-worker nginx ``proxy_pass`` with upstream keep-alive, run in the foreground."""
+def nginx_conf(prefix: str, port: int, upstream_port: int, *, cache: bool = False) -> str:
+    """A one-worker nginx ``proxy_pass`` with upstream keep-alive, run in the foreground.
+
+    ``cache``: with ``proxy_cache`` (a 64 MiB keys zone on disk under ``prefix``, GET/HEAD 200
+    answers kept 300 s, ``X-Cache-Status`` from ``$upstream_cache_status``): the peer of
+    gatekeep's ``proxy-cache``.
+    """
+    cache_zone = cache_use = user = ""
+    if cache:
+        if os.geteuid() == 0:
+            # Run as root, nginx's workers become "nobody", who cannot write the cache files
+            # under this private (0700) prefix: keep them as the benchmark's user.
+            user = "user root;\n"
+        cache_zone = (
+            f"    proxy_cache_path {prefix}/cache levels=1:2 keys_zone=gk:64m max_size=256m inactive=10m"
+            " use_temp_path=off;\n"
+        )
+        cache_use = (
+            "            proxy_cache gk;\n"
+            "            proxy_cache_valid 200 301 404 300s;\n"
+            "            proxy_cache_lock on;\n"
+            "            add_header X-Cache-Status $upstream_cache_status;\n"
+        )
     return f"""\
-daemon off;
+{user}daemon off;
 master_process on;
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -375,7 +397,7 @@ http {{
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
-    client_body_buffer_size 128k;
+{cache_zone}    client_body_buffer_size 128k;
     client_max_body_size 1m;
     keepalive_requests 1000000;
     upstream up {{
@@ -390,7 +412,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
-        }}
+{cache_use}        }}
     }}
 }}
 """

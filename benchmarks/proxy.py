@@ -9,6 +9,7 @@ one after another, each target in front of it, and drives a 1 KiB GET and a
 - ``gatekeep``: ``gatekeep.asgi(gatekeep.Gateway(...))``, one route, no filters;
 - ``aiohttp``, ``httpx``, ``asgiproxy``: the Python peers (``benchmarks._peers``);
 - ``nginx``: ``proxy_pass`` with upstream keep-alive, one worker, if installed;
+  ``nginx+cache`` the same with ``proxy_cache`` (the peer of ``gatekeep+cache``);
 - the gatekeep variants (``GATEKEEP_VARIANTS``): plain gatekeep plus one
   feature (jwt + rbac, rate-limiting local / redis against a private
   ``redis-server``, prometheus, three instances behind p2c-ewma with breakers,
@@ -24,7 +25,8 @@ user + system over the measured run, divided by wrk's request count).  Each
 target gets a one-second warm-up per case first.
 
 ``--memory`` instead pushes ``--requests`` (default 200 000) requests through
-gatekeep in bounded wrk runs and reports its RSS before and after.
+gatekeep (``--memory-target``, e.g. ``gatekeep+pipeline``) in bounded wrk runs
+and reports its RSS before and after.
 ``--profile`` runs gatekeep under load with py-spy (or cProfile) and prints the
 top functions by own and cumulative time.
 
@@ -74,11 +76,12 @@ GATEKEEP_VARIANTS = (
     "gatekeep-h11",
     "gatekeep-httptools",
     "gatekeep+pipeline",
+    "gatekeep+cache",
 )
 # The two ways gatekeep itself runs: embedded (an ASGI app on uvicorn) and
 # standalone (``gatekeep serve CONFIG``, exactly as a user starts it).
 GATEKEEP_BASES = ("gatekeep", "gatekeep-serve")
-TARGETS = ("direct", *GATEKEEP_BASES, *GATEKEEP_VARIANTS, *PYTHON_PEERS, "nginx")
+TARGETS = ("direct", *GATEKEEP_BASES, *GATEKEEP_VARIANTS, *PYTHON_PEERS, "nginx", "nginx+cache")
 POST_SIZE = 64 * 1024
 GET_SIZE = 1024
 
@@ -215,13 +218,13 @@ def python_server(fleet: Fleet, name: str, kind: str, port: int, upstream: str |
     wait_ready(fleet, name, port)
 
 
-def nginx_server(fleet: Fleet, port: int, upstream_port: int) -> None:
+def nginx_server(fleet: Fleet, port: int, upstream_port: int, *, cache: bool = False) -> None:
     from ._peers import nginx_conf
 
     prefix = fleet.workdir / "nginx"
     prefix.mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(str(prefix), port, upstream_port))
+    conf.write_text(nginx_conf(str(prefix), port, upstream_port, cache=cache))
     fleet.start(
         "nginx",
         [nginx_binary() or "nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
@@ -783,6 +786,10 @@ def variant_config(target: str, upstream: str, helpers: Helpers, upstreams: list
                 },
             },
         ]
+    elif target == "gatekeep+cache":
+        # The GET case is answered from the cache after the first request; the POST case bypasses it.
+        cache = {"content_type": ["application/octet-stream", "text/plain"], "strategy": "memory"}
+        config["plugins"] = [{"name": "proxy-cache", "config": cache}]
     elif target in ("gatekeep-h11", "gatekeep-httptools"):
         if not codec_option_exists():
             raise RuntimeError("skipped: gatekeep's [gateway] settings have no http_codec option yet")
@@ -810,6 +817,13 @@ def feature_check(name: str, port: int, headers: dict[str, str]) -> None:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback only
             if response.headers.get("x-ratelimit-limit-second") != str(NEVER_LIMITED):
                 raise RuntimeError("the pipeline answered without rate-limit headers")
+    if name in ("gatekeep+cache", "nginx+cache"):
+        for _ in range(2):
+            with urllib.request.urlopen(base + "/item/1", timeout=5) as response:  # noqa: S310 - loopback only
+                response.read()
+                cache_status = (response.headers.get("x-cache-status") or "").lower()
+        if cache_status != "hit":
+            raise RuntimeError(f"a repeated GET was not a cache hit (x-cache-status: {cache_status!r})")
     if name in ("gatekeep+prometheus", "gatekeep+pipeline"):
         status, body = http("GET", base + "/metrics")
         if status != 200 or b"gatekeep_http_requests_total{" not in body:
@@ -857,11 +871,11 @@ def start_target(
     upstream_pid = fleet.procs["upstream"].pid
     if target == "direct":
         return Target(upstream_port, None, [upstream_pid])
-    if target == "nginx":
+    if target in ("nginx", "nginx+cache"):
         if nginx_binary() is None:
             raise RuntimeError("nginx is not installed")
         port = free_port()
-        nginx_server(fleet, port, upstream_port)
+        nginx_server(fleet, port, upstream_port, cache=target == "nginx+cache")
         return Target(port, fleet.procs["nginx"].pid, [upstream_pid], stop=["nginx"])
     if target == "gatekeep-serve":
         from ._peers import gatekeep_config
@@ -985,6 +999,8 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
                     "post_body_bytes": POST_SIZE,
                     "server": "uvicorn, http=httptools, loop=uvloop, 1 worker, access log off, lifespan on",
                     "nginx": "worker_processes 1, proxy_pass with upstream keepalive 64",
+                    "nginx+cache": "the same with proxy_cache (keys zone 64m on disk, proxy_cache_valid"
+                    " 200 301 404 300s, proxy_cache_lock on)",
                     "variants": VARIANT_SETTINGS,
                 },
                 "machine": machine(),
@@ -1043,6 +1059,8 @@ VARIANT_SETTINGS = {
     "per instance) and passive health checks on",
     "gatekeep-h11": "[gateway] http_codec = 'h11' (upstream leg)",
     "gatekeep-httptools": "[gateway] http_codec = 'httptools' (upstream leg)",
+    "gatekeep+cache": "proxy-cache, strategy memory, content_type application/octet-stream and text/plain:"
+    " the GET case is served from the cache, the POST case bypasses it",
     "gatekeep+pipeline": "the seed's pipeline: jwt (RS256, verified-token cache on) + rbac + rate-limiting"
     f" (second and hour = {NEVER_LIMITED}, limit_by {PIPELINE_LIMIT_BY}, policy redis, fault_tolerant false)"
     " + prometheus (per_consumer, status, latency, bandwidth); one valid token in Authorization",
@@ -1146,18 +1164,22 @@ def round_order(targets: list[str], bracket: bool, plain: str = "gatekeep") -> l
 
 
 def run_memory(fleet: Fleet, args: argparse.Namespace) -> None:
-    lua = scripts(fleet.workdir)
+    name = args.memory_target
     upstream_port, upstream = start_upstream(fleet)
-    port = free_port()
-    python_server(fleet, "gatekeep", "gatekeep", port, upstream)
-    pid = fleet.procs["gatekeep"].pid
-    check(port)
+    target = start_target(fleet, name, upstream_port, upstream, Helpers(fleet), args.variant_server)
+    if target.pid is None:
+        raise RuntimeError(f"{name} has no process of its own to watch")
+    pid, port = target.pid, target.port
+    check(port, target.headers)
+    if name in GATEKEEP_VARIANTS:
+        feature_check(name, port, target.headers)
+    lua = scripts(fleet.workdir, target.headers, "memory" if target.headers else "")
     url = f"http://127.0.0.1:{port}/item/1"
     for script in lua.values():
         wrk(url, script, 1, args.connections)
     before = rss_bytes(pid)
     print(
-        f"gatekeep RSS after warm-up: {before / 2**20:.1f} MiB; target {args.requests:,} requests", flush=True
+        f"{name} RSS after warm-up: {before / 2**20:.1f} MiB; target {args.requests:,} requests", flush=True
     )
     total, samples, runs = 0, [], 0
     deadline = time.monotonic() + args.memory_budget
@@ -1184,6 +1206,7 @@ def run_memory(fleet: Fleet, args: argparse.Namespace) -> None:
     write(
         {
             "memory": {
+                "target": name,
                 "requests": total,
                 "requested": args.requests,
                 "connections": args.connections,
@@ -1333,6 +1356,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default="serve",
         help="run the gatekeep variants with `gatekeep serve` (default; bracketed against gatekeep-serve)"
         " or as gatekeep.asgi() on uvicorn (bracketed against gatekeep)",
+    )
+    parser.add_argument(
+        "--memory-target",
+        default="gatekeep",
+        choices=[t for t in TARGETS[1:] if not t.startswith("nginx")],  # one Python process to watch
+        help="what --memory watches (default gatekeep; e.g. gatekeep+pipeline, run as --variant-server says)",
     )
     parser.add_argument("--memory-chunk", type=float, default=5.0, help=argparse.SUPPRESS)
     parser.add_argument(

@@ -11,6 +11,7 @@ app = gatekeep.asgi(gateway, app=my_fastapi_app)   # middleware mode
 from __future__ import annotations
 
 from ._balancer import ConsistentHash, LeastOutstanding, PowerOfTwoEWMA, RoundRobin
+from ._check import CheckReport, check_config
 from ._config import (
     ConsumerConfig,
     GatewayConfig,
@@ -80,8 +81,23 @@ from ._protocols import (
 )
 from ._registry import PluginRegistry
 from ._router import CompiledRouter, RouteMatch, RouteRule
+from ._secrets import Keyring, Secret, SecretError, SecretKey
+from ._websocket import WebSocketRefused, WebSocketSettings
 from .adapters import ASGIApp, Middleware, WSGIApp, asgi, wsgi
+from .admin import AdminSettings
+from .admin._app import AdminAPI
+from .admin._server import serve_admin
 from .auth import JWTVerifier
+from .cache import CacheStore, MemoryCacheStore, RedisCacheStore, purge_caches
+from .configsource import (
+    ConfigDocument,
+    ConfigSourceError,
+    ConfigStore,
+    ConsulKVStore,
+    FileStore,
+    MemoryStore,
+    VersionConflict,
+)
 from .discovery import CompositeDiscovery, ConsulDiscovery, DnsDiscovery
 from .ratelimit import MemoryRateLimiter, RateLimiterUnavailable, RedisRateLimiter
 from .resilience import CircuitBreaker
@@ -90,6 +106,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ASGIApp",
+    "AdminAPI",
+    "AdminSettings",
     "AuthError",
     "Authenticator",
     "Authorizer",
@@ -100,15 +118,21 @@ __all__ = [
     "Body",
     "Breaker",
     "CountingBalancer",
+    "CacheStore",
     "Chain",
+    "CheckReport",
     "CircuitBreaker",
     "CircuitOpen",
     "ClientClosedRequest",
     "CompiledRouter",
     "CompositeDiscovery",
+    "ConfigDocument",
     "ConfigError",
+    "ConfigSourceError",
+    "ConfigStore",
     "ConsistentHash",
     "ConsulDiscovery",
+    "ConsulKVStore",
     "ConsumerConfig",
     "Decision",
     "Discovery",
@@ -116,6 +140,7 @@ __all__ = [
     "Endpoint",
     "Exchange",
     "FieldError",
+    "FileStore",
     "Filter",
     "FilterError",
     "Forbidden",
@@ -127,11 +152,14 @@ __all__ = [
     "Identity",
     "Instance",
     "JWTVerifier",
+    "Keyring",
     "LeastOutstanding",
     "Limit",
     "ObservableBreaker",
     "ObservingBalancer",
+    "MemoryCacheStore",
     "MemoryRateLimiter",
+    "MemoryStore",
     "MethodNotAllowed",
     "Middleware",
     "NoConfig",
@@ -147,6 +175,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "RateLimiterUnavailable",
+    "RedisCacheStore",
     "RedisRateLimiter",
     "Request",
     "Response",
@@ -157,6 +186,9 @@ __all__ = [
     "RouteRule",
     "Router",
     "ServiceConfig",
+    "Secret",
+    "SecretError",
+    "SecretKey",
     "ServiceInfo",
     "ServiceUnavailable",
     "StaticDiscovery",
@@ -167,16 +199,22 @@ __all__ = [
     "UpstreamError",
     "UpstreamProtocolError",
     "UpstreamTimeout",
+    "VersionConflict",
     "WSGIApp",
+    "WebSocketRefused",
+    "WebSocketSettings",
     "__version__",
     "asgi",
     "available_filters",
     "available_plugins",
+    "purge_caches",
+    "check_config",
     "load_config",
     "normalise_path",
     "problem_response",
     "register_filter",
     "replayable",
+    "serve_admin",
     "wsgi",
     "named_part",
 ]

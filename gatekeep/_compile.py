@@ -15,12 +15,14 @@ first use and cached on their route).
 Runtime state that must outlive a config lives in the compiled objects too:
 the upstream pool, each service's guard (breaker states, health, balancer
 counters) and the discovery (its watchers).  ``compile_config(new,
-previous=old)`` is the seam the live-config issue builds on: a service whose
-config is unchanged keeps its ``Service`` (and so its guard), the pool is
-carried over when its settings are unchanged, and the swap itself is one
-assignment of ``Gateway.compiled`` (reload is not implemented yet: starting
-the new services' health checks and discovery, stopping the dropped ones,
-and re-binding filters are that issue's part).
+previous=old)`` is what a reload compiles (``gatekeep/_reload.py`` starts,
+swaps and retires): the pool is carried over when its settings are
+unchanged; a service whose config is unchanged keeps its ``Service`` (and so
+its guard) when the pool was kept (its health checks run on it); a service
+whose discovery is unchanged keeps its running watcher; filters are always
+new instances (bound afresh: nothing of a removed consumer lingers), and one
+whose entry is unchanged gets its predecessor's state through its optional
+``carry_over(previous)`` (rate-limiting's local buckets).
 
 Protocol seams: ``router`` (a ``Router``, or a factory given the
 ``RouteRule``s), ``discovery``, ``balancer`` and ``breaker`` (factories, one
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -54,6 +57,7 @@ from ._config import (
     plugin_config,
 )
 from ._descriptions import RouteInfo, ServiceInfo
+from ._discovery import StaticDiscovery
 from ._edge import Edge
 from ._errors import ConfigError, FieldError
 from ._filter import Chain, _overrides
@@ -63,7 +67,7 @@ from ._protocols import Authenticator, Authorizer, Balancer, Breaker, Discovery,
 from ._registry import INSTALLED, PluginRegistry
 from ._router import CompiledRouter, RouteRule
 from ._upstream import PoolLimits, Timeouts, TLSSettings, UpstreamPool, codec_for
-from .discovery import build_discovery
+from .discovery import CompositeDiscovery, build_discovery
 from .resilience import UpstreamGuard
 
 if TYPE_CHECKING:
@@ -80,6 +84,9 @@ __all__ = [
     "bind_filters",
     "compile_config",
 ]
+
+# Warnings plugins give when they are bound (``PluginContext.warn``): the config works, but ...
+_log = logging.getLogger("gatekeep.config")
 
 # A service with this url is answered by the wrapped app (middleware mode): an upstream kind.
 APP_URL = "app://"
@@ -149,6 +156,10 @@ class _Entry:
     service: str | None
     route: str | None
     consumer: str | None
+    # Where the config sets it (``services[0].plugins[1]``); ``None`` for ``Gateway(filters=)``.
+    path: str | None = None
+    # Its config entry (``None`` for ``Gateway(filters=)``): a reload hands state over when it is unchanged.
+    source: PluginConfig | None = None
 
     @property
     def rank(self) -> int:
@@ -283,11 +294,21 @@ def compile_config(
     else:
         pool = _pool(config)
     entries = _build_entries(config, filters, plugins)
+    if previous is not None:
+        _carry_over_filters(entries, previous.entries)
     services: dict[str, Service] = {}
     static: dict[str, list[Instance]] = {}
     for sc in config.services:
         old = previous.services.get(sc.name) if previous is not None else None
-        if old is not None and old.config == sc and old.timeouts.pool == pool_settings.pool_timeout:
+        # Carried over with its guard (breakers, health, balancer state) unless the pool changed:
+        # its health checks run on the pool.
+        if (
+            old is not None
+            and old.config == sc
+            and old.timeouts.pool == pool_settings.pool_timeout
+            and previous is not None
+            and pool is previous.pool
+        ):
             services[sc.name] = old
         else:
             services[sc.name] = _compile_service(sc, pool_settings.pool_timeout, balancer, breaker)
@@ -323,7 +344,7 @@ def compile_config(
         # Whether any filter has a log phase (else requests skip ``log`` entirely).
         has_log_phase=any(_overrides(e.filter, "on_log") for e in entries),
         services=services,
-        discovery=discovery or build_discovery(config, static),
+        discovery=discovery or _discovery(config, static, previous),
         consumers_with_plugins=frozenset(e.consumer for e in entries if e.consumer is not None),
         entries=entries,
         rate_limiters=dict(rate_limiters or {}),
@@ -364,13 +385,29 @@ def compile_config(
 
 
 def bind_filters(
-    compiled: Compiled, gateway: object, *, task_group: Callable[[], TaskGroup | None]
+    compiled: Compiled,
+    gateway: object | None,
+    *,
+    task_group: Callable[[], TaskGroup | None],
+    log_warnings: bool = True,
 ) -> PluginContext:
     """Hand each plugin with a ``bind`` method its ``PluginContext`` (the one place that binds).
 
     ``task_group`` returns the gateway lifespan's task group (``None`` outside
     it).  A plugin whose ``bind`` names its parameter ``gateway`` (the SDK of
-    one release ago, accepted for one release) gets ``gateway`` itself.
+    one release ago, accepted for one release) gets ``gateway`` itself
+    (and is skipped when there is no gateway: ``gatekeep check``).
+
+    Every plugin is bound, then the errors of all of them are raised as one
+    ``ConfigError``: a path relative to the plugin (``config.consumer``)
+    becomes the path of its entry (``services[0].plugins[1].config.consumer``),
+    and anything else a ``bind`` raises is reported at the entry's path.
+    The warnings plugins gave (``context.warn``) are logged on
+    ``gatekeep.config`` unless ``log_warnings`` is false (they stay in
+    ``context.warnings``).
+
+    Raises:
+        ConfigError: a plugin refused the config.
     """
     plugin_routes: dict[int, list[RouteInfo]] = {}
     for route in compiled.routes:
@@ -391,16 +428,49 @@ def bind_filters(
         authorizers=compiled.authorizers,
         endpoints=compiled.endpoints,
         task_group=task_group,
+        websockets=getattr(gateway, "websockets", None),
     )
+    paths = {id(e.filter): e.path or str(getattr(e.filter, "name", "")) for e in compiled.entries}
+    errors: list[FieldError] = []
+    cause: Exception | None = None
     for f in compiled.filters:
         bind = getattr(f, "bind", None)
         if bind is None:
             continue
-        if _names_gateway(bind):
-            bind(gateway)
-        else:
-            bind(context)
+        path = paths.get(id(f), str(getattr(f, "name", "")))
+        name = str(getattr(f, "name", ""))
+        context._binding = (path, name)
+        try:
+            if _names_gateway(bind):
+                if gateway is not None:
+                    bind(gateway)
+            else:
+                bind(context)
+        except ConfigError as exc:
+            errors.extend(FieldError(context.resolve(e.path), e.message) for e in exc.errors)
+        except Exception as exc:  # a plugin's bug or refusal: its entry's path, the cause chained
+            errors.append(FieldError(path, f"{name}: {exc!r}"))
+            cause = cause or exc
+        finally:
+            context._binding = None
+    if errors:
+        raise ConfigError(_unique(errors)) from cause
+    context.warnings[:] = _unique(context.warnings)
+    if log_warnings:
+        for warning in context.warnings:
+            _log.warning("%s", warning)
     return context
+
+
+def _unique(errors: Sequence[FieldError]) -> list[FieldError]:
+    # Plugins that report for their peers (every missing ``anonymous`` consumer) may repeat one.
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for e in errors:
+        if (e.path, e.message) not in seen:
+            seen.add((e.path, e.message))
+            out.append(e)
+    return out
 
 
 def _names_gateway(bind: Callable[..., Any]) -> bool:
@@ -442,24 +512,73 @@ def _pool(config: GatewayConfig) -> UpstreamPool:
 def _build_entries(config: GatewayConfig, extra: Sequence[Any], registry: PluginRegistry) -> list[_Entry]:
     entries: list[_Entry] = []
 
-    def add(pc: PluginConfig, service: str | None, route: str | None, consumer: str | None) -> None:
+    def add(
+        pc: PluginConfig, service: str | None, route: str | None, consumer: str | None, path: str
+    ) -> None:
         cls = registry.load(pc.name)
         instance = cls(plugin_config(pc, registry))
-        entries.append(_Entry(instance, pc.name, pc.enabled, service, route, consumer))
+        entries.append(_Entry(instance, pc.name, pc.enabled, service, route, consumer, path, pc))
 
-    for pc in config.plugins:
-        add(pc, pc.service, pc.route, pc.consumer)
-    for sc in config.services:
-        for pc in sc.plugins:
-            add(pc, sc.name, None, None)
+    for pi, pc in enumerate(config.plugins):
+        add(pc, pc.service, pc.route, pc.consumer, f"plugins[{pi}]")
+    for si, sc in enumerate(config.services):
+        for pi, pc in enumerate(sc.plugins):
+            add(pc, sc.name, None, None, f"services[{si}].plugins[{pi}]")
         for ri, rc in enumerate(sc.routes):
-            for pc in rc.plugins:
-                add(pc, None, rc.name or f"{sc.name}.{ri}", None)
-    for cc in config.consumers:
-        for pc in cc.plugins:
-            add(pc, None, None, cc.key)
+            for pi, pc in enumerate(rc.plugins):
+                rpath = f"services[{si}].routes[{ri}].plugins[{pi}]"
+                add(pc, None, rc.name or f"{sc.name}.{ri}", None, rpath)
+    for ci, cc in enumerate(config.consumers):
+        for pi, pc in enumerate(cc.plugins):
+            add(pc, None, None, cc.key, f"consumers[{ci}].plugins[{pi}]")
     entries.extend(_Entry(f, f.name, True, None, None, None) for f in extra)
     return entries
+
+
+def _carry_over_filters(entries: Sequence[_Entry], previous: Sequence[_Entry]) -> None:
+    """Hand each new filter whose entry is unchanged the state of its predecessor (a reload).
+
+    A filter opts in with ``carry_over(previous_instance)`` (rate-limiting keeps
+    its local buckets).  Instances are never reused: a reload binds fresh ones,
+    so nothing of a removed consumer or route lingers in a filter.
+    """
+    # Plugin configs hold dicts (unhashable): compared, not looked up; only filters that opt in.
+    before = [e for e in previous if e.source is not None and hasattr(e.filter, "carry_over")]
+    for e in entries:
+        carry = getattr(e.filter, "carry_over", None)
+        if carry is None or e.source is None:
+            continue
+        scope = (e.source, e.service, e.route, e.consumer)
+        for old in before:
+            if (old.source, old.service, old.route, old.consumer) == scope:
+                if type(old.filter) is type(e.filter):
+                    carry(old.filter)
+                break
+
+
+def _discovery(
+    config: GatewayConfig, static: Mapping[str, list[Instance]], previous: Compiled | None
+) -> Discovery:
+    """The default discovery; on a reload, the running watchers of services whose discovery is unchanged."""
+    fresh = build_discovery(config, static)
+    if previous is None or not isinstance(fresh, CompositeDiscovery):
+        return fresh
+    old = previous.discovery
+    if not isinstance(old, CompositeDiscovery):
+        return fresh
+    before = {sc.name: sc for sc in previous.config.services}
+    dynamic = dict(fresh.watchers)
+    for sc in config.services:
+        prior = before.get(sc.name)
+        watcher = old.watchers.get(sc.name)
+        if (
+            sc.name in dynamic
+            and watcher is not None
+            and prior is not None
+            and (prior.discovery, prior.protocol) == (sc.discovery, sc.protocol)
+        ):
+            dynamic[sc.name] = watcher
+    return CompositeDiscovery(StaticDiscovery(static), dynamic)
 
 
 def _compile_service(

@@ -24,24 +24,31 @@ the whole config.
 
 from __future__ import annotations
 
-import tomllib
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import attrs
 
 from . import validators
+from ._config_files import format_of, parse_config_bytes
 from ._consumer import ConsumerConfig, PluginConfig
 from ._errors import ConfigError
 from ._front import ServerSettings
 from ._http import DEFAULT_REQUEST_ID_HEADER
+from ._kong_format import from_kong
 from ._registry import INSTALLED, PluginRegistry
 from ._router import check_host_pattern, check_path_pattern
+from ._secrets import decrypt_values
 from ._structure import EXTRA_FIELDS, Errors, join, structure, structure_or_raise
+from ._websocket._settings import WebSocketSettings
+from .admin._settings import AdminSettings, check_admin
 from .discovery._config import DiscoveryConfig
 from .resilience._config import BreakerConfig, HealthchecksConfig, RetryConfig
+
+_log = logging.getLogger("gatekeep.config")
 
 __all__ = [
     "ConsumerConfig",
@@ -91,6 +98,7 @@ class TLSConfig:
 class TargetConfig:
     """One static target of a service: ``host:port`` with a weight."""
 
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields("target", "weight")
     target: str
     weight: int = attrs.field(default=100, validator=validators.non_negative)
 
@@ -100,6 +108,9 @@ class RouteConfig:
     """Which requests go to a service.  Paths: ``/p`` prefix, ``=/p`` exact,
     ``/p/{id}`` template, ``~regex``."""
 
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        *"name paths methods hosts headers strip_path preserve_host request_buffering plugins".split()
+    )
     name: str | None = attrs.field(default=None, validator=_name)
     paths: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
@@ -110,6 +121,8 @@ class RouteConfig:
     # Kong's route field: read the body (up to [gateway] request_buffer_size)
     # before an upstream connection is taken.  Unset: the service's setting.
     request_buffering: bool | None = None
+    # WebSocket upgrades on this route are proxied (false: refused with a 403 problem).
+    websocket: bool = True
     plugins: tuple[PluginConfig, ...] = ()
 
 
@@ -121,6 +134,14 @@ class ServiceConfig:
     Timeouts are in milliseconds, as in Kong.
     """
 
+    # Kong's service fields, and its upstream's (balancer, hashing, health checks, targets).
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        *"name url protocol path connect_timeout read_timeout write_timeout retries routes plugins".split(),
+        *"hash_on hash_fallback hash_on_header hash_fallback_header hash_on_cookie healthchecks".split(),
+        targets="upstream targets",
+        balancer="upstream algorithm",
+        tls="tls_verify, ca_certificates, client_certificate",
+    )
     name: str = attrs.field(validator=_name)
     url: str | None = None
     targets: tuple[TargetConfig, ...] = ()
@@ -217,6 +238,8 @@ class GatewaySettings:
     request_buffer_size: int = attrs.field(default=1024 * 1024, validator=validators.positive)
     request_buffer_memory: int = attrs.field(default=64 * 1024 * 1024, validator=validators.positive)
     pool: PoolSettings = PoolSettings()
+    # Limits of proxied WebSockets (docs/serving.md, "WebSockets").
+    websocket: WebSocketSettings = WebSocketSettings()
 
 
 @attrs.frozen
@@ -227,6 +250,8 @@ class GatewayConfig:
     gateway: GatewaySettings = GatewaySettings()
     # Limits of ``gatekeep serve``'s front server (docs/serving.md); embedders' own servers ignore it.
     server: ServerSettings = ServerSettings()
+    # The Admin API's listener (docs/admin-api.md); none unless the table is there.
+    admin: AdminSettings | None = None
     services: tuple[ServiceConfig, ...] = ()
     plugins: tuple[PluginConfig, ...] = ()
     consumers: tuple[ConsumerConfig, ...] = ()
@@ -246,10 +271,8 @@ def _read(source: Mapping[str, Any] | str | Path) -> Mapping[str, Any]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(_one("", f"cannot read config file {str(path)!r}: {exc.strerror}")) from exc
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(_one("", f"{path}: invalid TOML: {exc}")) from exc
+    # TOML, or JSON / YAML (a decK kong.yml) by the file's extension.
+    return parse_config_bytes(raw, format_of(path.name), str(path))
 
 
 def _one(path: str, message: str) -> Errors:
@@ -277,8 +300,14 @@ def load_config(
         errors = Errors()
         config = source
     else:
-        data = _read(source)
         errors = Errors()
+        # {enc:v1:...} values, decrypted with their raw-document path bound (gatekeep/_secrets.py).
+        data = decrypt_values(_read(source), errors)
+        # Kong's declarative spellings (decK kong.yml, DB-less /config): gatekeep/_kong_format.py.
+        notes: list[str] = []
+        data = from_kong(data, errors, notes)
+        for note in notes:
+            _log.warning("%s", note)
         config = structure(GatewayConfig, data, "", errors)
     registry = plugins if isinstance(plugins, PluginRegistry) else PluginRegistry(plugins)
     if isinstance(config, GatewayConfig):
@@ -392,8 +421,6 @@ def check(config: GatewayConfig, errors: Errors, registry: PluginRegistry = INST
                 )
         if service.path and not service.path.startswith("/"):
             errors.add(join(spath, "path"), f"must start with '/', got {service.path!r}")
-        if not service.routes:
-            errors.add(join(spath, "routes"), "a service needs at least one route")
         for ri, route in enumerate(service.routes):
             rpath = join(join(spath, "routes"), ri)
             if route is None:
@@ -403,14 +430,14 @@ def check(config: GatewayConfig, errors: Errors, registry: PluginRegistry = INST
                     errors.add(join(rpath, "name"), f"duplicate route name {route.name!r}")
                 route_names[route.name] = rpath
             for pi, p in enumerate(route.paths):
-                problem = check_path_pattern(p)
+                problem = check_path_pattern(p) if p is not None else None  # None: a wrong type, reported
                 if problem:
                     errors.add(join(join(rpath, "paths"), pi), problem)
             for mi, m in enumerate(route.methods):
-                if m.upper() not in _METHODS:
+                if m is not None and m.upper() not in _METHODS:
                     errors.add(join(join(rpath, "methods"), mi), f"unknown HTTP method {m!r}")
             for hi, h in enumerate(route.hosts):
-                problem = check_host_pattern(h)
+                problem = check_host_pattern(h) if h is not None else None
                 if problem:
                     errors.add(join(join(rpath, "hosts"), hi), problem)
             if not (route.paths or route.hosts or route.methods or route.headers):
@@ -433,6 +460,7 @@ def check(config: GatewayConfig, errors: Errors, registry: PluginRegistry = INST
         _check_plugins(consumer.plugins, join(cpath, "plugins"), installed, errors, scoped=False)
 
     _check_plugins(config.plugins, "plugins", installed, errors, scoped=True)
+    check_admin(config.admin, "admin", errors)
     for pi, plugin in enumerate(config.plugins):
         ppath = join("plugins", pi)
         if plugin is None:

@@ -9,7 +9,7 @@ marker) so that the request can be typed with them without an import cycle.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -42,6 +42,8 @@ class ConsumerConfig:
     them as ``consumer.credentials.get("jwt_secrets", ())``: a tuple of the
     declared class.
     """
+
+    kong_names: ClassVar[Mapping[str, str]] = {n: n for n in ("username", "id", "custom_id", "plugins")}
 
     username: str | None = None
     id: str | None = None

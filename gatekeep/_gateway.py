@@ -62,7 +62,6 @@ from ._errors import (
     GatekeepError,
     MethodNotAllowed,
     NotFound,
-    Unsupported,
     UpstreamError,
 )
 from ._filter import Chain, Exchange
@@ -73,9 +72,13 @@ from ._normalise import normalise_path
 from ._plugin_context import Endpoint
 from ._protocols import Authenticator, Authorizer, Discovery, Instance, RateLimiter, Router
 from ._registry import PluginRegistry
+from ._reload import Reloader
 from ._router import RouteMatch
 from ._upstream import check_transfer_coding
 from ._upstream import host_header as host_header_for
+from ._websocket import WebSocketRefused, WebSocketStats
+from ._websocket._upstream import connect_upstream
+from .configsource import ConfigStore
 from .discovery import no_instances
 from .resilience import IDEMPOTENT_METHODS as _IDEMPOTENT
 
@@ -110,6 +113,9 @@ class Gateway:
         filters: extra plugin instances attached globally (embedding).
         plugins: plugin classes the config may name besides the installed
             ones (entry points); this gateway's only (``docs/plugins.md``).
+        config_source: a ``ConfigStore`` (``gatekeep.configsource``) the gateway
+            watches while it runs, reloading on every change
+            (``docs/configuration-reload.md``); ``config`` is its first config.
 
     Use ``async with gateway:`` (the adapters do it in the ASGI/WSGI
     lifespan) so that filters and background tasks start and stop cleanly.
@@ -128,29 +134,53 @@ class Gateway:
         authorizers: Mapping[str, Authorizer] | None = None,
         filters: Sequence[Any] = (),
         plugins: Sequence[type[Any]] = (),
+        config_source: ConfigStore | None = None,
     ) -> None:
         self._task_group: TaskGroup | None = None
         self._started: list[Any] = []
         registry = PluginRegistry(plugins)
-        self._install(
-            compile_config(
-                load_config(config, plugins=registry),
-                filters=filters,
-                discovery=discovery,
-                router=router,
-                balancer=balancer,
-                breaker=breaker,
-                plugins=registry,
-                rate_limiters=rate_limiters,
-                authenticators=authenticators,
-                authorizers=authorizers,
-            )
+        self.plugins_registry = registry
+        # Everything but the config, for each reload's compile (gatekeep/_reload.py).
+        self._compile_options: dict[str, Any] = dict(
+            filters=filters,
+            discovery=discovery,
+            router=router,
+            balancer=balancer,
+            breaker=breaker,
+            plugins=registry,
+            rate_limiters=rate_limiters,
+            authenticators=authenticators,
+            authorizers=authorizers,
         )
+        self._install(compile_config(load_config(config, plugins=registry), **self._compile_options))
+        # Live config: ``reload()``, and the store's changes while the gateway runs.
+        self.reloads = Reloader(self, config, config_source)
+        # Open WebSockets and their counters (gatekeep/_websocket), for metrics and shutdown.
+        self.websockets = WebSocketStats()
         # What plugins may read of this gateway (``bind(context)``).
         self.plugin_context = bind_filters(self.compiled, self, task_group=lambda: self._task_group)
 
+    async def reload(self, config: GatewayConfig | Mapping[str, Any] | str | Path) -> None:
+        """Replace the running config atomically (see ``docs/configuration-reload.md``).
+
+        Raises:
+            ConfigError: the config was refused, every error with its path; the
+                running config keeps serving.
+        """
+        await self.reloads.apply(config)
+
+    @property
+    def config_source(self) -> Reloader | None:
+        """The reloader watching the gateway's ``ConfigStore`` (``.store``), ``None`` without one."""
+        return self.reloads if self.reloads.store is not None else None
+
+    def config_status(self) -> dict[str, Any]:
+        """The running config's hash, source, version, when it was loaded and the last refusal."""
+        return self.reloads.status()
+
     def _install(self, compiled: Compiled) -> None:
-        """Run requests over ``compiled`` from now on (the swap point of a future reload).
+        """Run requests over ``compiled`` from now on (the swap point of a reload: one assignment
+        per attribute, no await in between).
 
         The hot path reads plain attributes of the gateway, copied here in one go.
         """
@@ -204,6 +234,11 @@ class Gateway:
             # A filter failed to start: stop the ones that did, end the task group.
             await self.__aexit__(None, None, None)
             raise
+        try:
+            await self.reloads.start(self._task_group)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         global _gc_frozen
         if self.config.gateway.gc_freeze and not _gc_frozen:
             # Once per process: later gateways (tests, reloads) leave the GC alone.
@@ -214,6 +249,7 @@ class Gateway:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         try:
+            await self.reloads.stop()
             for f in reversed(self._started):
                 stop = getattr(f, "stop", None)
                 if stop is not None:
@@ -373,9 +409,9 @@ class Gateway:
         service = route.service
         if service.is_app:
             return chain, await self._call_app(app, request, exchange)
-        if request.websocket:
+        if request.websocket and not route.config.websocket:
             # Checked after the filters, so a client without credentials learns nothing more.
-            raise Unsupported(f"WebSocket proxying is not supported yet (route {route.name!r})")
+            raise WebSocketRefused(f"route {route.name!r} does not accept WebSocket upgrades")
         return chain, await self._call_upstream(route, match, request, exchange)
 
     async def _request_phase(self, chain: Chain, request: Request) -> Response | None:
@@ -462,6 +498,16 @@ class Gateway:
             else:
                 host_header = host_header_for(instance)
             headers = upstream_request_headers(request, host_header=host_header, via=via, trusted=trusted)
+            if request.websocket:  # a handshake: a fresh upstream connection (gatekeep/_websocket)
+                return await connect_upstream(
+                    request,
+                    instance,
+                    target,
+                    headers,
+                    timeouts=service.timeouts,
+                    tls=service.tls,
+                    max_message=self.config.gateway.websocket.max_message_bytes,
+                )
             return await pool.send(
                 instance,
                 request.method,

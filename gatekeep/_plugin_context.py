@@ -11,6 +11,13 @@ target health) for metrics, the protocol objects given to the gateway
 lifespan's ``task_group``.  Everything else of the gateway is the core's to
 change without notice.
 
+Errors and warnings name config paths.  A plugin raises ``ConfigError`` from
+``bind`` (or calls ``warn``) with a path relative to its own entry
+(``config.consumer``) or an absolute one (``consumers[0].jwt_secrets[1]``);
+``resolve`` turns the first into the entry's path
+(``services[0].plugins[1].config.consumer``).  ``gatekeep check`` binds every
+plugin, so what ``bind`` refuses is refused before ``serve``.
+
 The compile step builds one context per compiled config
 (``gatekeep._compile.bind_filters``); nothing in it is read per request.
 """
@@ -31,6 +38,7 @@ from ._protocols import Authenticator, Authorizer, Discovery, Instance, RateLimi
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
+    from ._websocket import WebSocketStats
     from .resilience import UpstreamGuard
 
 __all__ = ["Endpoint", "EndpointHandler", "PluginContext", "UpstreamState", "named_part"]
@@ -128,6 +136,7 @@ class PluginContext:
         authenticators: the ``Authenticator``s given to ``Gateway(authenticators=...)``.
         authorizers: the ``Authorizer``s given to ``Gateway(authorizers=...)``.
         endpoints: the gateway-answered paths (see ``add_endpoint``).
+        websockets: counters of proxied WebSockets (open, messages, bytes, closes), for metrics.
     """
 
     def __init__(
@@ -145,6 +154,7 @@ class PluginContext:
         authorizers: Mapping[str, Authorizer] | None = None,
         endpoints: dict[str, Endpoint],
         task_group: Callable[[], TaskGroup | None],
+        websockets: WebSocketStats | None = None,
     ) -> None:
         self.config = config
         self.routes: tuple[RouteInfo, ...] = tuple(routes)
@@ -162,6 +172,11 @@ class PluginContext:
         self.endpoints: Mapping[str, Endpoint] = MappingProxyType(endpoints)
         self._plugin_routes = plugin_routes
         self._task_group = task_group
+        self.websockets = websockets
+        # Things that work but are likely not what the operator meant (``warn``).
+        self.warnings: list[FieldError] = []
+        # (entry path, plugin name) of the plugin being bound, for relative paths.
+        self._binding: tuple[str, str] | None = None
 
     @property
     def settings(self) -> GatewaySettings:
@@ -183,10 +198,51 @@ class PluginContext:
         """The gateway lifespan's task group; ``None`` before ``async with gateway`` (use ``start``)."""
         return self._task_group()
 
+    @property
+    def authenticating_plugins(self) -> tuple[str, ...]:
+        """The names of the plugins that establish an identity (``anonymous_option``: jwt, key-auth ...)."""
+        names = (str(getattr(p, "name", "")) for p in self.plugins if getattr(p, "anonymous_option", False))
+        return tuple(dict.fromkeys(names))
+
+    @property
+    def can_name_consumers(self) -> bool:
+        """Whether a request can ever carry a consumer: the config has consumers, or the
+        gateway was given ``authenticators`` (whose identities may name any).  Without,
+        a consumer-keyed setting (``limit_by = "consumer"``, ``per_consumer``) sees none."""
+        return bool(self.config.consumers) or bool(self.authenticators)
+
     def routes_of(self, plugin: object) -> tuple[RouteInfo, ...]:
         """The routes whose chain holds ``plugin`` (this very instance), for consumers
         without consumer-scoped plugins; none for a plugin attached to a consumer only."""
         return tuple(self._plugin_routes.get(id(plugin), ()))
+
+    def resolve(self, path: str) -> str:
+        """The config path of ``path`` as the plugin being bound wrote it.
+
+        ``""``, ``config`` and ``config.<field>`` (or the old spelling
+        ``<plugin name>.config.<field>``) are relative to the plugin's entry
+        (``plugins[0]``, ``services[1].routes[0].plugins[2]``); any other path
+        is already absolute.  Outside ``bind``, paths are returned as they are.
+        """
+        binding = self._binding
+        if binding is None:
+            return path
+        entry, name = binding
+        if path.startswith(name + ".config") and name:
+            path = path[len(name) + 1 :]
+        if not path:
+            return entry
+        if path == "config" or path.startswith(("config.", "config[")):
+            return f"{entry}.{path}"
+        return path
+
+    def warn(self, path: str, message: str) -> None:
+        """Report a config that works but likely not as meant (``gatekeep check`` prints it).
+
+        ``path`` as for ``resolve``: ``"config.limit_by"`` is this plugin's field.
+        The gateway logs each warning once when it is built (logger ``gatekeep.config``).
+        """
+        self.warnings.append(FieldError(self.resolve(path), message))
 
     def add_endpoint(self, path: str, handler: EndpointHandler, *, run_global_filters: bool = True) -> None:
         """Answer ``path`` (exact, normalised) with ``handler`` before routing.

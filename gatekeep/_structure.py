@@ -10,6 +10,7 @@ secret references, resolved here.
 
 from __future__ import annotations
 
+import json
 import os
 import types
 import typing
@@ -20,13 +21,30 @@ from typing import Any, Literal, Union, get_args, get_origin
 import attrs
 
 from ._errors import ConfigError, FieldError
+from ._secrets import Secret
 
-__all__ = ["EXTRA_FIELDS", "Errors", "join", "resolve_secret", "structure", "structure_or_raise"]
+__all__ = [
+    "ALIASES",
+    "EXTRA_FIELDS",
+    "FLATTENED",
+    "Errors",
+    "join",
+    "resolve_secret",
+    "structure",
+    "structure_or_raise",
+]
 
 # Metadata key of the one field of an attrs class that takes the table's keys no
 # other field names (as plain data, for a later pass) instead of refusing them:
 # ``consumers[].<credential field>``, declared by plugins, not by the core.
 EXTRA_FIELDS = "gatekeep.extra_fields"
+# Metadata key of the other names a field is accepted under in a config (old or
+# another plugin's spelling: jwt ``roles_claim`` for ``roles_claims``); the
+# field's own name is the documented one (docs/reference/).
+ALIASES = "gatekeep.aliases"
+# Metadata key of a table field that also takes its members flat, with this
+# prefix: Kong's rate-limiting ``redis_host = ...`` for ``redis = {host = ...}``.
+FLATTENED = "gatekeep.flattened"
 
 
 # What ``structure`` returns for a value of the wrong shape (already reported).
@@ -45,8 +63,9 @@ def join(path: str, key: str | int) -> str:
 
 
 def resolve_secret(value: str, path: str, errors: Errors) -> Any:
-    """Resolve ``{env://NAME}`` and ``{file:///path}`` references."""
-    if not (value.startswith("{") and value.endswith("}")):
+    """Resolve ``{env://NAME}``, Kong's ``{vault://env/NAME}`` and ``{file:///path}`` references."""
+    if isinstance(value, Secret) or not (value.startswith("{") and value.endswith("}")):
+        # A decrypted {enc:...} value (gatekeep/_secrets.py) is a literal, never a reference.
         return value
     ref = value[1:-1]
     if ref.startswith("env://"):
@@ -56,6 +75,8 @@ def resolve_secret(value: str, path: str, errors: Errors) -> Any:
             errors.add(path, f"environment variable {name!r} is not set")
             return INVALID
         return found
+    if ref.startswith("vault://env/"):
+        return _kong_env_vault(ref[len("vault://env/") :], path, errors)
     if ref.startswith("file://"):
         file = ref[len("file://") :]
         try:
@@ -64,6 +85,24 @@ def resolve_secret(value: str, path: str, errors: Errors) -> Any:
             errors.add(path, f"cannot read secret file {file!r}: {exc.strerror}")
             return INVALID
     return value
+
+
+def _kong_env_vault(ref: str, path: str, errors: Errors) -> Any:
+    """Kong's ``{vault://env/my-secret}``: the variable ``MY_SECRET``; ``/key`` picks a member of its JSON."""
+    name, _, key = ref.partition("/")
+    variable = name.upper().replace("-", "_")
+    found = os.environ.get(variable)
+    if found is None:
+        errors.add(path, f"environment variable {variable!r} is not set (from {{vault://env/{ref}}})")
+        return INVALID
+    if not key:
+        return found
+    try:
+        member = json.loads(found)[key]
+    except (ValueError, TypeError, KeyError):
+        errors.add(path, f"environment variable {variable!r} is not JSON with a {key!r} member")
+        return INVALID
+    return member if isinstance(member, str) else json.dumps(member)
 
 
 def _type_name(tp: Any) -> str:
@@ -185,6 +224,8 @@ def _structure_attrs(cls: type[Any], data: Any, path: str, errors: Errors) -> An
     fields = attrs.fields(cls)
     extra = next((f for f in fields if f.init and f.metadata.get(EXTRA_FIELDS)), None)
     known = {f.alias or f.name: f for f in fields if f.init and f is not extra}
+    data = _unalias(known, data, path, errors)
+    data = _unflatten(known, data, path, errors)
     unknown = [k for k in data if k not in known]
     kwargs: dict[str, Any] = {}
     if extra is not None:
@@ -201,6 +242,7 @@ def _structure_attrs(cls: type[Any], data: Any, path: str, errors: Errors) -> An
                 errors.add(fpath, "is required")
                 missing = True
             continue
+        before = len(errors)
         value = structure(hints.get(field.name, Any), data[key], fpath, errors)
         if value is INVALID or value is None and field.default is attrs.NOTHING:
             # Wrong shape: keep checking the rest with the default in its place.
@@ -213,7 +255,9 @@ def _structure_attrs(cls: type[Any], data: Any, path: str, errors: Errors) -> An
             except (TypeError, ValueError) as exc:
                 errors.add(fpath, str(exc))
                 continue
-        if field.validator is not None:
+        # A value with errors inside (an entry whose secret reference failed ...) is
+        # incomplete: its validator would only report the same mistake again, or crash.
+        if field.validator is not None and len(errors) == before:
             try:
                 field.validator(None, field, value)
             except (TypeError, ValueError) as exc:
@@ -221,16 +265,71 @@ def _structure_attrs(cls: type[Any], data: Any, path: str, errors: Errors) -> An
         kwargs[key] = value
     if missing:
         return INVALID
-    try:
-        if len(errors) != start:
-            # Build it anyway (validators off) so the whole-config checks can
-            # still look at it and report their errors too.
+    if len(errors) != start:
+        # Build it anyway (validators off) so the whole-config checks can
+        # still look at it and report their errors too; a class that cannot be
+        # built from the incomplete fields adds nothing to what was reported.
+        try:
             with attrs.validators.disabled():
                 return cls(**kwargs)
+        except Exception:
+            return INVALID
+    try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         errors.add(path, _clean(str(exc)))
         return INVALID
+
+
+def _unalias(
+    known: Mapping[str, Any], data: Mapping[str, Any], path: str, errors: Errors
+) -> Mapping[str, Any]:
+    """``data`` with the other accepted names of fields (``ALIASES`` metadata) under the field's own."""
+    renamed: dict[str, Any] | None = None
+    for key, field in known.items():
+        for alias in field.metadata.get(ALIASES, ()):
+            if alias not in data:
+                continue
+            if renamed is None:
+                renamed = dict(data)
+            value = renamed.pop(alias)
+            if key in data:
+                errors.add(join(path, alias), f"is another name of {key!r}; set one of them")
+                continue
+            renamed[key] = value
+    return data if renamed is None else renamed
+
+
+def _unflatten(
+    known: Mapping[str, Any], data: Mapping[str, Any], path: str, errors: Errors
+) -> Mapping[str, Any]:
+    """``data`` with ``<prefix><member>`` keys (``FLATTENED`` metadata) moved into the field's table."""
+    out: dict[str, Any] | None = None
+    for key, field in known.items():
+        prefix = field.metadata.get(FLATTENED)
+        if not prefix:
+            continue
+        flat = [k for k in data if isinstance(k, str) and k.startswith(prefix) and k not in known]
+        if not flat:
+            continue
+        out = dict(data) if out is None else out
+        table = out.get(key)
+        if table is not None and not isinstance(table, Mapping):
+            continue  # reported as the field's own error
+        merged = dict(table or {})
+        for k in flat:
+            value = out.pop(k)
+            member = k[len(prefix) :]
+            if value is None:
+                continue  # Kong's "unset"
+            if member in merged:
+                if merged[member] != value:  # Kong's dumps carry both spellings, alike
+                    errors.add(join(path, k), f"is also set as {key}.{member}; set one of them")
+                continue
+            merged[member] = value
+        if merged or table is not None:
+            out[key] = merged
+    return data if out is None else out
 
 
 def _clean(message: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from ._config import load_config
+from . import _cli_cache, _cli_config, _cli_secret
 from ._errors import ConfigError
 
 __all__ = ["main"]
@@ -40,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", help="serve a config on gatekeep's front server (limits: the config's [server] table)"
     )
-    serve.add_argument("config", help="TOML config file")
+    serve.add_argument("config", nargs="?", help="config file (TOML, JSON, decK YAML); watched, SIGHUP too")
+    serve.add_argument(
+        "--config-source", metavar="URL", help="the config from a store instead: consul://host:8500/key"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
@@ -57,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config; print every error with its path")
     check.add_argument("config", help="TOML config file")
+
+    _cli_secret.add_parser(sub)
+    _cli_config.add_parser(sub)
+    _cli_cache.add_parser(sub)
 
     token = sub.add_parser(
         "token", help="get an access token from the demo's dev issuer (client credentials)"
@@ -79,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "token":
         return _token(args.issuer, args.user, args.secret)
+    if args.command == "secret":
+        return _cli_secret.run(args)
+    if args.command == "config":
+        return _cli_config.run(args)
+    if args.command == "cache":
+        return _cli_cache.run(args)
     from .demo import run_demo
 
     demo = partial(run_demo, args.host, args.port, args.tour, redis=args.redis, access_log=args.access_log)
@@ -108,18 +121,9 @@ def _run_demo(demo: Callable[[], Awaitable[int]]) -> int:
 
 
 def _check(path: str) -> int:
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
-        for error in exc.errors:
-            print(f"  {error}", file=sys.stderr)
-        return 1
-    routes = sum(len(s.routes) for s in config.services)
-    print(
-        f"{path}: ok ({len(config.services)} services, {routes} routes, {len(config.plugins)} global plugins)"
-    )
-    return 0
+    from ._check import run_check  # load, compile and bind every plugin, as serve does
+
+    return run_check(path)
 
 
 def _token(issuer: str | None, user: str, secret: str | None) -> int:
@@ -154,8 +158,12 @@ def _token(issuer: str | None, user: str, secret: str | None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ._check import check_config
+
+    if args.config_source or not args.config:
+        return _cli_config.serve_from_source(args)  # the config from a store (Consul KV)
     try:
-        config = load_config(args.config)
+        config = check_config(args.config).config  # plugins' bind too: refused before a worker starts
     except ConfigError:
         _check(args.config)  # prints every error with its path
         return 1
@@ -186,6 +194,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_uvicorn(args: argparse.Namespace, path: str, server: Any) -> int:
+    if server.tls is not None:
+        # Serving plain HTTP where the config asks for HTTPS (and mTLS) would be worse than not starting.
+        print("gatekeep serve: [server.tls] needs the default server, not uvicorn", file=sys.stderr)
+        return 2
     try:
         import uvicorn
     except ImportError:

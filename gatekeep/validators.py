@@ -17,8 +17,49 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._http import is_header_name
+from ._structure import ALIASES, FLATTENED
 
-__all__ = ["header_name", "header_names", "non_empty", "non_negative", "port", "positive", "tcp_port"]
+__all__ = [
+    "also_named",
+    "kong_fields",
+    "flattened",
+    "header_name",
+    "header_names",
+    "non_empty",
+    "non_negative",
+    "port",
+    "positive",
+    "tcp_port",
+]
+
+
+def kong_fields(*same: str, **renamed: str) -> dict[str, str]:
+    """A config class's ``kong_names``: which fields are Kong's, and Kong's name where it differs.
+
+    ``kong_names: ClassVar[Mapping[str, str]] = kong_fields("second", "minute", tls="tls_verify")``;
+    the reference (``docs/reference/``) shows the Kong equivalent of each field from it.
+    """
+    return {name: name for name in same} | renamed
+
+
+def also_named(*names: str) -> dict[str, tuple[str, ...]]:
+    """Field metadata: other names a config may give the field (an old or another plugin's spelling).
+
+    ``roles_claims: tuple[str, ...] = attrs.field(default=(), metadata=also_named("roles_claim"))``
+    accepts ``roles_claim = [...]`` in a config; both at once is an error.  The
+    field's own name is the one the reference (``docs/reference/``) documents.
+    """
+    return {ALIASES: names}
+
+
+def flattened(prefix: str) -> dict[str, str]:
+    """Field metadata: a table field whose members a config may also give flat, with ``prefix``.
+
+    ``redis: RedisSettings | None = attrs.field(default=None, metadata=flattened("redis_"))``
+    accepts Kong's ``redis_host = "h"`` as ``redis = {host = "h"}``; a ``null`` is
+    Kong's "unset"; one member both ways is an error.
+    """
+    return {FLATTENED: prefix}
 
 
 def positive(_: Any, attribute: Any, value: float | None) -> None:

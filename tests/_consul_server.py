@@ -16,6 +16,11 @@ and nothing more:
 - ``PUT  /v1/agent/check/update/<check id>``   ``{"Status", "Output"}``
 - ``PUT  /v1/catalog/register``           a service on another node or datacenter
 - ``GET  /v1/agent/services``, ``GET /v1/agent/checks``
+- ``GET  /v1/kv/<key>``                     ``index``/``wait`` (blocking on the key), ``raw``, ``dc``;
+  404 when absent
+- ``PUT  /v1/kv/<key>``                     the raw body as the value; ``cas`` (0: only if absent), ``flags``;
+  answers ``true``/``false``
+- ``DELETE /v1/kv/<key>``                   ``cas``; answers ``true``/``false``
 
 TTL checks turn critical when their TTL passes without an update, as in
 Consul.  HTTP/TCP/gRPC checks are recorded but not run: they keep the
@@ -31,6 +36,7 @@ instead of the double (``CONSUL_HTTP_TOKEN`` for its token).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -84,6 +90,10 @@ class ConsulDouble:
         # (dc, node, check id) -> Check object (+ "_ttl", "_expires" private keys)
         self.checks: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.service_index: dict[tuple[str, str], int] = {}
+        # (dc, key) -> KV entry (``Value`` as bytes here, base64 on the wire); the index of
+        # each key's last change (deletes too), for blocking queries on a key.
+        self.kv: dict[tuple[str, str], dict[str, Any]] = {}
+        self.kv_index: dict[tuple[str, str], int] = {}
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
         self.fail_with: tuple[int, str] | None = None
         self.hold: anyio.Event | None = None
@@ -346,9 +356,11 @@ class ConsulDouble:
         dc = (query.get("dc") or [self.datacenter])[0]
         if dc not in self.datacenters:
             return 500, "No path to datacenter", {}
-        write = method == "PUT"
+        write = method in ("PUT", "DELETE")
         if write and token != "ok":
             return 403, "Permission denied", {}
+        if path.startswith("/v1/kv/"):
+            return await self._kv(method, dc, unquote(path[len("/v1/kv/") :]), query, body, token == "ok")
         if path.startswith("/v1/health/service/"):
             if method != "GET":
                 return 405, "method not allowed", {}
@@ -410,6 +422,74 @@ class ConsulDouble:
             code = self._set_check(dc, self.agent_node, check_id, data["Status"], data.get("Output", ""))
             return self._check_answer(check_id, code)
         return 404, "404 page not found", {}
+
+    def kv_put(self, key: str, value: bytes, *, cas: int | None = None, dc: str | None = None) -> bool:
+        """Set ``key`` (check-and-set against its ModifyIndex when ``cas`` is given; 0: only if absent)."""
+        dc = dc or self.datacenter
+        old = self.kv.get((dc, key))
+        if cas is not None and (old["ModifyIndex"] if old else 0) != cas:
+            return False
+        self.index += 1
+        self.kv[(dc, key)] = {
+            "LockIndex": 0,
+            "Key": key,
+            "Flags": old["Flags"] if old else 0,
+            "Value": value,
+            "CreateIndex": old["CreateIndex"] if old else self.index,
+            "ModifyIndex": self.index,
+        }
+        self._kv_changed(dc, key)
+        return True
+
+    def _kv_changed(self, dc: str, key: str) -> None:
+        self.kv_index[(dc, key)] = self.index
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _kv(
+        self, method: str, dc: str, key: str, query: dict[str, list[str]], body: bytes, allowed: bool
+    ) -> tuple[int, Any, dict[str, str]]:
+        if not key:
+            return 400, "Missing key name", {}
+        cas = int(query["cas"][0]) if "cas" in query else None
+        if method == "PUT":
+            if len(body) > 512 * 1024:
+                return 413, "Value exceeds 524288 byte limit", {}
+            ok = self.kv_put(key, body, cas=cas, dc=dc)
+            if ok and "flags" in query:
+                self.kv[(dc, key)]["Flags"] = int(query["flags"][0])
+            return 200, ok, {}
+        if method == "DELETE":
+            old = self.kv.get((dc, key))
+            if cas is not None and (old["ModifyIndex"] if old else 0) != cas:
+                return 200, False, {}
+            if old is not None:
+                del self.kv[(dc, key)]
+                self.index += 1
+                self._kv_changed(dc, key)
+            return 200, True, {}
+        if method != "GET":
+            return 405, "method not allowed", {}
+        index = int((query.get("index") or ["0"])[0] or 0)
+        if index > 0:
+            wait = min(parse_duration((query.get("wait") or ["5m"])[0]), 600.0)
+            deadline = time.monotonic() + wait + self._rng.uniform(0, wait / 16)
+            epoch = self._epoch
+            while self.kv_index.get((dc, key), 1) <= index and self._epoch == epoch:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                changed = self._changed
+                with anyio.move_on_after(deadline - now):
+                    await changed.wait()
+        entry = self.kv.get((dc, key)) if allowed else None
+        extra = {"X-Consul-Index": str(self.kv_index.get((dc, key), 1)), "X-Consul-Knownleader": "true"}
+        if entry is None:
+            return 404, "", extra
+        if "raw" in query:
+            return 200, entry["Value"].decode("latin-1"), extra
+        wire = {**entry, "Value": base64.b64encode(entry["Value"]).decode("ascii")}
+        return 200, [wire], extra
 
     @staticmethod
     def _check_answer(check_id: str, code: int) -> tuple[int, Any, dict[str, str]]:

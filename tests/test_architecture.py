@@ -51,6 +51,8 @@ PLUGIN_MAY_IMPORT = (
     "gatekeep.authz",
     "gatekeep.observability",
     "gatekeep.ratelimit",
+    "gatekeep.cache",
+    "gatekeep.transform",
 )
 
 

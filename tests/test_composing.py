@@ -275,7 +275,7 @@ async def test_a_gateway_without_the_named_part_is_refused() -> None:
         "services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [{"paths": ["/"]}]}],
     }
     with pytest.raises(
-        ConfigError, match=r"authz\.config\.authorizer.*no authorizer 'policy'.*given: 'other'"
+        ConfigError, match=r"plugins\[0\]\.config\.authorizer.*no authorizer 'policy'.*given: 'other'"
     ):
         Gateway(authorized, authorizers={"other": NoDeletes()})
 

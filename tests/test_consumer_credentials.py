@@ -137,16 +137,16 @@ def test_credential_errors_name_their_path() -> None:
 def test_an_unknown_credential_field_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError) as refused:
         load_config(
-            _config({"username": "a", "basicauth_credentials": [{"username": "a", "password": "p"}]}),
+            _config({"username": "a", "oauth2_credentials": [{"client_id": "a", "client_secret": "p"}]}),
             plugins=PLUGINS,
         )
     (error,) = refused.value.errors
-    assert error.path == "consumers[0].basicauth_credentials"
+    assert error.path == "consumers[0].oauth2_credentials"
     assert error.message.startswith(
         "unknown field (expected one of: custom_id, groups, id, plugins, username; "
         "credential fields of installed plugins: "
     )
-    for field in ("hmacauth_credentials", "jwt_secrets", "keyauth_credentials"):
+    for field in ("hmacauth_credentials", "jwt_secrets", "keyauth_credentials", "basicauth_credentials"):
         assert field in error.message
 
 

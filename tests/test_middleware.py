@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import h11
+import jwt
 import pytest
 
 import gatekeep
@@ -480,8 +481,10 @@ DOC_COMMANDS = [
     line[2:]
     for block in re.findall(r"```console\n(.*?)```", DOC.read_text(), re.DOTALL)
     for line in block.splitlines()
-    if line.startswith("$ ")
+    if line.startswith("$ ") and not line.startswith("$ export ")  # the test sets the variables
 ]
+# The page's middleware config reads the HS256 key from $JWT_SECRET: tokens are real.
+DOC_JWT_SECRET = "embedding-doc-secret-" + "s" * 32
 
 
 def _doc_argv(command: str, port: int) -> list[str]:
@@ -502,7 +505,9 @@ async def test_embedding_doc(command: str, tmp_path: Path, upstream: tuple[Strea
         text = text.replace("127.0.0.1:9001", f"127.0.0.1:{upstream[1]}")
         (tmp_path / name).write_text(text.replace("8000", str(port)) if name.endswith(".py") else text)
     middleware = any(m in command for m in ("fastapi_app", "fastapi_middleware", "flask_app"))
-    with running(program, "", app_dir=tmp_path, argv=_doc_argv(command, port), port=port) as (proc, _):
+    env = {"JWT_SECRET": DOC_JWT_SECRET}
+    argv = _doc_argv(command, port)
+    with running(program, "", app_dir=tmp_path, argv=argv, port=port, env=env) as (proc, _):
         client = TestClient("127.0.0.1", port, timeout=20)
         response = await client.get("/orders/1")
         assert response.status == 200, proc.log()
@@ -510,10 +515,19 @@ async def test_embedding_doc(command: str, tmp_path: Path, upstream: tuple[Strea
         if not middleware:
             _problem(await client.get("/nowhere"), 404)
         else:
-            hello = await client.get("/api/hello", headers={"x-request-id": "doc-1"})
+            # Authentication on: the app answers the caller's identity as JSON.
+            claims = {"sub": "doc-user", "roles": ["reader"], "exp": int(time.time()) + 600}
+            auth = {"authorization": "Bearer " + jwt.encode(claims, DOC_JWT_SECRET, algorithm="HS256")}
+            hello = await client.get("/api/hello", headers={"x-request-id": "doc-1", **auth})
             assert hello.status == 200, proc.log()
             assert hello.json()["request_id"] == "doc-1" and hello.json()["hello"] == "world"
-            _problem(await client.post("/api/hello", body=b"x" * (MiB + 1)), 413)
+            user = hello.json()["user"]
+            assert user["subject"] == "doc-user" and user["roles"] == ["reader"]
+            assert user["claims"]["sub"] == "doc-user"
+            denied = await client.get("/api/hello")
+            _problem(denied, 401)
+            assert denied.header("www-authenticate") == "Bearer"
+            _problem(await client.post("/api/hello", body=b"x" * (MiB + 1), headers=auth), 413)
 
 
 def test_embedding_doc_is_complete() -> None:

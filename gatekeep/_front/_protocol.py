@@ -40,11 +40,14 @@ connection is closed.
 Nothing here reads ``X-Forwarded-*`` or ``Forwarded``: the scope's ``client``
 is the TCP peer, and the gateway's ``trusted_proxies`` decide what to believe.
 
-Upgrades: ``Upgrade: websocket`` is answered 501 (not proxied yet), ``CONNECT``
-too; any other upgrade (``h2c`` ...) is ignored and the request served as
-HTTP/1.1, as nginx does.  llhttp treats an upgrade request as the end of
-HTTP on the connection, so after one a new parser takes over, primed with a
-made-up head when the request has a body still to read.
+Upgrades: ``Upgrade: websocket`` makes the request an ASGI ``websocket``
+scope served by ``ServerWebSocket`` (``_websocket.py``): the bytes after its
+head go to it, not to the parser, and the connection never carries HTTP
+again.  ``CONNECT`` is answered 501; any other upgrade (``h2c`` ...) is
+ignored and the request served as HTTP/1.1, as nginx and Envoy do.  llhttp
+treats an upgrade request as the end of HTTP on the connection, so after an
+ignored one a new parser takes over, primed with a made-up head when the
+request has a body still to read.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 from urllib.parse import unquote
 
 import httptools
@@ -61,8 +64,10 @@ import httptools
 from .._errors import BadRequest, GatekeepError, HeaderFieldsTooLarge, RequestTimeout, Unsupported, URITooLong
 from . import _wire
 from ._settings import ServerSettings
+from ._tls import tls_extension
+from ._websocket import ServerWebSocket, check_handshake, websocket_scope
 
-__all__ = ["HTTPConnection", "ServerState"]
+__all__ = ["HTTPConnection", "LongLived", "ServerState"]
 
 log = logging.getLogger("gatekeep.serve")
 access_log = logging.getLogger("gatekeep.serve.access")
@@ -96,10 +101,27 @@ class _Refused(Exception):
     """Raised in a parser callback to stop parsing; the reason is in ``HTTPConnection.refusal``."""
 
 
+class LongLived(Protocol):
+    """A connection that outlives its request (a WebSocket), in ``ServerState.long_lived`` while open."""
+
+    def going_away(self) -> None:
+        """The server is draining: close now (a WebSocket with 1001); the task serving it then ends."""
+
+
 class ServerState:
     """What the connections of one server share: the app, the limits, who is connected."""
 
-    __slots__ = ("access_log", "app", "connections", "draining", "lifespan_state", "settings", "tasks")
+    __slots__ = (
+        "access_log",
+        "app",
+        "connections",
+        "draining",
+        "lifespan_state",
+        "long_lived",
+        "server_field",
+        "settings",
+        "tasks",
+    )
 
     def __init__(self, app: ASGI, settings: ServerSettings, *, access_log: bool = False) -> None:
         self.app = app
@@ -108,8 +130,12 @@ class ServerState:
         self.connections: set[HTTPConnection] = set()
         # The tasks answering requests: the server cancels what is left after its drain timeout.
         self.tasks: set[asyncio.Task[None]] = set()
+        # Upgraded connections the drain asks to go away (their tasks are in ``tasks``).
+        self.long_lived: set[LongLived] = set()
         self.draining = False
         self.lifespan_state: dict[str, Any] = {}
+        server = settings.server_header
+        self.server_field = b"server: " + server.encode("ascii") + b"\r\n" if server else b""
 
 
 class HTTPConnection(asyncio.Protocol):
@@ -123,6 +149,8 @@ class HTTPConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.tls: dict[str, Any] | None = None  # the ASGI TLS extension, once per connection
         self.cycle: _Cycle | None = None  # the request the app is answering
         self.parsing: _Cycle | None = None  # the request whose body is being parsed
         self.pipeline: deque[_Cycle] = deque()
@@ -149,6 +177,8 @@ class HTTPConnection(asyncio.Protocol):
         self.coded = False  # a Transfer-Encoding field
         # Priming a fresh parser after an ignored upgrade: its callbacks are not a request.
         self.priming = False
+        # After a WebSocket handshake's head: every byte goes to it (see _websocket.py).
+        self.websocket: ServerWebSocket | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -161,6 +191,10 @@ class HTTPConnection(asyncio.Protocol):
             self.client = (str(peer[0]), int(peer[1]))
         if isinstance(local, tuple):
             self.server = (str(local[0]), int(local[1]))
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.scheme = "https"
+            self.tls = tls_extension(ssl_object)
         self.transport.set_write_buffer_limits(high=self.settings.write_buffer_bytes)
         self._arm(self.settings.header_timeout, self._head_timed_out, _HEAD)
 
@@ -174,6 +208,8 @@ class HTTPConnection(asyncio.Protocol):
                 cycle.wake()
         self.pipeline.clear()
         self._wake_writer()
+        if self.websocket is not None:
+            self.websocket.connection_lost()
 
     def eof_received(self) -> bool | None:
         # The client closed its side: as nginx does, take it as gone (the app
@@ -188,6 +224,9 @@ class HTTPConnection(asyncio.Protocol):
         self._wake_writer()
 
     def data_received(self, data: bytes) -> None:
+        if self.websocket is not None:
+            self.websocket.data_received(data)
+            return
         if self.closing or self.refused:
             return  # a lingering close: the client's late bytes are dropped
         self.received = True
@@ -199,25 +238,30 @@ class HTTPConnection(asyncio.Protocol):
                 self._arm(self.settings.header_timeout, self._head_timed_out, _HEAD)
         limit = self.settings.max_header_bytes
         view = memoryview(data)
+        whole = True  # the parser is fed all of ``view`` (else what follows the part fed)
         try:
             while self.parse is _HEAD:
                 budget = limit - self.head_bytes
                 if len(view) <= budget:
                     self.head_bytes += len(view)
+                    whole = True
                     self._feed(view)
                     return
+                whole = False
                 part, view = view[:budget], view[budget:]
                 self.head_bytes += budget
                 self._feed(part)
                 if self.parse is _HEAD and self.head_bytes >= limit:
                     raise _Refused(HeaderFieldsTooLarge(f"the request head is larger than {limit} bytes"))
             if view:
+                whole = True
                 self._feed(view)
         except _Refused as exc:
             self._refuse(exc.args[0])
         except _Upgraded as upgraded:
-            # ``view`` is what was not fed yet; the parser stopped ``upgraded.rest`` bytes early.
-            self._after_upgrade(bytes(upgraded.rest) + bytes(view))
+            # The parser stopped ``upgraded.rest`` bytes before the end of what it was fed.
+            rest = bytes(upgraded.rest) if whole else bytes(upgraded.rest) + bytes(view)
+            self._after_upgrade(rest)
 
     def _feed(self, data: memoryview) -> None:
         try:
@@ -284,8 +328,13 @@ class HTTPConnection(asyncio.Protocol):
         self.parse = _BODY
         parser = self.parser
         method_bytes = parser.get_method()
-        if self.upgrade is not None and b"websocket" in self.upgrade:
-            self._stop(Unsupported("WebSocket proxying is not supported yet by gatekeep serve"))
+        websocket = self.upgrade is not None and b"websocket" in self.upgrade
+        if websocket:
+            refusal = check_handshake(method_bytes, parser.get_http_version(), self.headers, self.has_body)
+            if refusal is not None:
+                self._stop(refusal)
+            if self.cycle is not None:
+                self._stop(BadRequest("a WebSocket handshake may not be pipelined behind another request"))
         if method_bytes == b"CONNECT":
             self._stop(Unsupported("CONNECT is not supported by gatekeep serve"))
         version = parser.get_http_version()
@@ -317,7 +366,7 @@ class HTTPConnection(asyncio.Protocol):
             "http_version": version,
             "server": self.server,
             "client": self.client,
-            "scheme": "http",
+            "scheme": self.scheme,
             "method": method,
             "root_path": "",
             "path": unquote(path.decode("latin-1")),
@@ -327,6 +376,11 @@ class HTTPConnection(asyncio.Protocol):
         }
         if self.shared.lifespan_state:
             scope["state"] = self.shared.lifespan_state.copy()
+        if self.tls is not None:
+            scope["extensions"] = {"tls": self.tls}
+        if websocket:
+            self._start_websocket(websocket_scope(scope))
+            return
         keep_alive = parser.should_keep_alive() and not self.shared.draining
         if self.coded and version == "1.0":
             # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
@@ -390,6 +444,32 @@ class HTTPConnection(asyncio.Protocol):
         self.shared.tasks.add(task)
         task.add_done_callback(self.shared.tasks.discard)
 
+    def _start_websocket(self, scope: Scope) -> None:
+        self.pause_for_websocket()  # nothing is read until the app accepts
+        ws = self.websocket = ServerWebSocket(self, scope)
+        self.shared.long_lived.add(ws)  # the drain closes it with 1001
+        task = self.loop.create_task(ws.run(self.shared.app))
+        self.shared.tasks.add(task)
+        task.add_done_callback(self.shared.tasks.discard)
+
+    # What ``ServerWebSocket`` may do to its connection.
+
+    def pause_for_websocket(self) -> None:
+        self._pause_reading()
+
+    def resume_for_websocket(self) -> None:
+        if self.read_paused and not self.closing:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close_transport(self) -> None:
+        self.closing = True
+        self._disarm()
+        self.transport.close()
+
+    def close_lingering(self) -> None:
+        self._close_lingering()
+
     def cycle_done(self, cycle: _Cycle) -> None:
         """The app sent the last byte of ``cycle``'s response."""
         if self.shared.access_log:
@@ -446,6 +526,9 @@ class HTTPConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """The server is draining: close now if idle, else after the answer in progress."""
+        if self.websocket is not None:
+            self.websocket.shutdown()  # close 1001
+            return
         if self.cycle is None:
             self.closing = True
             self._disarm()
@@ -481,7 +564,7 @@ class HTTPConnection(asyncio.Protocol):
     def _answer_and_close(self, error: GatekeepError) -> None:
         if error.status >= 500:
             log.info("refused a request from %s: %s", self.client, error.detail)
-        self.transport.write(_wire.problem(error))
+        self.transport.write(_wire.problem(error, self.shared.server_field))
         self._close_lingering()
 
     def _close_lingering(self) -> None:
@@ -564,7 +647,11 @@ class HTTPConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _after_upgrade(self, rest: bytes) -> None:
-        """llhttp stopped at an upgrade we ignore: go on with a fresh parser."""
+        """llhttp stopped at an upgrade: the WebSocket's bytes, or go on with a fresh parser."""
+        if self.websocket is not None:
+            if rest:
+                self.websocket.data_received(rest)
+            return
         self.parser = httptools.HttpRequestParser(self)
         cycle = self.parsing
         if cycle is not None and cycle.upgrade_body:
@@ -678,7 +765,8 @@ class _Cycle:
             return  # nothing left to tell the client (an error after the answer is the app's own)
         if not self.response_started:
             self.response_started = self.response_complete = True
-            conn.transport.write(_wire.problem(GatekeepError("the server failed to answer")))
+            failed = GatekeepError("the server failed to answer")
+            conn.transport.write(_wire.problem(failed, conn.shared.server_field))
             conn.cycle = None
             conn._close_lingering()
         else:
@@ -762,6 +850,7 @@ class _Cycle:
                 head=self.head_request,
                 http_11=self.http_11,
                 keep_alive=self.keep_alive and not self.conn.shared.draining,
+                server=self.conn.shared.server_field,
             )
             self.response_started = True  # only now: a head refused above still gets our 500
             self.status = message["status"]

@@ -7,11 +7,19 @@ server starts; a config reload does not change them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from .. import validators
+from ._tls import TLSSettings
 
 __all__ = ["ServerSettings"]
+
+
+def _field_value(_: Any, attribute: Any, value: str | None) -> None:
+    if value is not None and (not value or not value.isascii() or not value.isprintable()):
+        raise ValueError(f"must be printable ASCII, got {value!r}")
 
 
 @attrs.frozen
@@ -28,6 +36,9 @@ class ServerSettings:
         keepalive_timeout: seconds a connection may sit idle between requests; then closed silently.
         write_buffer_bytes: bytes queued for a slow reader before the app's ``send`` waits.
         drain_timeout: on SIGTERM/SIGINT, seconds in-flight requests get to finish.
+        server_header: the ``Server`` field of every answer the app sends without one
+            (``None``: no ``Server`` field; the upstream's is hidden by ``[gateway]``).
+        tls: HTTPS on the port (``[server.tls]``, see ``TLSSettings``); ``None``: plain HTTP.
     """
 
     max_header_bytes: int = attrs.field(default=32 * 1024, validator=validators.positive)
@@ -37,3 +48,5 @@ class ServerSettings:
     keepalive_timeout: float = attrs.field(default=75.0, validator=validators.positive)
     write_buffer_bytes: int = attrs.field(default=64 * 1024, validator=validators.positive)
     drain_timeout: float = attrs.field(default=30.0, validator=validators.positive)
+    server_header: str | None = attrs.field(default=None, validator=_field_value)
+    tls: TLSSettings | None = None

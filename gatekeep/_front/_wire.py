@@ -86,8 +86,12 @@ class ResponseHead:
         self.keep_alive = keep_alive
 
 
-def response_head(status: Any, headers: Any, *, head: bool, http_11: bool, keep_alive: bool) -> ResponseHead:
+def response_head(
+    status: Any, headers: Any, *, head: bool, http_11: bool, keep_alive: bool, server: bytes = b""
+) -> ResponseHead:
     """The head of a response to a request (``head``: it was a HEAD request).
+
+    ``server`` is a whole ``server: ...`` field line, added when the app sent no ``Server``.
 
     Raises:
         ValueError: a status outside 100–599, or a field that is not valid HTTP.
@@ -118,6 +122,8 @@ def response_head(status: Any, headers: Any, *, head: bool, http_11: bool, keep_
             continue
         if name == b"date":
             has_date = True
+        elif name == b"server":
+            server = b""
         parts += (name, b": ", value, b"\r\n")
     if status < 200 or status == 204:
         framing = NONE  # RFC 9110 §8.6: no Content-Length on these
@@ -138,6 +144,8 @@ def response_head(status: Any, headers: Any, *, head: bool, http_11: bool, keep_
         framing = NONE
     if not has_date:
         parts.append(date_header())
+    if server:
+        parts.append(server)
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
@@ -149,13 +157,13 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-def problem(error: GatekeepError) -> bytes:
-    """A whole problem+json response for ``error``, closing the connection."""
+def problem(error: GatekeepError, server: bytes = b"") -> bytes:
+    """A whole problem+json response for ``error``, closing the connection (``server``: a field line)."""
     answer = problem_response(error)
     body = answer.body
     assert isinstance(body, bytes)
     parts = [_STATUS_LINES[answer.status]]
     for name, value in answer.headers.raw:
         parts += (name, b": ", value, b"\r\n")
-    parts += (date_header(), b"connection: close\r\n\r\n", body)
+    parts += (date_header(), server, b"connection: close\r\n\r\n", body)
     return b"".join(parts)

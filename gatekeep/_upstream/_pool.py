@@ -39,7 +39,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 import anyio
@@ -90,7 +90,7 @@ def body_untouched(exc: BaseException) -> bool:
 
 
 class _Origin:
-    __slots__ = ("host", "idle", "label", "port", "server_name", "slots", "ssl_context")
+    __slots__ = ("closed", "host", "idle", "label", "port", "server_name", "slots", "ssl_context")
 
     def __init__(
         self,
@@ -108,6 +108,8 @@ class _Origin:
         self.server_name = server_name
         self.idle: deque[UpstreamConnection] = deque()
         self.slots = anyio.Semaphore(limit, fast_acquire=True)
+        # Forgotten by the pool (``UpstreamPool.forget``): its busy connections close when released.
+        self.closed = False
 
 
 # The codec a pool uses when none is given: "auto", "h11" or "httptools".
@@ -261,6 +263,16 @@ class UpstreamPool:
             while origin.idle:
                 await origin.idle.pop().aclose()
 
+    async def forget(self, addresses: Collection[tuple[str, int]]) -> None:
+        """Close the connections to these ``(host, port)``s: idle ones now, busy ones when
+        their response ends (the instances of a service a reload removed)."""
+        for key, origin in list(self._origins.items()):
+            if (origin.host, origin.port) in addresses:
+                del self._origins[key]
+                origin.closed = True
+                while origin.idle:
+                    await origin.idle.pop().aclose()
+
     # -- internals -----------------------------------------------------------
 
     def _make_origin(self, instance: Instance, tls: TLSSettings | None) -> _Origin:
@@ -330,6 +342,7 @@ class UpstreamPool:
         if (
             reuse
             and not self._closed
+            and not origin.closed
             and conn.is_reusable
             and len(idle) < self._limits.max_idle
             and not conn.is_stale()  # bytes after the response, or EOF: never reused

@@ -31,8 +31,12 @@ path and the principal.  Any other answer denies the handshake: sent as an
 HTTP answer through the ``websocket.http.response`` extension when the server
 has it (uvicorn, hypercorn and granian do), else by closing before accept
 (code 1008 for a 4xx answer, 1011 otherwise; the server then answers 403).
-A route to a remote upstream answers 501 (WebSocket proxying is not
-supported yet).  No other scope type is served.
+A route to a remote upstream is proxied (``gatekeep/_websocket``): the
+upstream is chosen and connected like for HTTP, its non-101 answer denies
+the handshake as above, and after its 101 the client is accepted with the
+upstream's subprotocol and the session relays messages until a close.  At
+lifespan shutdown proxied sockets are closed with 1001.  No other scope
+type is served.
 
 Client aborts: a client that goes away before its request is complete is no
 error of the gateway's.  The request ends as ``ClientClosedRequest``
@@ -57,6 +61,8 @@ from .._errors import BadRequest, ClientClosedRequest, GatekeepError
 from .._filter import Exchange
 from .._gateway import Gateway
 from .._http import EMPTY_BODY, Headers, Request, Response, header_names, problem_response
+from .._websocket._session import relay
+from .._websocket._upstream import UPSTREAM
 from ._asgi_app import _UPGRADE, ASGI, AppCaller, AppLifespan, Receive, Scope, Send, deny_websocket
 
 __all__ = ["ASGIApp", "Middleware", "asgi"]
@@ -193,14 +199,22 @@ class ASGIApp:
             return
         request.websocket = True
         exchange = Exchange(request)
-        response = await self.gateway.handle(request, exchange, self._caller)
+        gateway = self.gateway
+        response = await gateway.handle(request, exchange, self._caller)
         try:
             if request.state.get(_UPGRADE) is response and self._caller is not None:
                 await self._caller.websocket(request, scope, receive, send, exchange)
+            elif response.status == 101 and (upstream := request.state.get(UPSTREAM)) is not None:
+                # The upstream accepted (gatekeep/_websocket): relay until either side closes.
+                settings = gateway.config.gateway.websocket
+                await relay(
+                    receive, send, upstream, response, exchange, settings=settings, stats=gateway.websockets
+                )
             else:
                 await deny_websocket(scope, send, response, exchange)
         finally:
-            await response.aclose()
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
             exchange.end = time.perf_counter()
             if self.gateway.has_log_phase:
                 await self.gateway.log(exchange)
@@ -229,6 +243,7 @@ class ASGIApp:
             self._started = True
             await send({"type": "lifespan.startup.complete"})
             message = await receive()
+            await _close_websockets(self.gateway)
             try:
                 if inner is not None:
                     failure = await inner.shutdown()
@@ -331,6 +346,14 @@ class ASGIApp:
                 log.info("client closed the connection during %s %s", request.method, request.path)
         if self.gateway.has_log_phase:
             await self.gateway.log(exchange)
+
+
+async def _close_websockets(gateway: Gateway) -> None:
+    """Shutdown: proxied WebSockets close with 1001 (going away), given ``close_timeout`` to do so."""
+    stats = gateway.websockets
+    if stats.close_all(1001, "the gateway is shutting down"):
+        with anyio.move_on_after(gateway.config.gateway.websocket.close_timeout):
+            await stats.wait_closed()
 
 
 class Middleware(ASGIApp):

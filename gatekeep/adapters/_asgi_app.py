@@ -24,7 +24,18 @@ from .._filter import Exchange
 from .._gateway import Gateway
 from .._http import Headers, Request, Response, problem_response
 
-__all__ = ["ASGI", "AppCaller", "AppLifespan", "Message", "Receive", "Scope", "Send", "deny_websocket"]
+__all__ = [
+    "ASGI",
+    "ROUTE_TEMPLATE",
+    "AppCaller",
+    "AppLifespan",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "deny_websocket",
+    "route_template",
+]
 
 log = logging.getLogger("gatekeep")
 
@@ -38,6 +49,11 @@ ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 # The key of ``Request.state`` where ``_AppCaller`` leaves the answer that hands a
 # WebSocket handshake to the wrapped app (the server adapter compares by identity).
 _UPGRADE = "gatekeep.websocket.upgrade"
+# Where the wrapped app's route template for a request goes: in ``Request.state``
+# (read by the ``prometheus`` plugin for a request no gateway route matched), and
+# in the scope / WSGI environ when a framework integration puts it there (Flask's
+# rule, Django's resolver route; Starlette's own ``scope["route"]`` is read as is).
+ROUTE_TEMPLATE = "gatekeep.route_template"
 # Framing of a denial is the adapter's: a filter's or upstream's is dropped.
 _DENIAL_DROPS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"upgrade"})
 
@@ -59,6 +75,26 @@ async def deny_websocket(
         # Before accept no close code reaches the client (the server answers 403);
         # the code is for the server's own log: a policy denial, or our failure.
         await send({"type": "websocket.close", "code": 1008 if response.status < 500 else 1011})
+
+
+def route_template(scope: Scope) -> str | None:
+    """The route template the wrapped app matched (never the raw path), or ``None``.
+
+    One an integration left under ``ROUTE_TEMPLATE``, else Starlette's (and
+    so FastAPI's) ``scope["route"].path``, e.g. ``/items/{item_id}``.
+    """
+    template = scope.get(ROUTE_TEMPLATE)
+    if template is None:
+        template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) else None
+
+
+def _app_state(lifespan_state: dict[str, Any], request: Request) -> dict[str, Any]:
+    """The request's ``scope["state"]``: the lifespan's (a shallow copy, as servers
+    make it) and the caller's identity (Starlette's ``request.state.identity``)."""
+    state = dict(lifespan_state)
+    state["identity"] = request.identity
+    return state
 
 
 class _Handshake:
@@ -159,7 +195,7 @@ class AppCaller:
             "headers": request.headers.raw,
             "client": request.client,
             "server": request.server,
-            "state": dict(self.state),
+            "state": _app_state(self.state, request),
             "gatekeep.identity": request.identity,
             "gatekeep.consumer": request.consumer,
             "gatekeep.request_id": request.request_id,
@@ -192,7 +228,7 @@ class AppCaller:
             "raw_path": path.encode("latin-1"),
             "query_string": request.query_string,
             "headers": request.headers.raw,
-            "state": dict(self.state),
+            "state": _app_state(self.state, request),
             "gatekeep.identity": request.identity,
             "gatekeep.consumer": request.consumer,
             "gatekeep.request_id": request.request_id,
@@ -236,8 +272,9 @@ class AppCaller:
         async def send(message: Message) -> None:
             messages.append(message)
 
+        scope = self.scope_for(request)
         try:
-            await self.app(self.scope_for(request), receive, send)
+            await self.app(scope, receive, send)
         except Exception:
             receive.reraise()
             raise
@@ -245,8 +282,17 @@ class AppCaller:
         if not messages or messages[0]["type"] != "http.response.start":
             raise_app_error("the wrapped app returned without a response")
         start = messages[0]
+        _note_route(scope, request)
         body = b"".join(m.get("body", b"") for m in messages[1:] if m["type"] == "http.response.body")
         return Response(start["status"], Headers(list(start.get("headers", []))), body, source="service")
+
+
+def _note_route(scope: Scope, request: Request) -> None:
+    """Keep the app's route template of a request no gateway route named (for metrics)."""
+    if request.route is None:
+        template = route_template(scope)
+        if template is not None:
+            request.state[ROUTE_TEMPLATE] = template
 
 
 def raise_app_error(detail: str) -> None:
@@ -319,6 +365,7 @@ class _StreamedApp:
         if start["type"] != "http.response.start":
             await self._close()
             raise_app_error("the wrapped app sent a body before its response head")
+        _note_route(self.scope, self.request)
         headers = Headers([(bytes(k).lower(), bytes(v)) for k, v in start.get("headers", [])])
         return Response(start["status"], headers, self._body(), source="service", deferred=[self._close])
 

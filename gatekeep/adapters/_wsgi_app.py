@@ -22,6 +22,7 @@ import anyio.to_thread
 
 from .._errors import GatekeepError, UpstreamError
 from .._http import Headers, Request, Response
+from ._asgi_app import ROUTE_TEMPLATE
 
 __all__ = ["WSGI", "StartResponse", "WSGIAppCaller"]
 
@@ -160,6 +161,11 @@ class WSGIAppCaller:
             raise wsgi_input.error
         if not head:
             raise UpstreamError("the wrapped app returned without calling start_response")
+        if request.route is None:
+            # The template a framework integration noted (Flask's rule, Django's route).
+            template = environ.get(ROUTE_TEMPLATE)
+            if isinstance(template, str):
+                request.state[ROUTE_TEMPLATE] = template
         status = int(str(head[0]).split(" ", 1)[0])
         headers = Headers([(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in head[1]])
 

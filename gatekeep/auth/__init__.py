@@ -37,6 +37,13 @@ from ._jwks import JWKSPolicy, JWKSStats, KeySetState, RemoteKeySet
 from ._jwt import Credential, IssuerConfig, JWTVerifier, VerifierConfig
 from ._key_config import Algorithm, KeyConfig
 from ._keys import BadKey, VerificationKey, key_from_jwk, key_from_pem, key_from_secret
+from ._passwords import (
+    PasswordHash,
+    hash_password,
+    is_password_hash,
+    parse_password_hash,
+    verify_password,
+)
 
 __all__ = [
     "IDENTITY_HEADERS",
@@ -55,6 +62,7 @@ __all__ = [
     "KeySetState",
     "KeysUnavailable",
     "MissingCredentials",
+    "PasswordHash",
     "NameKind",
     "RemoteKeySet",
     "VerificationKey",
@@ -63,14 +71,18 @@ __all__ = [
     "anonymous_identity",
     "authenticate",
     "certificate_names",
+    "hash_password",
+    "is_password_hash",
     "is_identity_header",
     "key_from_jwk",
     "key_from_pem",
     "key_from_secret",
+    "parse_password_hash",
     "peer_certificate",
     "peer_certificate_from_environ",
     "peer_certificate_from_tls",
     "resolve_anonymous",
     "set_identity_headers",
     "strip_identity_headers",
+    "verify_password",
 ]

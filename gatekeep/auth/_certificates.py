@@ -1,14 +1,16 @@
 """The verified client certificate of a request, and the names it vouches for.
 
-gatekeep does not terminate TLS itself; the server in front of it does, and
-has already verified the client's certificate against its CA.  This module
+The gateway does not terminate TLS; its server does (``gatekeep serve``'s
+front server, gunicorn, ...), and has already verified the client's
+certificate against its CA.  This module
 only *reads* that certificate where the server put it:
 
 * the ASGI TLS extension (``scope["extensions"]["tls"]``, kept in
   ``request.state["tls"]``): ``client_cert_chain`` = PEM strings, leaf first;
   a single PEM string as in the 0.3 draft; or ``client_cert`` as DER bytes.
-  No released ASGI server we test (uvicorn 0.54, hypercorn 0.18, granian 2.8)
-  fills it yet: see ``docs/authorization.md``.
+  ``gatekeep serve`` with ``[server.tls]`` fills it; no released third-party
+  ASGI server we test (uvicorn 0.54, hypercorn 0.18, granian 2.8) does yet:
+  see ``docs/authorization.md``.
 * the WSGI environ (``request.state["wsgi.environ"]``): gunicorn's
   ``gunicorn.socket`` (an ``ssl.SSLSocket`` when gunicorn terminates TLS), or
   Apache ``mod_ssl``'s ``SSL_CLIENT_VERIFY=SUCCESS`` with ``SSL_CLIENT_CERT``

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ..validators import also_named
 from ._keys import BadKey, VerificationKey, key_from_jwk, key_from_pem, key_from_secret
 
 __all__ = ["Algorithm", "KeyConfig"]
@@ -45,7 +46,8 @@ class KeyConfig:
 
     algorithm: Algorithm | None = None
     kid: str | None = None
-    pem: str | None = None
+    # ``rsa_public_key`` (the name in consumers' jwt_secrets, Kong's) is accepted too.
+    pem: str | None = attrs.field(default=None, metadata=also_named("rsa_public_key"))
     jwk: Mapping[str, Any] | None = None
     secret: str | None = attrs.field(default=None, repr=False)
     secret_is_base64: bool = False

@@ -55,6 +55,7 @@ import attrs
 from .._errors import AuthError, Forbidden
 from .._protocols import Identity
 from .._structure import structure_or_raise
+from ..validators import also_named
 from ._claims import ClaimPath, compile_paths, extract, path_problem
 
 __all__ = [
@@ -201,10 +202,10 @@ class RbacConfig:
     rules: tuple[RuleConfig, ...] = attrs.field(validator=_rules)
     hierarchy: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, validator=_hierarchy)
     roles_claims: tuple[str | tuple[str, ...], ...] = attrs.field(
-        default=DEFAULT_ROLES_CLAIMS, validator=_claim_paths
+        default=DEFAULT_ROLES_CLAIMS, validator=_claim_paths, metadata=also_named("roles_claim")
     )
     scopes_claims: tuple[str | tuple[str, ...], ...] = attrs.field(
-        default=DEFAULT_SCOPES_CLAIMS, validator=_claim_paths
+        default=DEFAULT_SCOPES_CLAIMS, validator=_claim_paths, metadata=also_named("scopes_claim")
     )
     clients: tuple[str, ...] = attrs.field(default=(), validator=_names)
     groups_as_roles: bool = True

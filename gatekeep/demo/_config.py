@@ -49,7 +49,7 @@ def demo_config(
             "typ": "at+jwt",
             # The token's client_id names the consumer, so consumer-scoped plugins and
             # X-Consumer-Username apply to it.
-            "consumer_claim": ["client_id"],
+            "consumer_claims": ["client_id"],
         },
     }
 

@@ -78,8 +78,18 @@ class CompositeDiscovery:
         async with anyio.create_task_group() as starting:
             for watcher in (self._static, *self._dynamic.values()):
                 start = getattr(watcher, "start", None)
-                if start is not None:
+                if start is not None and not any(w is watcher for w in self._started):
                     starting.start_soon(start_one, watcher, start)
+
+    def adopt(self, previous: CompositeDiscovery) -> None:
+        """A reload: take over the started watchers this one shares with ``previous``.
+
+        ``start`` then starts only the new ones, and ``previous.stop()`` stops
+        only those this one dropped.
+        """
+        mine = [w for w in previous._started if any(w is d for d in self._dynamic.values())]
+        previous._started = [w for w in previous._started if not any(w is m for m in mine)]
+        self._started.extend(mine)
 
     async def stop(self) -> None:
         started, self._started = self._started, []

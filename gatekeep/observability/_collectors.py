@@ -33,6 +33,8 @@ log = logging.getLogger("gatekeep.observability")
 # "unavailable": answered 503 because the store was down and fault_tolerant is off.
 RATELIMIT_RESULTS = ("allowed", "rejected", "fallback", "unavailable")
 BREAKER_STATES = ("closed", "half-open", "open")
+# The proxy-cache plugin's lookup counters (stats fields), named by X-Cache-Status.
+CACHE_RESULTS = {"hits": "hit", "misses": "miss", "refreshes": "refresh", "bypasses": "bypass"}
 # Kong's target states, plus "ejected" (passive health checks took it out for a while).
 HEALTH_STATES = ("healthy", "unhealthy", "ejected", "healthchecks_off")
 
@@ -129,8 +131,10 @@ class GatewayCollector(Collector):
         parts: tuple[Callable[[], Iterable[Metric]], ...] = (
             self._ratelimit,
             self._jwks,
+            self._cache,
             self._breakers,
             self._discovery,
+            self._websockets,
         )
         for part in parts:
             try:
@@ -142,6 +146,46 @@ class GatewayCollector(Collector):
                 yield from list(self._health())
             except Exception:
                 log.exception("metrics: reading upstream health failed; left out of this scrape")
+
+    # -- proxied WebSockets: the gateway's WebSocketStats ----------------------
+
+    def _websockets(self) -> Iterable[Metric]:
+        stats = getattr(self.context, "websockets", None)
+        routes = dict(getattr(stats, "routes", None) or {})
+        if not routes:
+            return []
+        labels = ["service", "route"]
+        connections = GaugeMetricFamily(
+            "gatekeep_websocket_connections", "Proxied WebSocket connections open now.", labels=labels
+        )
+        opened = CounterMetricFamily(
+            "gatekeep_websocket_connections_opened", "Proxied WebSocket connections accepted.", labels=labels
+        )
+        messages = CounterMetricFamily(
+            "gatekeep_websocket_messages",
+            "WebSocket messages relayed: ingress from clients, egress to them.",
+            labels=[*labels, "direction"],
+        )
+        size = CounterMetricFamily(
+            "gatekeep_websocket_message_bytes",
+            "Payload bytes of relayed WebSocket messages: ingress from clients, egress to them.",
+            labels=[*labels, "direction"],
+        )
+        closes = CounterMetricFamily(
+            "gatekeep_websocket_closes",
+            "Proxied WebSockets ended, by close code and by who closed first (client, upstream, gateway).",
+            labels=[*labels, "code", "by"],
+        )
+        for (service, route), c in sorted(routes.items()):
+            connections.add_metric([service, route], float(c.open))
+            opened.add_metric([service, route], float(c.opened))
+            messages.add_metric([service, route, "ingress"], float(c.messages_in))
+            messages.add_metric([service, route, "egress"], float(c.messages_out))
+            size.add_metric([service, route, "ingress"], float(c.bytes_in))
+            size.add_metric([service, route, "egress"], float(c.bytes_out))
+            for (code, by), count in sorted(dict(c.closes).items()):
+                closes.add_metric([service, route, str(code), by], float(count))
+        return [connections, opened, messages, size, closes]
 
     # -- rate limiting: filters whose stats count allowed/rejected/fallback ----
 
@@ -186,6 +230,49 @@ class GatewayCollector(Collector):
         for result, value in sorted(totals.items()):
             family.add_metric([result], value)
         return [family]
+
+    # -- response caches: stats.hits/misses/... (the proxy-cache plugin) -------
+
+    def _cache(self) -> Iterable[Metric]:
+        lookups = dict.fromkeys(CACHE_RESULTS, 0.0)
+        moved = dict.fromkeys(("stored", "served"), 0.0)
+        memory = [0.0, 0.0]
+        found = has_memory = False
+        for stats in stat_records(self.context.plugins):
+            if not (has_stat(stats, "hits") and has_stat(stats, "misses") and has_stat(stats, "bypasses")):
+                continue
+            found = True
+            for result in CACHE_RESULTS:
+                lookups[result] += float(stat(stats, result, 0) or 0)
+            for direction in moved:
+                moved[direction] += float(stat(stats, f"{direction}_bytes", 0) or 0)
+            if has_stat(stats, "memory_bytes"):
+                has_memory = True
+                memory[0] += float(stat(stats, "memory_bytes", 0) or 0)
+                memory[1] += float(stat(stats, "entries", 0) or 0)
+        if not found:
+            return []
+        requests = CounterMetricFamily(
+            "gatekeep_proxy_cache_requests",
+            "Requests the response cache saw, by X-Cache-Status (hit, miss, refresh, bypass).",
+            labels=["status"],
+        )
+        for result, value in lookups.items():
+            requests.add_metric([CACHE_RESULTS[result]], value)
+        volume = CounterMetricFamily(
+            "gatekeep_proxy_cache_bytes",
+            "Body bytes the response cache stored, and served from its entries.",
+            labels=["direction"],
+        )
+        for direction, value in moved.items():
+            volume.add_metric([direction], value)
+        families: list[Metric] = [requests, volume]
+        if has_memory:
+            held = "Bytes held by in-memory response caches."
+            families.append(GaugeMetricFamily("gatekeep_proxy_cache_memory_bytes", held, value=memory[0]))
+            entries = "Entries held by in-memory response caches."
+            families.append(GaugeMetricFamily("gatekeep_proxy_cache_entries", entries, value=memory[1]))
+        return families
 
     # -- breakers: per service and per instance --------------------------------
 

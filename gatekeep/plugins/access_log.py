@@ -14,7 +14,9 @@ Fields: ``time`` (RFC 3339, UTC), ``request_id``, ``trace_id`` (with the
 the query string, which may carry secrets), ``status``, ``source``
 (``service`` or ``gateway``), ``route``, ``service``, ``upstream`` (the
 instance's address), ``consumer``, ``bytes_in``, ``bytes_out``,
-``latency_ms`` (``request``, ``gateway``, ``upstream``) and ``error``.
+``latency_ms`` (``request``, ``gateway``, ``upstream``) and ``error``.  A
+WebSocket handshake gets one line when its connection ends (status 101, the
+message bytes each way) with ``websocket``: ``{"code", "by"}`` of the close.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
     if not bytes_in:
         length = request.headers.get(b"content-length")
         bytes_in = int(length) if length is not None and length.isdigit() else 0
-    return {
+    fields = {
         "time": _rfc3339(time.time()),
         "request_id": request.request_id,
         "trace_id": getattr(trace, "trace_id", None),
@@ -100,6 +102,10 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
         },
         "error": type(error).__name__ if error is not None else None,
     }
+    if request.websocket:
+        # One line per connection, when it ended: how it closed ({"code", "by"}), or null if never opened.
+        fields["websocket"] = request.state.get("websocket")
+    return fields
 
 
 def _rfc3339(ts: float) -> str:

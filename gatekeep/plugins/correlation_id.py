@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 import attrs
@@ -18,6 +19,10 @@ from gatekeep import BasePlugin, Request, Response, validators
 
 @attrs.frozen
 class CorrelationIdConfig:
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        "header_name", "generator", "echo_downstream"
+    )
+
     header_name: str = attrs.field(default="Kong-Request-ID", validator=validators.header_name)
     generator: Literal["uuid", "uuid#counter", "tracker"] = "uuid#counter"
     echo_downstream: bool = False

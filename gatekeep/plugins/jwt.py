@@ -4,8 +4,13 @@ Kong's fields: ``key_claim_name``, ``secret_is_base64``, ``claims_to_verify``,
 ``maximum_expiration``, ``header_names``, ``uri_param_names``,
 ``cookie_names``, ``run_on_preflight``, ``anonymous``; ours: ``issuers``,
 ``keys``, ``audiences``, ``leeway``, ``required_claims``, ``typ``,
-``cache_size``, ``roles_claim``/``scopes_claim``/``groups_claim``,
-``consumer_claim``, ``hide_credentials``, ``jwks`` (cache policy).
+``cache_size``, ``roles_claims``/``scopes_claims``/``groups_claims``,
+``consumer_claims`` (rbac's spelling; the singular names of one release ago
+are accepted too), ``hide_credentials``, ``jwks`` (cache policy).
+
+When it is bound, the plugin warns (``gatekeep check`` prints it) about HMAC
+secrets shorter than their hash (RFC 7518 §3.2: HS256 needs at least 32
+bytes, HS384 48, HS512 64).
 
 Consumer credentials are the consumers' ``jwt_secrets`` (``JWTSecret``, Kong's
 shape), a credential field this plugin declares and reads in ``bind``.
@@ -67,13 +72,18 @@ class JWTSecret:
 
     ``key`` is matched against the token's ``key_claim_name`` claim (``iss``
     by default).  HS algorithms take ``secret``; the others take
-    ``rsa_public_key`` (Kong's name, used for EC and EdDSA PEMs too).
+    ``rsa_public_key`` (Kong's name, used for EC and EdDSA PEMs too; ``pem``,
+    the name of the plugin's static ``keys``, is accepted for it).
     """
+
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        "key", "algorithm", "secret", "rsa_public_key", "id", "tags"
+    )
 
     key: str = attrs.field(validator=validators.non_empty)
     algorithm: Algorithm = "HS256"
     secret: str | None = attrs.field(default=None, repr=False)
-    rsa_public_key: str | None = None
+    rsa_public_key: str | None = attrs.field(default=None, metadata=validators.also_named("pem"))
     id: str | None = None
     tags: tuple[str, ...] = ()
 
@@ -109,32 +119,77 @@ class JWTSecret:
 
 @attrs.frozen
 class JWTFilterConfig:
+    """The ``jwt`` plugin's config: Kong's fields, then issuers (OIDC/JWKS), static keys and claims."""
+
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        "key_claim_name",
+        "secret_is_base64",
+        "claims_to_verify",
+        "maximum_expiration",
+        "header_names",
+        "uri_param_names",
+        "cookie_names",
+        "run_on_preflight",
+        "anonymous",
+    )
+
     # Kong's fields.
+    # The claim that names a consumer's jwt_secrets entry (by its key).
     key_claim_name: str = "iss"
+    # Consumers' HS secrets are base64.
     secret_is_base64: bool = False
+    # Registered claims checked when present (exp, nbf).
     claims_to_verify: tuple[Literal["exp", "nbf"], ...] = ("exp",)
+    # Seconds: refuse tokens that live longer (0: no bound).
     maximum_expiration: int = attrs.field(default=0, validator=validators.non_negative)
+    # Headers the token is read from (Authorization: Bearer, or the raw value of another header).
     header_names: tuple[str, ...] = ("authorization",)
+    # Query parameters the token is read from.
     uri_param_names: tuple[str, ...] = ("jwt",)
+    # Cookies the token is read from.
     cookie_names: tuple[str, ...] = ()
+    # Authenticate OPTIONS preflights too.
     run_on_preflight: bool = True
+    # A consumer (id, username or custom_id) for requests without a valid token.
     anonymous: str | None = None
     # Ours.
+    # OIDC issuers: keys from their JWKS (discovery or jwks_uri), or static keys.
     issuers: tuple[IssuerConfig, ...] = ()
+    # Static verification keys (pem, jwk or secret), for tokens of no configured issuer.
     keys: tuple[KeyConfig, ...] = ()
+    # Accepted 'aud' values for static keys and consumer credentials (empty: not checked).
     audiences: tuple[str, ...] = ()
+    # Seconds of clock skew allowed for exp and nbf.
     leeway: float = attrs.field(default=0.0, validator=validators.non_negative)
+    # Claims every token must carry.
     required_claims: tuple[str, ...] = ()
+    # The 'typ' header a token must have ("at+jwt" for RFC 9068 access tokens).
     typ: str | None = None
+    # Bytes: longer tokens are refused before they are parsed.
     max_token_size: int = attrs.field(default=8192, validator=validators.non_negative)
+    # Verified tokens kept (by their bytes) so a repeated token is not verified again.
     cache_size: int = attrs.field(default=10_000, validator=validators.non_negative)
+    # Seconds a verified token stays cached (never past its exp).
     cache_ttl: float = attrs.field(default=300.0, validator=validators.non_negative)
-    roles_claim: tuple[str, ...] = ("roles", "realm_access.roles")
-    scopes_claim: tuple[str, ...] = ("scope", "scp")
-    groups_claim: tuple[str, ...] = ()
-    consumer_claim: tuple[str, ...] = ()
+    # Claim paths of the roles (rbac's name; the singular of one release ago is accepted).
+    roles_claims: tuple[str, ...] = attrs.field(
+        default=("roles", "realm_access.roles"), metadata=validators.also_named("roles_claim")
+    )
+    # Claim paths of the scopes (a space-separated string or an array).
+    scopes_claims: tuple[str, ...] = attrs.field(
+        default=("scope", "scp"), metadata=validators.also_named("scopes_claim")
+    )
+    # Claim paths of the groups.
+    groups_claims: tuple[str, ...] = attrs.field(default=(), metadata=validators.also_named("groups_claim"))
+    # Claims whose value names a consumer (id, username or custom_id) for issuer tokens.
+    consumer_claims: tuple[str, ...] = attrs.field(
+        default=(), metadata=validators.also_named("consumer_claim")
+    )
+    # Remove the token from the request before it goes upstream.
     hide_credentials: bool = False
+    # The realm of the WWW-Authenticate challenge.
     realm: str | None = None
+    # JWKS cache and refetch policy.
     jwks: JWKSPolicy = JWKSPolicy()
 
     def __attrs_post_init__(self) -> None:
@@ -156,10 +211,10 @@ class JWTFilterConfig:
             max_token_size=self.max_token_size,
             cache_size=self.cache_size,
             cache_ttl=self.cache_ttl,
-            roles_claim=self.roles_claim,
-            scopes_claim=self.scopes_claim,
-            groups_claim=self.groups_claim,
-            consumer_claim=self.consumer_claim,
+            roles_claim=self.roles_claims,
+            scopes_claim=self.scopes_claims,
+            groups_claim=self.groups_claims,
+            consumer_claim=self.consumer_claims,
             jwks=self.jwks,
         )
 
@@ -229,6 +284,21 @@ class JWTAuthenticator:
         return await self.verifier.verify(token)
 
 
+# RFC 7518 §3.2: a key of the same size as the hash output or larger.
+_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+
+def _warn_short(context: PluginContext, path: str, key: VerificationKey) -> None:
+    least = _HMAC_MIN_BYTES.get(key.algorithm)
+    if least is not None and isinstance(key.key, bytes) and len(key.key) < least:
+        context.warn(
+            path,
+            f"a {key.algorithm} secret of {len(key.key)} byte(s) can be guessed: RFC 7518 §3.2 asks "
+            f"for at least {least} random bytes (e.g. python -c 'import secrets; "
+            f"print(secrets.token_urlsafe({least}))')",
+        )
+
+
 class JWTFilter(BasePlugin[JWTFilterConfig]):
     name: ClassVar[str] = "jwt"
     priority: ClassVar[int] = 1450
@@ -250,6 +320,11 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
 
     def bind(self, context: PluginContext) -> None:
         self.anonymous = resolve_anonymous(context, self.name, self.config.anonymous)
+        for ki, static in enumerate(self.config.keys):
+            _warn_short(context, f"config.keys[{ki}].secret", static.build())
+        for ii, issuer in enumerate(self.config.issuers):
+            for ki, static in enumerate(issuer.keys):
+                _warn_short(context, f"config.issuers[{ii}].keys[{ki}].secret", static.build())
         credentials: dict[str, Credential] = {}
         errors = []
         for ci, consumer in enumerate(context.config.consumers):
@@ -261,6 +336,7 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
                 except BadKey as exc:
                     errors.append((f"consumers[{ci}].jwt_secrets[{si}]", str(exc)))
                     continue
+                _warn_short(context, f"consumers[{ci}].jwt_secrets[{si}].secret", key)
                 if secret.key in credentials:
                     errors.append((f"consumers[{ci}].jwt_secrets[{si}].key", f"duplicate key {secret.key!r}"))
                 credentials[secret.key] = Credential(
@@ -269,7 +345,7 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
         if errors:
             raise ConfigError([FieldError(p, m) for p, m in errors])
         self.verifier.credentials.update(credentials)
-        if self.config.consumer_claim:
+        if self.config.consumer_claims:
             for name, consumer in context.consumers.items():
                 self.verifier.consumers[name] = (consumer.key, frozenset(consumer.groups))
 

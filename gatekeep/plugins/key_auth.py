@@ -79,6 +79,11 @@ def _key_names(_: Any, attribute: Any, value: tuple[str, ...]) -> None:
 
 @attrs.frozen
 class KeyAuthConfig:
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        *"key_names key_in_header key_in_query key_in_body hide_credentials anonymous".split(),
+        *"run_on_preflight realm".split(),
+    )
+
     key_names: tuple[str, ...] = attrs.field(default=("apikey",), validator=_key_names)
     key_in_header: bool = True
     key_in_query: bool = True
@@ -92,6 +97,8 @@ class KeyAuthConfig:
 @attrs.frozen
 class KeyAuthCredential:
     """A consumer's API key (Kong's ``keyauth_credentials`` entry)."""
+
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields("key", "id", "tags")
 
     key: str = attrs.field(validator=validators.non_empty, repr=False)
     id: str | None = None

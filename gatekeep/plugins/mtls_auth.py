@@ -1,11 +1,12 @@
 """``mtls-auth``: a consumer from the client certificate the TLS server verified.
 
-gatekeep does not terminate TLS itself; the server in front of it does, and
-has already verified the client's certificate against its CA (``cert_reqs``
-required).  This module only *reads* that verified certificate and maps its
-names to a consumer, as Kong's ``mtls-auth`` does.  Where it finds the
-certificate: ``gatekeep.auth.peer_certificate`` (the ASGI TLS extension, or
-the WSGI server's variables; never request headers).
+The TLS server has already verified the client's certificate against its CA:
+``gatekeep serve`` with ``[server.tls]`` (``verify_client = "optional"`` or
+``"required"``), or gunicorn / Apache in front of ``gatekeep.wsgi``.  This
+module only *reads* that verified certificate and maps its names to a
+consumer, as Kong's ``mtls-auth`` does.  Where it finds the certificate:
+``gatekeep.auth.peer_certificate`` (the ASGI TLS extension, which ``gatekeep
+serve`` fills, or the WSGI server's variables; never request headers).
 
 Names of a certificate, tried in the order of ``match``: ``san_uri``
 (SPIFFE IDs), ``san_dns``, ``san_email``, ``cn`` (the subject's common name).
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from gatekeep import AuthError, BasePlugin, Identity, Request, Response
 from gatekeep.auth import (
@@ -123,7 +125,9 @@ class MTLSAuthenticator:
                 raise UnknownClientCertificate("the client certificate has none of the configured names")
             group = {"CN": names.cn, "DN": names.dn, None: None}[config.authenticated_group_by]
             groups = frozenset({group}) if group else frozenset()
-            return Identity(subject=first, credential=credential, groups=groups, claims=_claims(names)), None
+            return Identity(
+                subject=first, credential=credential, groups=groups, claims=_claims(names, cert)
+            ), None
         for kind in config.match:
             for name in names.of(kind):
                 consumer = self.index.get(name)
@@ -134,7 +138,7 @@ class MTLSAuthenticator:
                         consumer=key,
                         credential=credential,
                         groups=frozenset(getattr(consumer, "groups", ()) or ()),
-                        claims=_claims(names),
+                        claims=_claims(names, cert),
                     )
                     return identity, consumer
         raise UnknownClientCertificate("the client certificate names no known consumer")
@@ -149,8 +153,17 @@ class MTLSAuthenticator:
         return identity
 
 
-def _claims(names: CertificateNames) -> dict[str, Any]:
-    return {"dn": names.dn, "cn": names.cn, "san_uri": list(names.uris), "san_dns": list(names.dns)}
+def _claims(names: CertificateNames, cert: x509.Certificate) -> dict[str, Any]:
+    return {
+        "dn": names.dn,
+        "cn": names.cn,
+        "san_uri": list(names.uris),
+        "san_dns": list(names.dns),
+        "san_email": list(names.emails),
+        "serial": f"{cert.serial_number:x}",
+        # What a revocation or pinning rule compares: the SHA-256 of the DER certificate.
+        "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(),
+    }
 
 
 class MTLSAuthFilter(BasePlugin[MTLSAuthConfig]):

@@ -23,16 +23,19 @@ so ``on_log`` does one dict lookup, a few float subtractions and the
 increments; no label strings are formatted per request.
 
 Cardinality budget: ``route`` is the route's configured name (never the
-path), every unmatched request shares ``route=""``, the method is one of the
-standard methods or ``OTHER``, and the consumer label holds at most
-``consumer_label_limit`` distinct consumers (first seen first served); the
+path); a request no gateway route matched has the wrapped app's route
+template in middleware mode (``/items/{item_id}``, at most 1000 of them),
+else ``route=""``; the method is one of the
+standard methods or ``OTHER``, and the consumer label (the consumer's name,
+else the authenticated subject) holds at most
+``consumer_label_limit`` distinct values (first seen first served); the
 rest share ``other``.  The child cache itself is bounded too.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -66,6 +69,11 @@ DEFAULT_ALLOW = (
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 # More distinct label combinations than this are still counted, just not cached.
 _CACHE_LIMIT = 5_000
+# Middleware mode: the request-state key where the adapter leaves the wrapped app's
+# route template (``gatekeep.adapters``' ROUTE_TEMPLATE), and at most this many
+# distinct templates (an app's route table; more share "other").
+ROUTE_TEMPLATE = "gatekeep.route_template"
+_TEMPLATE_LIMIT = 1_000
 OTHER = "other"
 
 
@@ -99,6 +107,14 @@ class PrometheusConfig:
     the sake of nginx's shared dict), status, latency and bandwidth metrics
     default to on here: they cost a few microseconds per request.
     """
+
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        "per_consumer",
+        "status_code_metrics",
+        "latency_metrics",
+        "bandwidth_metrics",
+        "upstream_health_metrics",
+    )
 
     per_consumer: bool = False
     status_code_metrics: bool = True
@@ -242,6 +258,7 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         self._consumer_limit = c.consumer_label_limit
         self._cache: dict[tuple[Any, ...], _Series] = {}
         self._consumer_labels: dict[str, str] = {}
+        self._template_labels: dict[str, str] = {}
         self._error_children: dict[str, Any] = {}
 
     # -- config time ----------------------------------------------------------
@@ -285,6 +302,12 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         if c.metrics_port is None:
             context.add_endpoint(c.path, self.endpoint, run_global_filters=False)
         _watch_breakers(context, self.metrics)
+        if c.per_consumer and not context.authenticating_plugins and not context.can_name_consumers:
+            context.warn(
+                "config.per_consumer",
+                "per_consumer, but nothing in this config authenticates a caller: "
+                "the consumer label is always empty",
+            )
 
     async def start(self, task_group: TaskGroup) -> None:
         c: PrometheusConfig = self.config
@@ -295,12 +318,19 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
 
     async def on_log(self, exchange: Exchange) -> None:
         request = exchange.request
-        route = request.route
-        if route is None and request.path == self._path:
-            return  # scrapes of /metrics itself are not traffic
+        route: Any = request.route
+        if route is None:
+            if request.path == self._path:
+                return  # scrapes of /metrics itself are not traffic
+            # Middleware mode: the wrapped app's route template, if it noted one.
+            route = self._template_label(request.state.get(ROUTE_TEMPLATE))
         consumer = ""
-        if self._per_consumer and request.consumer is not None:
-            consumer = self._consumer_label(request.consumer_name or OTHER)
+        if self._per_consumer:
+            # Who is calling: the consumer's name, else the authenticated subject (one budget).
+            if request.consumer is not None:
+                consumer = self._consumer_label(request.consumer_name or OTHER)
+            elif request.identity is not None and not request.identity.anonymous and request.identity.subject:
+                consumer = self._consumer_label(request.identity.subject)
         method = request.method
         if method not in _METHODS:
             method = "OTHER"  # any token is a valid method: never a label value of its own
@@ -328,6 +358,17 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         if error is not None and isinstance(error, FilterError):
             self._filter_error(error)
 
+    def _template_label(self, template: Any) -> str:
+        if not isinstance(template, str):
+            return ""
+        label = self._template_labels.get(template)
+        if label is not None:
+            return label
+        if len(self._template_labels) < _TEMPLATE_LIMIT:
+            self._template_labels[template] = template
+            return template
+        return OTHER
+
     def _consumer_label(self, name: str) -> str:
         label = self._consumer_labels.get(name)
         if label is not None:
@@ -344,8 +385,10 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         series = _Series()
         if metrics is None:  # not bound: nothing to record into
             return series
-        service_label = route.service.name if route is not None else ""
-        route_label = route.name if route is not None else ""
+        if isinstance(route, str):  # no gateway route: "" or the app's route template
+            service_label, route_label = "", route
+        else:
+            service_label, route_label = route.service.name, route.name
         if self._status:
             labels = [service_label, route_label, method, str(status), source]
             if metrics.shape.consumer_label:

@@ -16,7 +16,10 @@ is where this plugin instance applies (``global``, ``service:<name>``,
 ``route:<name>``, or the set of routes it serves; for a consumer-scoped
 instance, the consumer), the kind is what ``limit_by`` used (``ip`` when the
 identifier was empty, as Kong falls back) -- so a header value can never
-name another client's bucket.
+name another client's bucket.  ``subject`` is the authenticated identity's
+subject (with its token's ``iss``, so two issuers' "42" differ), whatever
+plugin established it; ``claim`` a string or integer claim at a path
+(``tenant.id``), precompiled into keys.  An anonymous identity has neither.
 
 Failure modes (``policy = "redis"``, or a named limiter that raises
 ``RateLimiterUnavailable``).  When Redis is unreachable, slow past
@@ -105,6 +108,14 @@ def _burst(_: object, attribute: object, value: int | Mapping[str, int] | None) 
             raise ValueError(f"{window}: must be an integer of at least 1, got {size!r}")
 
 
+def _claim(_: object, attribute: object, value: str | tuple[str, ...] | None) -> None:
+    if value is None:
+        return
+    keys = value.split(".") if isinstance(value, str) else value
+    if not keys or not all(keys):
+        raise ValueError(f"{value!r} is not a claim path (keys separated by '.', none empty)")
+
+
 @attrs.frozen
 class RoleLimits:
     """The windows (and burst) of one limit.
@@ -113,12 +124,19 @@ class RoleLimits:
     it), and the base of ``RateLimitingConfig``: the same fields, checked once.
     """
 
+    # Requests per window (any subset, at least one); each window is a token bucket.
     second: int | None = attrs.field(default=None, validator=validators.positive)
+    # Requests per minute.
     minute: int | None = attrs.field(default=None, validator=validators.positive)
+    # Requests per hour.
     hour: int | None = attrs.field(default=None, validator=validators.positive)
+    # Requests per day.
     day: int | None = attrs.field(default=None, validator=validators.positive)
+    # Requests per 30 days.
     month: int | None = attrs.field(default=None, validator=validators.positive)
+    # Requests per 365 days.
     year: int | None = attrs.field(default=None, validator=validators.positive)
+    # Bucket capacity: an integer for the shortest window, or a table by window (default: the rate).
     burst: int | Mapping[str, int] | None = attrs.field(default=None, validator=_burst)
 
     def __attrs_post_init__(self) -> None:
@@ -138,23 +156,57 @@ class RateLimitingConfig(RoleLimits):
     The windows and ``burst`` are ``RoleLimits``'s.
     """
 
-    limit_by: Literal["consumer", "credential", "ip", "service", "header", "path", "route"] = "consumer"
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        *WINDOWS,
+        "limit_by",
+        "header_name",
+        "path",
+        "policy",
+        "redis",
+        "fault_tolerant",
+        "hide_client_headers",
+        "error_code",
+        "error_message",
+        "sync_rate",
+    )
+
+    # Whose requests share a bucket; an empty identifier falls back to the client IP (Kong's rule).
+    # "subject": the authenticated identity's subject (and issuer); "claim": the token's claim at `claim`.
+    limit_by: Literal[
+        "consumer", "credential", "ip", "service", "header", "path", "route", "subject", "claim"
+    ] = "consumer"
+    # The header for limit_by "header".
     header_name: str | None = attrs.field(default=None, validator=validators.header_name)
+    # For limit_by "path": requests to exactly this path share one bucket.
     path: str | None = None
+    # For limit_by "claim": a claim of the identity's token, dotted ("tenant.id") or an array of keys.
+    claim: str | tuple[str, ...] | None = attrs.field(default=None, validator=_claim)
     # "local", "redis", or the name of a ``RateLimiter`` given to ``Gateway(rate_limiters=...)``.
     policy: str = attrs.field(default="local", validator=validators.non_empty)
-    redis: RedisSettings | None = None
+    # Kong's flat redis_host, redis_port, redis_timeout ... are accepted as members of this table.
+    redis: RedisSettings | None = attrs.field(default=None, metadata=validators.flattened("redis_"))
+    # When the store fails: true decides per process, false answers 503.
     fault_tolerant: bool = True
+    # Send no rate-limit headers (Retry-After on a refusal is still sent).
     hide_client_headers: bool = False
+    # The status of a refusal (400-599).
     error_code: int = 429
+    # The detail of the refusal's problem document.
     error_message: str = "API rate limit exceeded"
     # Ours.
+    # Per-role windows: an identity holding a listed role gets that table's windows (first listed wins).
     roles: Mapping[str, RoleLimits] = attrs.field(factory=dict)
+    # Tokens a request takes from every bucket.
     cost: int = attrs.field(default=1, validator=validators.positive)
+    # Read the cost from this header (a whole number, clamped to [cost, max_cost]; else 400).
     cost_header: str | None = attrs.field(default=None, validator=validators.header_name)
+    # The most a cost_header can ask.
     max_cost: int = attrs.field(default=100, validator=validators.positive)
+    # -1: ask Redis for every request; seconds > 0: spend local leases of lease_size tokens, at most that old.
     sync_rate: float = -1.0
+    # Tokens taken from Redis per round trip when sync_rate > 0.
     lease_size: int = attrs.field(default=10, validator=validators.positive)
+    # Also send the IETF draft's RateLimit-Policy and RateLimit fields.
     ietf_headers: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -163,6 +215,8 @@ class RateLimitingConfig(RoleLimits):
             raise ValueError("limit_by 'header' needs header_name")
         if self.limit_by == "path" and not (self.path and self.path.startswith("/")):
             raise ValueError("limit_by 'path' needs a path starting with '/'")
+        if self.limit_by == "claim" and self.claim is None:
+            raise ValueError("limit_by 'claim' needs claim (a claim path such as 'tenant.id')")
         if self.policy == "redis" and self.redis is None:
             raise ValueError("policy 'redis' needs a redis table (host, port ... or url)")
         if not 400 <= self.error_code <= 599:
@@ -250,6 +304,8 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
         self._default = _Policy(c)
         self._roles = [(role, _Policy(limits)) for role, limits in c.roles.items()]
         self._limit_by = c.limit_by
+        claim = c.claim or ()
+        self._claim: tuple[str, ...] = tuple(claim.split(".") if isinstance(claim, str) else claim)
         self._header = c.header_name.lower().encode("latin-1") if c.header_name else b""
         self._cost_header = c.cost_header.lower().encode("latin-1") if c.cost_header else b""
         self._scope: str | None = "global"
@@ -267,9 +323,16 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
 
     # -- lifespan -----------------------------------------------------------------
 
+    def carry_over(self, previous: RateLimitingFilter) -> None:
+        """A reload left this entry unchanged: keep counting in its predecessor's local buckets."""
+        self._memory = previous._memory
+        self.stats = previous.stats
+
     def bind(self, context: PluginContext) -> None:
-        """Find where this instance applies, to scope its keys like Kong's route/service ids."""
+        """Find where this instance applies, to scope its keys like Kong's route/service ids;
+        warn when ``limit_by`` can never find its identifier in this config."""
         self._named_limiter(context.rate_limiters)
+        self._warn_identity(context)
         routes = context.routes_of(self)
         if len(routes) == len(context.routes):
             self._scope = "global"
@@ -287,6 +350,25 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
             else:
                 self._scope = "routes:" + ",".join(sorted(r.name for r in routes))
 
+    def _warn_identity(self, context: PluginContext) -> None:
+        by = self._limit_by
+        if by not in ("consumer", "subject", "claim"):
+            return
+        authenticating = context.authenticating_plugins
+        if by == "consumer" and authenticating and not context.can_name_consumers:
+            context.warn(
+                "config.limit_by",
+                f"limit_by 'consumer', but the config has no consumers: {', '.join(authenticating)} "
+                "can name none, so every request is limited by client IP; limit_by = 'subject' "
+                "limits each authenticated caller (the token's 'sub')",
+            )
+        elif by in ("subject", "claim") and not authenticating and not context.authenticators:
+            context.warn(
+                "config.limit_by",
+                f"limit_by {by!r}, but no plugin of this config authenticates a request "
+                "(jwt, key-auth ...): every request is limited by client IP",
+            )
+
     def _named_limiter(self, limiters: Mapping[str, RateLimiter]) -> None:
         """Take the ``RateLimiter`` named by ``policy`` (not "local" or "redis") from the gateway.
 
@@ -299,7 +381,7 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
         self._store = named_part(
             limiters,
             policy,
-            path=f"{self.name}.config.policy",
+            path="config.policy",
             what="rate limiter",
             argument="rate_limiters",
             also="'local', 'redis'",
@@ -392,6 +474,18 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
                 credential = getattr(request.identity, "credential", None)
                 if credential:
                     return "credential", str(credential)
+        elif by == "subject":
+            identity = request.identity
+            if identity is not None and not identity.anonymous and identity.subject:
+                identifier = identity.subject
+                issuer = identity.claims.get("iss")
+                if isinstance(issuer, str):
+                    # Two issuers may both have a subject "42": each keeps its own bucket.
+                    identifier = bucket_key(issuer, identifier)
+        elif by == "claim":
+            identity = request.identity
+            if identity is not None and not identity.anonymous:
+                identifier = _claim_value(identity.claims, self._claim)
         elif by == "credential":
             identifier = str(getattr(request.identity, "credential", None) or "")
         elif by == "service":
@@ -470,6 +564,21 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
         self._down_since = 0.0
         self._probe_at = 0.0
         log.warning("rate-limiting: Redis answers again after %.1f s", outage)
+
+
+def _claim_value(claims: Mapping[str, object], keys: tuple[str, ...]) -> str:
+    """The string (or integer) at ``keys`` in ``claims``; ``""`` for anything else (claims come
+    from outside: an object or a list would name a bucket its sender could vary)."""
+    node: object = claims
+    for key in keys:
+        if not isinstance(node, Mapping):
+            return ""
+        node = node.get(key)
+    if isinstance(node, str):
+        return node
+    if isinstance(node, int) and not isinstance(node, bool):
+        return str(node)
+    return ""
 
 
 def _consumer_key(request: Request) -> str:

@@ -8,7 +8,7 @@ read.  A chunked body is counted as it streams to the upstream and cut with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar, Literal
 
 import attrs
@@ -20,6 +20,10 @@ _UNITS = {"megabytes": 1024 * 1024, "kilobytes": 1024, "bytes": 1}
 
 @attrs.frozen
 class RequestSizeLimitingConfig:
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        "allowed_payload_size", "size_unit", "require_content_length"
+    )
+
     allowed_payload_size: float = attrs.field(default=128, validator=validators.positive)
     size_unit: Literal["megabytes", "kilobytes", "bytes"] = "megabytes"
     require_content_length: bool = False

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 from redis.asyncio import Redis, RedisCluster
@@ -77,6 +77,10 @@ class RedisSettings:
     ``url``) as its startup node; ``mode = "sentinel"`` asks
     ``sentinel_nodes`` for ``sentinel_master``.
     """
+
+    kong_names: ClassVar[Mapping[str, str]] = validators.kong_fields(
+        "host", "port", "timeout", "username", "password", "database", "ssl", "ssl_verify", "server_name"
+    )
 
     host: str | None = None
     port: int = attrs.field(default=6379, validator=validators.port)

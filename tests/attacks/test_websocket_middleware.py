@@ -9,7 +9,8 @@ uvicorn, hypercorn and granian have) or closed before accept (1008: the server
 answers 403) where the server lacks the extension; rate limits count
 handshakes; paths are normalised before routing, and the app sees the
 normalised path; client-sent identity headers never reach the app.  A route to
-a remote upstream answers 501 until WebSocket proxying exists.
+a remote upstream is proxied after its filters (tests/test_websocket_proxy.py):
+an upstream that does not upgrade has its answer relayed, as nginx does.
 
 Every case runs under real servers in child processes with a real WebSocket
 client (``websockets``).
@@ -317,19 +318,24 @@ async def test_the_apps_own_denial_and_failure(served: Served) -> None:
     assert await served.statuses("/api/broken", 1) == [502]
 
 
-async def upstream_route_answers_501_after_its_filters(served: Served) -> None:
+async def upstream_route_is_proxied_after_its_filters(served: Served) -> None:
     assert_denied(served, await handshake(served.url("/remote/ws")), 401)
-    doc = assert_denied(served, await handshake(served.url("/remote/ws"), {"apikey": KEY}), 501)
-    if doc:
-        assert "not supported" in doc["detail"]
+    # The upstream (an HTTP echo) does not upgrade: its own answer is the client's.
+    code, headers, body = await handshake(served.url("/remote/ws"), {"apikey": KEY})
+    if not served.has_extension:
+        assert code == 403
+        return
+    assert code == 200 and headers["content-type"] == "application/json"
+    seen = json.loads(body)
+    assert seen["headers"]["x-consumer-username"] == "alice" and seen["headers"]["upgrade"] == "websocket"
 
 
-async def test_upstream_route_answers_501_after_its_filters(served: Served) -> None:
-    await upstream_route_answers_501_after_its_filters(served)
+async def test_upstream_route_is_proxied_after_its_filters(served: Served) -> None:
+    await upstream_route_is_proxied_after_its_filters(served)
 
 
-async def test_standalone_upstream_route_answers_501_after_its_filters(standalone: Served) -> None:
-    await upstream_route_answers_501_after_its_filters(standalone)
+async def test_standalone_upstream_route_is_proxied_after_its_filters(standalone: Served) -> None:
+    await upstream_route_is_proxied_after_its_filters(standalone)
 
 
 async def test_standalone_unknown_path_is_a_404(standalone: Served) -> None:

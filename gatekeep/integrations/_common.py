@@ -1,0 +1,73 @@
+"""What every framework integration shares: the identity checks and the problem document."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._errors import GatekeepError
+from .._http import DEFAULT_REQUEST_ID_HEADER, problem_response
+from .._identity import Identity
+from ..adapters._asgi_app import ROUTE_TEMPLATE
+from ..authz import AuthenticationRequired
+from ..service import Guard, Roles
+
+__all__ = ["ROUTE_TEMPLATE", "Problem", "guard", "problem", "request_id_of", "required"]
+
+IDENTITY_KEY = "gatekeep.identity"
+REQUEST_ID_KEY = "gatekeep.request_id"
+
+_DROP = frozenset({DEFAULT_REQUEST_ID_HEADER, b"content-length"})
+# A problem document: status, headers (str pairs), body.
+Problem = tuple[int, list[tuple[str, str]], bytes]
+
+
+def required(identity: Identity | None) -> Identity:
+    """``identity``, or the gateway's own 401 when there is none.
+
+    Raises:
+        AuthenticationRequired: no identity, or Kong's anonymous consumer.
+    """
+    if identity is None or identity.anonymous:
+        raise AuthenticationRequired("this resource needs an authenticated caller")
+    return identity
+
+
+def identity_in(mapping: Mapping[str, Any]) -> Identity | None:
+    """The ``Identity`` under ``gatekeep.identity`` in a scope or environ."""
+    identity = mapping.get(IDENTITY_KEY)
+    return identity if isinstance(identity, Identity) else None
+
+
+def request_id_of(mapping: Mapping[str, Any]) -> str:
+    """The gateway's request id in a scope or environ ("" outside gatekeep)."""
+    rid = mapping.get(REQUEST_ID_KEY)
+    return rid if isinstance(rid, str) else ""
+
+
+def guard(
+    roles: Sequence[str],
+    *,
+    any_of: Sequence[str] = (),
+    all_of: Sequence[str] = (),
+    scopes_any: Sequence[str] = (),
+    scopes_all: Sequence[str] = (),
+    hierarchy: Mapping[str, Sequence[str]] | None = None,
+) -> Guard:
+    """A role/scope check built once (the ``rbac`` filter's engine)."""
+    return Roles(hierarchy=hierarchy).require(
+        *roles, any_of=any_of, all_of=all_of, scopes_any=scopes_any, scopes_all=scopes_all
+    )
+
+
+def problem(error: GatekeepError, request_id: str) -> Problem:
+    """The gateway's problem+json answer for ``error``, with its request id in the body.
+
+    The request id header is left to the gateway, which sets it on every
+    answer under its configured name; the framework frames the body.
+    """
+    response = problem_response(error, request_id)
+    body = response.body
+    assert isinstance(body, bytes)
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw if k not in _DROP]
+    return response.status, headers, body

@@ -1,0 +1,310 @@
+"""Live reload (issue 15): a new config validated whole, compiled, swapped atomically; state carried over.
+
+Everything runs over real loopback sockets: a gateway served by an ASGI server,
+real upstreams, a real client.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from gatekeep import ConfigError, Gateway
+from gatekeep.adapters import asgi
+from gatekeep.configsource import FileStore, MemoryStore
+from gatekeep.testing import EchoUpstream, TestClient, serve_asgi
+from tests._upstream_servers import raw_server, read_head
+
+pytestmark = pytest.mark.anyio
+
+
+def _config(a: int, b: int | None = None, **extra: Any) -> dict[str, Any]:
+    services: list[dict[str, Any]] = [
+        {"name": "a", "url": f"http://127.0.0.1:{a}", "routes": [{"name": "a", "paths": ["/a"]}], **extra}
+    ]
+    if b is not None:
+        services.append(
+            {"name": "b", "url": f"http://127.0.0.1:{b}", "routes": [{"name": "b", "paths": ["/b"]}]}
+        )
+    return {"services": services}
+
+
+@asynccontextmanager
+async def _running(config: Any, **kwargs: Any) -> AsyncIterator[tuple[Gateway, TestClient]]:
+    gateway = Gateway(config, **kwargs)
+    async with gateway, serve_asgi(asgi(gateway)) as port:
+        yield gateway, TestClient("127.0.0.1", port, timeout=10)
+
+
+@asynccontextmanager
+async def _upstreams(n: int) -> AsyncIterator[list[int]]:
+    ports = []
+    async with serve_asgi(EchoUpstream()) as p1, serve_asgi(EchoUpstream()) as p2:
+        ports = [p1, p2][:n]
+        yield ports
+
+
+async def test_a_reload_swaps_the_config_and_the_status_reports_it() -> None:
+    async with _upstreams(2) as (a, b), _running(_config(a)) as (gateway, client):
+        first = gateway.config_status()
+        assert first["source"] == "static" and first["reloads"] == 0 and len(first["config_hash"]) == 64
+        assert (await client.get("/b")).status == 404
+        await gateway.reload(_config(a, b))
+        assert (await client.get("/b")).status == 200
+        assert (await client.get("/a")).status == 200
+        status = gateway.config_status()
+        assert status["reloads"] == 1
+        assert status["config_hash"] != first["config_hash"]
+        assert status["loaded_at"] >= first["loaded_at"]
+        assert status["last_error"] is None
+
+
+async def test_a_bad_config_is_refused_with_every_error_and_the_old_one_keeps_serving() -> None:
+    async with _upstreams(1) as (a,), _running(_config(a)) as (gateway, client):
+        before = gateway.config_status()["config_hash"]
+        bad = _config(a)
+        bad["services"][0]["routes"][0]["methods"] = ["FETCH"]
+        bad["services"][0]["retries"] = -1
+        with pytest.raises(ConfigError) as caught:
+            await gateway.reload(bad)
+        paths = {e.path for e in caught.value.errors}
+        assert paths == {"services[0].routes[0].methods[0]", "services[0].retries"}
+        assert (await client.get("/a")).status == 200
+        status = gateway.config_status()
+        assert status["config_hash"] == before
+        assert status["refused"] == 1
+        assert {e["path"] for e in status["last_error"]["errors"]} == paths
+
+
+async def test_an_open_breaker_stays_open_across_a_reload_of_another_service() -> None:
+    failing = EchoUpstream(status=503)
+    breaker = {"consecutive_failures": 2, "open_for": 60, "per_instance": False}
+    async with serve_asgi(failing) as a, serve_asgi(EchoUpstream()) as b:
+        config = _config(a, b, breaker=breaker, retries=0)
+        async with _running(config) as (gateway, client):
+            for _ in range(2):
+                assert (await client.get("/a")).status == 503
+            seen = len(failing.requests)
+            assert (await client.get("/a")).status == 503  # open: the upstream is not asked
+            assert len(failing.requests) == seen
+            changed = _config(a, b, breaker=breaker, retries=0)
+            changed["services"][1]["routes"][0]["paths"] = ["/b", "/bee"]
+            await gateway.reload(changed)
+            response = await client.get("/a")
+            assert response.status == 503 and len(failing.requests) == seen
+            assert "circuit" in response.text.lower()
+            assert (await client.get("/bee")).status == 200
+
+
+async def test_a_rate_limit_counter_is_kept_across_a_reload() -> None:
+    async with _upstreams(2) as (a, b):
+        limited = _config(a, b)
+        limited["plugins"] = [
+            {"name": "rate-limiting", "service": "a", "config": {"minute": 2, "limit_by": "ip"}}
+        ]
+        async with _running(limited) as (gateway, client):
+            assert [(await client.get("/a")).status for _ in range(2)] == [200, 200]
+            changed = dict(
+                limited, services=[limited["services"][0], {**limited["services"][1], "retries": 1}]
+            )
+            await gateway.reload(changed)
+            assert gateway.config_status()["reloads"] == 1
+            assert (await client.get("/a")).status == 429
+
+
+async def test_a_removed_service_is_closed_its_pooled_connections_too() -> None:
+    closed = anyio.Event()
+    opened = 0
+
+    async def keep_alive(stream: Any) -> None:
+        nonlocal opened
+        opened += 1
+        buffer = bytearray()
+        try:
+            while True:
+                await read_head(stream, buffer)
+                await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            closed.set()
+
+    async with serve_asgi(EchoUpstream()) as a, raw_server(keep_alive) as b:
+        async with _running(_config(a, b)) as (gateway, client):
+            assert (await client.get("/b")).status == 200
+            assert opened == 1 and not closed.is_set()
+            old_guard = gateway.services["b"].guard
+            await gateway.reload(_config(a))
+            with anyio.fail_after(5):
+                await closed.wait()  # the idle keep-alive connection to b was closed
+            assert (await client.get("/b")).status == 404
+            assert (await client.get("/a")).status == 200
+            assert "b" not in gateway.services and old_guard is not None
+
+
+async def test_reload_under_load_loses_no_request() -> None:
+    async with _upstreams(2) as (a, b), _running(_config(a, b)) as (gateway, client):
+        statuses: list[int] = []
+        stop = anyio.Event()
+
+        async def hammer() -> None:
+            while not stop.is_set():
+                statuses.append((await client.get("/a")).status)
+
+        hashes = {gateway.config_status()["config_hash"]}
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(hammer)
+            for i in range(10):
+                await anyio.sleep(0.05)
+                await gateway.reload(_config(a, b, retries=i % 3, read_timeout=1000 + i))
+                hashes.add(gateway.config_status()["config_hash"])
+            stop.set()
+        assert len(hashes) == 11
+        assert len(statuses) > 50
+        assert set(statuses) == {200}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_in_place(path: Path, text: str) -> None:
+    with open(path, "w") as out:
+        out.write(text)
+
+
+def _toml(a: int, extra_path: str | None = None) -> str:
+    paths = '["/a"]' if extra_path is None else f'["/a", "{extra_path}"]'
+    return f"""
+[[services]]
+name = "a"
+url = "http://127.0.0.1:{a}"
+routes = [{{ name = "a", paths = {paths} }}]
+"""
+
+
+async def _until(check: Any, within: float = 3.0) -> float:
+    start = anyio.current_time()
+    with anyio.fail_after(within):
+        while not await check():  # noqa: ASYNC110 - polls what the gateway's watch changes
+            await anyio.sleep(0.02)
+    return anyio.current_time() - start
+
+
+async def test_the_watched_file_is_reloaded_within_a_second(tmp_path: Path) -> None:
+    path = tmp_path / "gatekeep.toml"
+    async with _upstreams(1) as (a,):
+        path.write_text(_toml(a))
+        async with _running(str(path), config_source=FileStore(path)) as (gateway, client):
+            first = gateway.config_status()
+            assert first["source"] == f"file:{path}"
+            _write_atomically(path, _toml(a, "/new"))
+
+            async def switched() -> bool:
+                return (await client.get("/new")).status == 200
+
+            assert await _until(switched) < 1.0
+            assert gateway.config_status()["config_hash"] != first["config_hash"]
+
+
+async def test_a_half_written_file_is_never_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "gatekeep.toml"
+    async with _upstreams(1) as (a,):
+        path.write_text(_toml(a))
+        store = FileStore(path, poll_interval=0.05, settle=0.05)
+        async with _running(str(path), config_source=store) as (gateway, client):
+            before = gateway.config_status()["config_hash"]
+            full = _toml(a, "/new")
+            # An editor writing in place, stopped in the middle of a table.
+            _write_in_place(path, full[: full.index("routes") + 12])
+
+            async def refused() -> bool:
+                return bool(gateway.config_status()["refused"] >= 1)
+
+            await _until(refused)
+            assert gateway.config_status()["config_hash"] == before
+            assert "does not parse" in gateway.config_status()["last_error"]["message"]
+            assert (await client.get("/a")).status == 200
+            _write_in_place(path, full)
+
+            async def applied() -> bool:
+                return (await client.get("/new")).status == 200
+
+            await _until(applied)
+            assert gateway.config_status()["last_error"] is None
+
+
+async def test_sighup_reloads_even_an_unchanged_file(tmp_path: Path) -> None:
+    path = tmp_path / "gatekeep.toml"
+    async with _upstreams(1) as (a,):
+        path.write_text(_toml(a))
+        gateway = Gateway(str(path), config_source=FileStore(path))
+        gateway.reloads.sighup = True
+        async with gateway:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+            async def reloaded() -> bool:
+                return bool(gateway.config_status()["reloads"] == 1)
+
+            await _until(reloaded)
+
+
+async def test_a_memory_store_write_is_applied_by_the_watching_gateway() -> None:
+    async with _upstreams(2) as (a, b):
+        store = MemoryStore(_config(a))
+        async with _running(_config(a), config_source=store) as (gateway, client):
+            snapshot = await store.read()
+            await store.write(_config(a, b), snapshot.version)
+
+            async def applied() -> bool:
+                return (await client.get("/b")).status == 200
+
+            await _until(applied)
+            assert gateway.config_status()["version"] == "2"
+
+
+async def test_an_unchanged_services_discovery_watcher_carries_over_a_removed_ones_stops() -> None:
+    from tests._consul_server import consul_endpoint
+
+    async with consul_endpoint() as consul, serve_asgi(EchoUpstream()) as up:
+        double = consul.double
+        if double is None:
+            pytest.skip("counts the double's requests")
+        for name in ("orders", "billing"):
+            double.register({"Name": name, "ID": f"{name}-1", "Address": "127.0.0.1", "Port": up})
+
+        def config(*names: str) -> dict[str, Any]:
+            discovery = {"consul": {"address": consul.address, "wait": "1s"}}
+            return {
+                "services": [
+                    {"name": n, "discovery": discovery, "routes": [{"name": n, "paths": [f"/{n}"]}]}
+                    for n in names
+                ]
+            }
+
+        def asked(name: str) -> int:
+            return sum(1 for _, path, _ in double.requests if path == f"/v1/health/service/{name}")
+
+        async with _running(config("orders", "billing")) as (gateway, client):
+            assert (await client.get("/orders")).status == 200
+            assert (await client.get("/billing")).status == 200
+            orders = gateway.discovery.watchers["orders"]  # type: ignore[attr-defined]
+            before = asked("orders")
+            await gateway.reload(config("orders"))
+            assert gateway.discovery.watchers["orders"] is orders  # type: ignore[attr-defined]
+            assert asked("orders") == before  # no new first query: the same blocking loop
+            await anyio.sleep(0.2)
+            billing = asked("billing")
+            await anyio.sleep(1.5)  # more than a blocking query's wait: a live watcher would ask again
+            assert asked("billing") == billing
+            assert asked("orders") > before
+            assert (await client.get("/orders")).status == 200
+            assert (await client.get("/billing")).status == 404
