@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gatekeep._front import ServerSettings
 from gatekeep._front._server import serve
@@ -164,3 +167,33 @@ def test_response_head_framing() -> None:
     for bad in ([(b"x", b"a\rb")], [(b"x y", b"1")], [(b"content-length", b"-1")], [(b"x", b"\x00")]):
         with pytest.raises(ValueError):
             head(200, bad)
+
+
+_names = st.one_of(
+    st.sampled_from([b"Content-Type", b"x-request-id", b"RateLimit-Limit", b"via", b"bad name", b"a:b", b""]),
+    st.binary(min_size=0, max_size=8),
+)
+_values = st.one_of(
+    st.sampled_from([b"ok", b"1.1 gatekeep", b"a\r\nb", b"x\x00", b"\n"]), st.binary(max_size=12)
+)
+
+
+@given(st.lists(st.tuples(_names, _values), max_size=8))
+def test_response_head_refuses_exactly_the_fields_that_could_split_it(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    """The cached name check and the one scan over all values decide as a per-field check would."""
+    special = {b"content-length", b"transfer-encoding", b"connection"}
+    kept = [(n, v) for n, v in fields if n.lower() not in special]
+    invalid = any(
+        not re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", n) or re.search(rb"[\r\n\x00]", v) for n, v in kept
+    )
+    try:
+        answer = response_head(200, kept, head=False, http_11=True, keep_alive=True)
+    except ValueError:
+        assert invalid
+        return
+    assert not invalid
+    for name, value in kept:
+        assert name.lower() + b": " + value + b"\r\n" in answer.data
+    assert answer.data.count(b"\r\n") == len(kept) + 4  # status, framing, date, end of head

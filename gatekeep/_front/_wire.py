@@ -60,6 +60,26 @@ CLOSE: Final = "close"  # until the connection closes (HTTP/1.0)
 # CR, LF and NUL are what could split a response; other controls pass, as in h11.
 _BAD_VALUE: Final = re.compile(rb"[\r\n\x00]").search
 
+# The fields this head decides on; every other one is copied as it is.
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date", b"server"})
+# Field names seen before, checked and lowered: most responses repeat the same few.
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_LIMIT: Final = 4096
+
+
+def _checked_name(name: Any) -> bytes:
+    """``name`` lowered, once it is known to be a token (RFC 9110 §5.1); remembered."""
+    raw = bytes(name)
+    low = raw.lower()
+    if not is_header_name(low):
+        raise ValueError(f"invalid response header name {raw!r}")
+    if len(_NAMES) >= _NAMES_LIMIT:
+        _NAMES.clear()  # names from an app that invents them: start over, stay bounded
+    if type(name) is bytes:
+        _NAMES[name] = low
+    return low
+
+
 _date_second = 0
 _date_field = b""
 
@@ -102,29 +122,39 @@ def response_head(
     length = -1
     chunked = False
     has_date = False
+    names = _NAMES
+    values: list[bytes] = []
     for name, value in headers:
-        name = bytes(name).lower()
-        value = bytes(value)
-        if not is_header_name(name) or _BAD_VALUE(value):
-            raise ValueError(f"invalid response header {name!r}: {value!r}")
-        if name == b"content-length":
-            if not value.isdigit() or (length >= 0 and int(value) != length):
-                raise ValueError(f"invalid content-length {value!r}")
-            length = int(value)
-            continue  # written below, once the framing is known
-        if name == b"transfer-encoding":
-            # The body is framed here: drop the app's field, remember it asked for chunks.
-            chunked = True
-            continue
-        if name == b"connection":
-            if b"close" in value.lower():
-                keep_alive = False
-            continue
-        if name == b"date":
-            has_date = True
-        elif name == b"server":
-            server = b""
-        parts += (name, b": ", value, b"\r\n")
+        low = names.get(name)
+        if low is None:
+            low = _checked_name(name)
+        if type(value) is not bytes:
+            value = bytes(value)
+        if low in _FRAMING:
+            if _BAD_VALUE(value):
+                raise ValueError(f"invalid response header {low!r}: {value!r}")
+            if low == b"content-length":
+                if not value.isdigit() or (length >= 0 and int(value) != length):
+                    raise ValueError(f"invalid content-length {value!r}")
+                length = int(value)
+                continue  # written below, once the framing is known
+            if low == b"transfer-encoding":
+                # The body is framed here: drop the app's field, remember it asked for chunks.
+                chunked = True
+                continue
+            if low == b"connection":
+                if b"close" in value.lower():
+                    keep_alive = False
+                continue
+            if low == b"date":
+                has_date = True
+            else:
+                server = b""  # the app named its own server
+        parts += (low, b": ", value, b"\r\n")
+        values.append(value)
+    if _BAD_VALUE(b"".join(values)):  # one scan for every value: a CR, LF or NUL is in one of them
+        bad = next(v for v in values if _BAD_VALUE(v))
+        raise ValueError(f"invalid response header value {bad!r}")
     if status < 200 or status == 204:
         framing = NONE  # RFC 9110 §8.6: no Content-Length on these
     elif status == 304 or (head and not chunked):
