@@ -118,6 +118,7 @@ class ServerState:
         "draining",
         "lifespan_state",
         "long_lived",
+        "native",
         "server_field",
         "settings",
         "tasks",
@@ -125,6 +126,10 @@ class ServerState:
 
     def __init__(self, app: ASGI, settings: ServerSettings, *, access_log: bool = False) -> None:
         self.app = app
+        # gatekeep's own app offers a handler that takes a request cycle directly, without
+        # ASGI's messages in between (``gatekeep.adapters._native``); lifespan and WebSockets
+        # still go through ASGI.
+        self.native: Callable[[_Cycle], Awaitable[None]] | None = getattr(app, "gatekeep_native", None)
         self.settings = settings
         self.access_log = access_log
         self.connections: set[HTTPConnection] = set()
@@ -206,6 +211,8 @@ class HTTPConnection(asyncio.Protocol):
             if cycle is not None:
                 cycle.disconnected = True
                 cycle.wake()
+                if cycle.on_disconnect is not None and not cycle.response_complete:
+                    cycle.on_disconnect()
         self.pipeline.clear()
         self._wake_writer()
         if self.websocket is not None:
@@ -389,6 +396,7 @@ class HTTPConnection(asyncio.Protocol):
         cycle = _Cycle(self, scope, keep_alive=keep_alive, expect=self.expect and version == "1.1")
         cycle.head_request = method == "HEAD"
         cycle.http_11 = version == "1.1"
+        cycle.has_body = self.has_body
         if parser.should_upgrade():
             # An upgrade we ignore (h2c ...): llhttp will not parse its body (see _after_upgrade).
             cycle.upgrade_body = self.has_body
@@ -440,7 +448,11 @@ class HTTPConnection(asyncio.Protocol):
 
     def _start(self, cycle: _Cycle) -> None:
         self.cycle = cycle
-        task = self.loop.create_task(cycle.run(self.shared.app))
+        native = self.shared.native
+        if native is not None:
+            task = self.loop.create_task(cycle.run_native(native))
+        else:
+            task = self.loop.create_task(cycle.run(self.shared.app))
         self.shared.tasks.add(task)
         task.add_done_callback(self.shared.tasks.discard)
 
@@ -698,10 +710,12 @@ class _Cycle:
         "disconnected",
         "expect",
         "framing",
+        "has_body",
         "head_request",
         "http_11",
         "keep_alive",
         "message_complete",
+        "on_disconnect",
         "pending_head",
         "remaining",
         "response_complete",
@@ -732,6 +746,9 @@ class _Cycle:
         self.framing = _wire.NONE
         self.remaining = -1
         self.status = 0
+        self.has_body = False
+        # Native handlers: called once if the client goes away before the answer is complete.
+        self.on_disconnect: Callable[[], None] | None = None
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -759,6 +776,24 @@ class _Cycle:
                 log.error("ASGI app returned without a response on %s", self.scope["path"])
             self._fail()
 
+    async def run_native(self, handler: Callable[[_Cycle], Awaitable[None]]) -> None:
+        """``run`` for a native handler: it reads with ``read``, answers with ``start``/``write``."""
+        conn = self.conn
+        try:
+            await handler(self)
+        except asyncio.CancelledError:
+            if not self.response_complete:
+                conn.transport.close()
+            raise
+        except Exception:
+            log.exception("gatekeep failed on %s %s", self.scope["method"], self.scope["path"])
+            self._fail()
+            return
+        if not self.response_complete:
+            if not self.response_started and not self.disconnected:
+                log.error("gatekeep returned without a response on %s", self.scope["path"])
+            self._fail()
+
     def _fail(self) -> None:
         conn = self.conn
         if self.response_complete or self.disconnected or conn.closing:
@@ -775,6 +810,16 @@ class _Cycle:
             conn.transport.close()
 
     async def receive(self) -> Message:
+        data = await self.read()
+        if data is None:
+            return _DISCONNECT
+        return {"type": "http.request", "body": data, "more_body": not self.body_done}
+
+    async def read(self) -> bytes | None:
+        """The request body received and not taken yet; None once the client is gone.
+
+        ``body_done`` is set when what it returns is the end of the body.
+        """
         if self.expect and not self.response_started and not self.disconnected:
             # The app wants the body: now the client may send it.
             self.expect = False
@@ -786,17 +831,16 @@ class _Cycle:
             waiter = self.waiter = self.conn.loop.create_future()
             await waiter
         else:
-            return _DISCONNECT
+            return None
         chunks = self.body
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self.buffered = 0
-        more = not self.message_complete
-        if not more:
+        if self.message_complete:
             self.body_done = True
         else:
             self.conn.body_taken()
-        return {"type": "http.request", "body": data, "more_body": more}
+        return data
 
     async def send(self, message: Message) -> None:
         if self.disconnected:
@@ -804,60 +848,72 @@ class _Cycle:
             return
         kind = message["type"]
         if kind == "http.response.body":
-            if not self.response_started or self.response_complete:
-                raise RuntimeError(f"{kind} before http.response.start or after the last body")
-            more = message.get("more_body", False)
-            body = message.get("body", b"")
-            framing = self.framing
-            if framing is _wire.CHUNKED:
-                out = _wire.chunk(body) if body else b""
-                if not more:
-                    out += b"0\r\n\r\n"
-            elif framing is _wire.LENGTH:
-                size = len(body)
-                if size > self.remaining:
-                    raise RuntimeError("the response body is longer than its Content-Length")
-                self.remaining -= size
-                out = body
-                if not more and self.remaining:
-                    self.keep_alive = False  # the client will see a short answer and a close
-            elif framing is _wire.NONE:
-                out = b""
-            else:
-                out = body
-            conn = self.conn
-            pending = self.pending_head
-            if pending:
-                self.pending_head = b""
-                if len(out) < 16384:
-                    out = pending + out  # one write for a small answer
-                else:
-                    conn.transport.write(pending)
-            if out:
-                conn.transport.write(out)
-            if not more:
-                self.response_complete = True
-                self.wake()
-                conn.cycle_done(self)
-            elif conn.write_paused:
-                await conn.drain()
+            await self.write(message.get("body", b""), message.get("more_body", False))
         elif kind == "http.response.start":
-            if self.response_started:
-                raise RuntimeError("http.response.start sent twice")
-            head = _wire.response_head(
-                message["status"],
-                message.get("headers", ()),
-                head=self.head_request,
-                http_11=self.http_11,
-                keep_alive=self.keep_alive and not self.conn.shared.draining,
-                server=self.conn.shared.server_field,
-            )
-            self.response_started = True  # only now: a head refused above still gets our 500
-            self.status = message["status"]
-            self.keep_alive = head.keep_alive
-            self.framing = head.framing
-            self.remaining = head.length
-            # Sent with the first body message: one write for a small answer.
-            self.pending_head = head.data
+            self.start(message["status"], message.get("headers", ()))
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def start(self, status: int, headers: Any) -> None:
+        """The response head; it goes out with the first body bytes (one write for a small answer).
+
+        Raises:
+            RuntimeError: a second head.
+            ValueError: a status or a field that is not valid HTTP.
+        """
+        if self.response_started:
+            raise RuntimeError("http.response.start sent twice")
+        head = _wire.response_head(
+            status,
+            headers,
+            head=self.head_request,
+            http_11=self.http_11,
+            keep_alive=self.keep_alive and not self.conn.shared.draining,
+            server=self.conn.shared.server_field,
+        )
+        self.response_started = True  # only now: a head refused above still gets our 500
+        self.status = status
+        self.keep_alive = head.keep_alive
+        self.framing = head.framing
+        self.remaining = head.length
+        self.pending_head = head.data
+
+    async def write(self, body: bytes, more: bool) -> None:
+        """Body bytes of the response (``more``: not the last); waits while the client reads slowly."""
+        if self.disconnected:
+            return
+        if not self.response_started or self.response_complete:
+            raise RuntimeError("http.response.body before http.response.start or after the last body")
+        framing = self.framing
+        if framing is _wire.CHUNKED:
+            out = _wire.chunk(body) if body else b""
+            if not more:
+                out += b"0\r\n\r\n"
+        elif framing is _wire.LENGTH:
+            size = len(body)
+            if size > self.remaining:
+                raise RuntimeError("the response body is longer than its Content-Length")
+            self.remaining -= size
+            out = body
+            if not more and self.remaining:
+                self.keep_alive = False  # the client will see a short answer and a close
+        elif framing is _wire.NONE:
+            out = b""
+        else:
+            out = body
+        conn = self.conn
+        pending = self.pending_head
+        if pending:
+            self.pending_head = b""
+            if len(out) < 16384:
+                out = pending + out  # one write for a small answer
+            else:
+                conn.transport.write(pending)
+        if out:
+            conn.transport.write(out)
+        if not more:
+            self.response_complete = True
+            self.wake()
+            conn.cycle_done(self)
+        elif conn.write_paused:
+            await conn.drain()

@@ -57,13 +57,15 @@ from urllib.parse import quote
 import anyio
 from anyio.abc import TaskGroup
 
-from .._errors import BadRequest, ClientClosedRequest, GatekeepError
+from .._errors import BadRequest, GatekeepError
 from .._filter import Exchange
 from .._gateway import Gateway
 from .._http import EMPTY_BODY, Headers, Request, Response, header_names, problem_response
 from .._websocket._session import relay
 from .._websocket._upstream import UPSTREAM
 from ._asgi_app import _UPGRADE, ASGI, AppCaller, AppLifespan, Receive, Scope, Send, deny_websocket
+from ._native import NativeServe, write_response
+from ._tasks import ClientDisconnected, TaskCancel
 
 __all__ = ["ASGIApp", "Middleware", "asgi"]
 
@@ -73,10 +75,6 @@ log = logging.getLogger("gatekeep")
 # A request still running after this many seconds starts watching for its
 # client's disconnect (see ``_DisconnectWatch``).
 WATCH_AFTER = 0.5
-
-
-class ClientDisconnected(ClientClosedRequest):
-    """The client went away before its request body was read."""
 
 
 # What a server's ``receive`` may raise when the client's connection is gone.
@@ -175,6 +173,10 @@ class ASGIApp:
         self._caller: AppCaller | None = AppCaller(app, gateway) if app is not None else None
         self._started = False
         self._watches = _Watches()
+        # On gatekeep's own front server, plain gatekeep skips ASGI's messages (``_native``).
+        self.gatekeep_native: NativeServe | None = None
+        if app is None:
+            self.gatekeep_native = NativeServe(gateway, self.request_from_scope)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -312,9 +314,7 @@ class ASGIApp:
         if task_group is not watches.task_group:
             watches.start(task_group)
         task = _current_task()
-        cancel: _TaskCancel | anyio.CancelScope = (
-            _TaskCancel(task) if task is not None else anyio.CancelScope()
-        )
+        cancel: TaskCancel | anyio.CancelScope = TaskCancel(task) if task is not None else anyio.CancelScope()
         with cancel:
             watch = _DisconnectWatch(receive, cancel, body, watches)
             try:
@@ -376,34 +376,6 @@ def _current_task() -> asyncio.Task[Any] | None:
     return asyncio.current_task()
 
 
-class _TaskCancel:
-    """What ``anyio.CancelScope`` does for one request, at a fraction of its cost, on asyncio.
-
-    ``cancel()`` cancels the request's task; leaving the ``with`` block
-    swallows that one cancellation (and only that one: a server shutting
-    the task down still gets its ``CancelledError``).
-    """
-
-    __slots__ = ("cancel_called", "task")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.cancel_called = False
-
-    def cancel(self) -> None:
-        if not self.cancel_called:
-            self.cancel_called = True
-            self.task.cancel()
-
-    def __enter__(self) -> _TaskCancel:
-        return self
-
-    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        if self.cancel_called and self.task.uncancel() == 0 and isinstance(exc, asyncio.CancelledError):
-            return True  # our own cancellation, nobody else's: the request just ends
-        return False
-
-
 class _Watches:
     """Requests in flight, and the one task that starts their disconnect watches.
 
@@ -446,7 +418,7 @@ class _DisconnectWatch:
     __slots__ = ("body", "cancel", "disconnected", "finished", "receive", "since", "watcher", "watches")
 
     def __init__(
-        self, receive: Receive, cancel: _TaskCancel | anyio.CancelScope, body: _Body, watches: _Watches
+        self, receive: Receive, cancel: TaskCancel | anyio.CancelScope, body: _Body, watches: _Watches
     ):
         self.receive = receive
         self.cancel = cancel
@@ -514,25 +486,8 @@ class _DisconnectWatch:
 async def send_response(response: Response, send: Send, exchange: Exchange) -> None:
     """Send ``response`` with ASGI ``send``; a body that breaks mid-way aborts."""
     await send({"type": "http.response.start", "status": response.status, "headers": response.headers.raw})
-    body = response.body
-    if isinstance(body, bytes):
-        exchange.bytes_out = len(body)
-        await send({"type": "http.response.body", "body": body})
-        exchange.end = time.perf_counter()
-        return
-    sent = 0
-    try:
-        async for chunk in body:
-            if chunk:
-                sent += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except Exception as exc:
-        # Headers are gone already: the only honest signal left is to cut the
-        # connection short, which returning without the final message does.
-        exchange.bytes_out = sent
-        exchange.error = exc
-        log.warning("response body broke after %d bytes: %s", sent, exc)
-        return
-    exchange.bytes_out = sent
-    await send({"type": "http.response.body", "body": b""})
-    exchange.end = time.perf_counter()
+
+    async def write(body: bytes, more: bool) -> None:
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+
+    await write_response(response, exchange, write)

@@ -164,4 +164,6 @@ def with_admin(app: ASGI, gateway: Any, *, reuse_port: bool = True) -> ASGI:
             await app(scope, inner_receive, inner_send)
             admin_scope.cancel()
 
+    # gatekeep's front server may call the gateway without ASGI for plain requests (adapters/_native.py).
+    wrapped.gatekeep_native = getattr(app, "gatekeep_native", None)  # type: ignore[attr-defined]
     return wrapped
