@@ -358,7 +358,9 @@ def serve(app: ASGI, port: int) -> None:
     )
 
 
-def nginx_conf(prefix: str, port: int, upstream_port: int, *, cache: bool = False) -> str:
+def nginx_conf(
+    prefix: str, port: int, upstream_port: int, *, cache: bool = False, tls: tuple[str, str] | None = None
+) -> str:
     """A one-worker nginx ``proxy_pass`` with upstream keep-alive, run in the foreground.
 
     ``cache``: with ``proxy_cache`` (a 64 MiB keys zone on disk under ``prefix``, GET/HEAD 200
@@ -366,6 +368,13 @@ def nginx_conf(prefix: str, port: int, upstream_port: int, *, cache: bool = Fals
     gatekeep's ``proxy-cache``.
     """
     cache_zone = cache_use = user = ""
+    listen = f"listen 127.0.0.1:{port};"
+    if tls is not None:
+        # HTTPS as gatekeep serve's [server.tls] does it: TLS 1.2+, the library's ciphers.
+        listen = (
+            f"listen 127.0.0.1:{port} ssl;\n        ssl_certificate {tls[0]};\n"
+            f"        ssl_certificate_key {tls[1]};\n        ssl_protocols TLSv1.2 TLSv1.3;"
+        )
     if cache:
         if os.geteuid() == 0:
             # Run as root, nginx's workers become "nobody", who cannot write the cache files
@@ -406,7 +415,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;

@@ -81,7 +81,20 @@ GATEKEEP_VARIANTS = (
 # The two ways gatekeep itself runs: embedded (an ASGI app on uvicorn) and
 # standalone (``gatekeep serve CONFIG``, exactly as a user starts it).
 GATEKEEP_BASES = ("gatekeep", "gatekeep-serve")
-TARGETS = ("direct", *GATEKEEP_BASES, *GATEKEEP_VARIANTS, *PYTHON_PEERS, "nginx", "nginx+cache")
+# The choice of front server (issue 14): gatekeep's ASGI app on granian, beside uvicorn and its own.
+SERVER_CANDIDATES = ("gatekeep-granian",)
+# GET and POST over HTTPS with keep-alive, one certificate for both (issue 14).
+TLS_TARGETS = ("gatekeep-serve-tls", "nginx-tls")
+TARGETS = (
+    "direct",
+    *GATEKEEP_BASES,
+    *SERVER_CANDIDATES,
+    *GATEKEEP_VARIANTS,
+    *PYTHON_PEERS,
+    "nginx",
+    "nginx+cache",
+    *TLS_TARGETS,
+)
 POST_SIZE = 64 * 1024
 GET_SIZE = 1024
 
@@ -125,9 +138,11 @@ class Fleet:
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(
+            os.environ, **(env or {}), PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        )
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -168,6 +183,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class _TLS:
+    """The benchmark's own CA and server certificate (trustme), made once for the TLS targets."""
+
+    def __init__(self) -> None:
+        self.ports: set[int] = set()  # the targets that speak HTTPS
+        self.client_context: Any = None
+        self.files: tuple[str, str] | None = None
+
+    def certificate(self, workdir: Path) -> tuple[str, str]:
+        """(cert chain file, key file) for 127.0.0.1, signed by a CA the checks trust."""
+        if self.files is None:
+            import ssl
+
+            import trustme
+
+            ca = trustme.CA()
+            leaf = ca.issue_cert("127.0.0.1", "localhost")
+            cert, key = workdir / "tls-cert.pem", workdir / "tls-key.pem"
+            leaf.private_key_pem.write_to_path(str(key))
+            cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+            self.client_context = ssl.create_default_context()
+            ca.configure_trust(self.client_context)
+            self.files = (str(cert), str(key))
+        return self.files
+
+
+TLS = _TLS()
+
+
+def base_url(port: int) -> str:
+    return f"{'https' if port in TLS.ports else 'http'}://127.0.0.1:{port}"
+
+
 def http(
     method: str,
     url: str,
@@ -176,10 +224,11 @@ def http(
     headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    context = TLS.client_context if url.startswith("https:") else None
     if body is not None:
         request.add_header("Content-Type", "application/octet-stream")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -193,7 +242,7 @@ def wait_ready(fleet: Fleet, name: str, port: int, timeout: float = 30.0) -> Non
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{fleet.log_tail(name)}")
         try:
-            http("GET", f"http://127.0.0.1:{port}/ready", timeout=1.0)
+            http("GET", base_url(port) + "/ready", timeout=1.0)
             return
         except OSError:
             time.sleep(0.1)
@@ -202,10 +251,10 @@ def wait_ready(fleet: Fleet, name: str, port: int, timeout: float = 30.0) -> Non
 
 def check(port: int, headers: dict[str, str] | None = None) -> None:
     """Both cases answer correctly (with ``headers``) before anything is measured."""
-    status, body = http("GET", f"http://127.0.0.1:{port}/item/1?q=2", headers=headers)
+    status, body = http("GET", base_url(port) + "/item/1?q=2", headers=headers)
     if status != 200 or len(body) != GET_SIZE:
         raise RuntimeError(f"GET answered {status} with {len(body)} bytes: {body[:200]!r}")
-    status, body = http("POST", f"http://127.0.0.1:{port}/upload", b"x" * POST_SIZE, headers=headers)
+    status, body = http("POST", base_url(port) + "/upload", b"x" * POST_SIZE, headers=headers)
     if status != 200 or body.strip() != str(POST_SIZE).encode():
         raise RuntimeError(f"POST answered {status}: {body[:200]!r}")
 
@@ -218,13 +267,15 @@ def python_server(fleet: Fleet, name: str, kind: str, port: int, upstream: str |
     wait_ready(fleet, name, port)
 
 
-def nginx_server(fleet: Fleet, port: int, upstream_port: int, *, cache: bool = False) -> None:
+def nginx_server(
+    fleet: Fleet, port: int, upstream_port: int, *, cache: bool = False, tls: tuple[str, str] | None = None
+) -> None:
     from ._peers import nginx_conf
 
     prefix = fleet.workdir / "nginx"
     prefix.mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(str(prefix), port, upstream_port, cache=cache))
+    conf.write_text(nginx_conf(str(prefix), port, upstream_port, cache=cache, tls=tls))
     fleet.start(
         "nginx",
         [nginx_binary() or "nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
@@ -801,7 +852,7 @@ def variant_config(target: str, upstream: str, helpers: Helpers, upstreams: list
 
 def feature_check(name: str, port: int, headers: dict[str, str]) -> None:
     """Before a variant is measured: its feature is really on (not only configured)."""
-    base = f"http://127.0.0.1:{port}"
+    base = base_url(port)
     if name.startswith("gatekeep+jwt") or name == "gatekeep+pipeline":
         status, _ = http("GET", base + "/item/1")
         if status != 401:
@@ -871,12 +922,40 @@ def start_target(
     upstream_pid = fleet.procs["upstream"].pid
     if target == "direct":
         return Target(upstream_port, None, [upstream_pid])
-    if target in ("nginx", "nginx+cache"):
+    if target in ("nginx", "nginx+cache", "nginx-tls"):
         if nginx_binary() is None:
             raise RuntimeError("nginx is not installed")
         port = free_port()
-        nginx_server(fleet, port, upstream_port, cache=target == "nginx+cache")
+        tls = None
+        if target == "nginx-tls":
+            tls = TLS.certificate(fleet.workdir)
+            TLS.ports.add(port)
+        nginx_server(fleet, port, upstream_port, cache=target == "nginx+cache", tls=tls)
         return Target(port, fleet.procs["nginx"].pid, [upstream_pid], stop=["nginx"])
+    if target == "gatekeep-granian":
+        from ._peers import gatekeep_config
+
+        port = free_port()
+        config_file = fleet.workdir / f"{target}.toml"
+        config_file.write_text(to_toml(gatekeep_config(upstream)))
+        granian = str(Path(sys.executable).with_name("granian"))
+        fleet.start(
+            target,
+            [granian, "--interface", "asgi", "--loop", "uvloop", "--no-log", "--workers", "1",
+             "--host", "127.0.0.1", "--port", str(port), "--factory", "gatekeep._serve:app"],
+            env={"GATEKEEP_CONFIG": str(config_file)},
+        )  # fmt: skip
+        wait_ready(fleet, target, port)
+        return Target(port, fleet.procs[target].pid, [upstream_pid], stop=[target])
+    if target == "gatekeep-serve-tls":
+        from ._peers import gatekeep_config
+
+        port = free_port()
+        cert, key = TLS.certificate(fleet.workdir)
+        TLS.ports.add(port)
+        config = dict(gatekeep_config(upstream), server={"tls": {"cert_file": cert, "key_file": key}})
+        serve_server(fleet, target, port, config)
+        return Target(port, fleet.procs[target].pid, [upstream_pid], stop=[target])
     if target == "gatekeep-serve":
         from ._peers import gatekeep_config
 
@@ -953,7 +1032,7 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
                 feature_check(name, target.port, target.headers)
                 lua = scripts(fleet.workdir, target.headers, name if target.headers else "")
                 for case, script in lua.items():
-                    url = f"http://127.0.0.1:{target.port}/item/1"
+                    url = base_url(target.port) + "/item/1"
                     r = measure(
                         url, script, args.duration, args.connections,
                         target.pid, target.upstream_pids, target.side_pids, target.counters,
@@ -973,8 +1052,20 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
             results[name] = {case: median_run(rs) for case, rs in cases.items()}
     print("\n" + table(results))
     found = {me: ratios(results, me) for me in GATEKEEP_BASES if me in results}
+    tls_rows = {}
+    for case, mine in results.get("gatekeep-serve-tls", {}).items():
+        theirs = results.get("nginx-tls", {}).get(case)
+        if isinstance(mine, dict) and theirs:
+            tls_rows[case] = {
+                "rps_share_of_nginx_tls": mine["rps"] / theirs["rps"],
+                "cpu_vs_nginx_tls": mine["proxy_cpu_us"] / theirs["proxy_cpu_us"],
+            }
+            share = tls_rows[case]["rps_share_of_nginx_tls"]
+            print(f"\nHTTPS {case}: gatekeep serve ÷ nginx = {share:.0%} of req/s")
+    if tls_rows:
+        found["gatekeep-serve-tls"] = tls_rows
     for me, rows in found.items():
-        if rows:
+        if rows and me in GATEKEEP_BASES:
             print(f"\n{me}:\n" + ratio_text(rows))
     added = added_costs(results, sequence, base_of(args))
     if added:
@@ -1291,7 +1382,7 @@ def run_profile(fleet: Fleet, args: argparse.Namespace) -> None:
         target = start_target(
             fleet, args.profile_target, upstream_port, upstream, Helpers(fleet), args.variant_server
         )
-        port, url = target.port, f"http://127.0.0.1:{target.port}/item/1"
+        port, url = target.port, base_url(target.port) + "/item/1"
         check(port, target.headers)
         lua = scripts(fleet.workdir, target.headers, "profile")
         wrk(url, lua[case], 1, args.connections)
@@ -1372,7 +1463,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile-target",
         default="gatekeep",
-        choices=TARGETS[1:-1],
+        choices=[t for t in TARGETS[1:] if not t.startswith("nginx")],
         help="what --profile samples with py-spy (default gatekeep; e.g. gatekeep-serve, gatekeep+pipeline)",
     )
     parser.add_argument("--profile-case", choices=("get", "post"), default="get")
