@@ -432,15 +432,16 @@ class Gateway:
                 early.source = early.source or "gateway"
                 return early
             n += 1
-            route: Route | None = request._compiled_route
-            if request.consumer is not consumer and route is not None:
-                # Authentication named a consumer: continue on its chain.
-                consumer = request.consumer
-                new_chain = self.chain_for(route, _consumer_key(consumer))
-                if new_chain is not chain:
-                    key = chain.keys[index]
-                    chain, phases = new_chain, new_chain.request
-                    n = new_chain.resume_index(key)
+            if request.consumer is not consumer:
+                route: Route | None = request._compiled_route
+                if route is not None:
+                    # Authentication named a consumer: continue on its chain.
+                    consumer = request.consumer
+                    new_chain = self.chain_for(route, _consumer_key(consumer))
+                    if new_chain is not chain:
+                        key = chain.keys[index]
+                        chain, phases = new_chain, new_chain.request
+                        n = new_chain.resume_index(key)
         return None
 
     async def _respond(

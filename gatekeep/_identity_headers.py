@@ -65,13 +65,23 @@ def is_identity_header(name: bytes) -> bool:
     return name[:1] in b"xX" and name.lower().replace(b"_", b"-").startswith(IDENTITY_PREFIXES)
 
 
+# Names already found not to be identity headers (bounded): most requests carry only these.
+_OTHER_NAMES: set[bytes] = set()
+_OTHER_NAMES_MAX: Final = 1024
+
+
 def strip_identity_headers(headers: Headers) -> None:
     """Remove every identity header, in any spelling, from ``headers`` (in place; cheap if none)."""
     raw = headers.raw
+    others = _OTHER_NAMES
     for name, _ in raw:
+        if name in others:
+            continue
         if is_identity_header(name):
             headers.raw = [pair for pair in raw if not is_identity_header(pair[0])]
             return
+        if len(others) < _OTHER_NAMES_MAX:
+            others.add(name)
 
 
 _SAFE = re.compile(r"[\x20-\x24\x26-\x7e]*")

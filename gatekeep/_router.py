@@ -35,6 +35,9 @@ turns a list of rules into lookup structures once, at construction, so that
 Per request, ``match`` splits the path into segments once and allocates one
 ``RouteMatch`` only when the route has parameters (others are prebuilt).
 The path given must already be normalised (``gatekeep._normalise``).
+
+``explain`` (at the end of this module) is ``match`` with its reasons, for
+the Admin API's ``/explain``: the same walk, every candidate's verdict.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ from ._http import is_header_name
 from ._normalise import normalise_path
 
 __all__ = [
+    "Candidate",
     "CompiledRouter",
+    "RouteExplanation",
     "RouteMatch",
     "RouteRule",
     "check_host_pattern",
@@ -578,6 +583,16 @@ class CompiledRouter:
                     allowed |= entry.methods
         return frozenset(allowed)
 
+    def explain(self, method: str, host: str, path: str, headers: Any = None) -> RouteExplanation:
+        """``match`` with its reasons, for operators (the Admin API's ``/explain``); not for the hot path.
+
+        Returns the route ``match`` would return (always the same), every
+        candidate considered with why it was or was not taken (a failed method
+        or header condition, outranked by precedence, another host), the
+        nearest routes when no path matches, and ``allowed_methods`` for a 405.
+        """
+        return _explain(self, method, host, path, headers)
+
 
 def _parse_rule_pattern(rule: RouteRule, pattern: str) -> _Pattern:
     try:
@@ -597,3 +612,242 @@ def _compile_headers(rule: RouteRule) -> tuple[tuple[bytes, frozenset[bytes]], .
         accepted = frozenset(v.strip().lower().encode("latin-1") for v in _as_strings(values))
         compiled.append((lower.encode("latin-1"), accepted))
     return tuple(compiled)
+
+
+# -- explaining a choice (CompiledRouter.explain) --------------------------------
+#
+# ``explain`` walks the compiled tables exactly as ``match`` does and stops at
+# the entry ``match`` stops at, so its choice is ``match``'s by construction
+# (a property test holds it to that), recording every entry it saw: the ones
+# before the chosen one failed on their method or header conditions, the ones
+# after it were outranked.  Then, off the hot path, it looks at the host tables
+# the request's host does not fit and, when no path matched at all, at the
+# routes whose literal path is nearest.  The router keeps only a rank per
+# entry; the precedence key behind it is recomputed from the rules in the same
+# order, so that each verdict can say which part of the key decided.  This
+# costs a sort of all entries per call: an Admin API request, never a proxied one.
+
+_ANY_PATH = _Pattern(_PREFIX, "/", trailing_slash=True)  # a rule without paths
+_KINDS = {_EXACT: "exact", _TEMPLATE: "template", _REGEX: "regex", _PREFIX: "prefix"}
+
+
+@attrs.frozen
+class Candidate:
+    """One (route, host pattern, path pattern) the router considered, and its verdict.
+
+    Attributes:
+        route: the rule's name.
+        host: the host pattern (``""``: any host).
+        path: the path pattern as written (``"/"`` for a route without paths).
+        kind: ``"exact"``, ``"template"``, ``"regex"`` or ``"prefix"``.
+        taken: this is the route ``match`` returns.
+        failed: the condition that failed (``"host"``, ``"path"``, ``"method"``,
+            ``"headers"``), ``None`` when taken or outranked.
+        reason: why, in a sentence.
+    """
+
+    route: str
+    host: str
+    path: str
+    kind: str
+    taken: bool
+    failed: str | None
+    reason: str
+
+
+@attrs.frozen
+class RouteExplanation:
+    """What ``CompiledRouter.explain`` found.
+
+    Attributes:
+        match: what ``match`` returns for the same request.
+        candidates: the chosen route first, then the others considered, in
+            the order the router tried them.
+        allowed: the methods of a 405's ``Allow`` (``allowed_methods``); empty
+            when nothing matches the path (404).
+        truncated: more candidates existed than were listed.
+    """
+
+    match: RouteMatch | None
+    candidates: tuple[Candidate, ...]
+    allowed: frozenset[str]
+    truncated: bool = False
+
+
+@attrs.frozen
+class _Info:
+    route: str
+    host: str
+    text: str
+    pattern: _Pattern
+    key: tuple[Any, ...]
+
+
+def _infos(router: CompiledRouter) -> list[_Info]:
+    """Per entry rank: the host, pattern and precedence key the router ranked it by."""
+    ranked: list[_Info] = []
+    for order, rule in enumerate(router.rules):
+        patterns = [(p, _parse_pattern(p)) for p in rule.paths] or [("/", _ANY_PATH)]
+        for host in rule.hosts or ("",):
+            for text, pattern in patterns:
+                key = (pattern.kind, pattern.specificity, not rule.headers, not rule.methods, order)
+                ranked.append(_Info(rule.name, host.lower().rstrip("."), text, pattern, key))
+    ranked.sort(key=lambda info: info.key)  # stable, as in CompiledRouter.__init__
+    return ranked
+
+
+def _candidate(info: _Info, taken: bool, failed: str | None, reason: str) -> Candidate:
+    return Candidate(info.route, info.host, info.text, _KINDS[info.pattern.kind], taken, failed, reason)
+
+
+def _host_kind(host: str) -> str:
+    if not host:
+        return "any host"
+    return f"wildcard host {host!r}" if host.startswith("*.") else f"exact host {host!r}"
+
+
+def _describe(info: _Info) -> str:
+    kind = _KINDS[info.pattern.kind]
+    return f"{kind} path {info.text!r} on {_host_kind(info.host)}"
+
+
+def _outranked(chosen: _Info, other: _Info, same_table: bool) -> str:
+    """Which part of the precedence put ``chosen`` before ``other``."""
+    if not same_table:
+        return f"{_host_kind(chosen.host)} is tried before {_host_kind(other.host)}"
+    a, b = chosen.key, other.key
+    if a[0] != b[0]:
+        first, then = _KINDS[a[0]], _KINDS[b[0]]
+        return f"{'an' if first == 'exact' else 'a'} {first} path ranks before a {then} path"
+    if a[1] != b[1]:
+        if a[0] == _PREFIX:
+            return f"the longer prefix {chosen.pattern.text!r} ranks before {other.pattern.text!r}"
+        if a[1][0] != b[1][0]:
+            return f"a template with more literal segments ({-a[1][0]} > {-b[1][0]}) ranks first"
+        return "a template without a '{x:path}' tail ranks first"
+    if a[2] != b[2]:
+        return "a route with header conditions ranks before one without"
+    if a[3] != b[3]:
+        return "a route with a method list ranks before one for any method"
+    return "it comes first in the configuration"
+
+
+def _headers_failure(entry: _Entry, headers: Any) -> str:
+    raw = [] if headers is None else getattr(headers, "raw", headers)
+    for name, accepted in entry.headers:
+        values = [v.strip().lower() for k, v in raw if k == name]
+        shown = name.decode("latin-1")
+        if not values:
+            return f"header {shown!r} is missing"
+        if accepted and not any(v in accepted for v in values):
+            wanted = sorted(v.decode("latin-1") for v in accepted)
+            return f"header {shown!r} is not one of {wanted}"
+    return "a header condition does not hold"
+
+
+def _common_prefix(path: str, literal: str) -> int:
+    """How many leading characters ``path`` shares with a route's literal path."""
+    n = 0
+    for a, b in zip(path, literal, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def _literal_head(pattern: _Pattern) -> str:
+    if pattern.kind in (_EXACT, _PREFIX):
+        return pattern.text
+    if pattern.kind == _TEMPLATE:
+        head = []
+        for segment in pattern.segments:
+            if segment is None:
+                break
+            head.append(segment)
+        return "/" + "/".join(head)
+    return ""
+
+
+def _explain(
+    router: CompiledRouter, method: str, host: str, path: str, headers: Any = None, *, limit: int = 20
+) -> RouteExplanation:
+    allowed = router.allowed_methods(host, path, headers)
+    if not path.startswith("/"):
+        return RouteExplanation(None, (), allowed)
+    infos = _infos(router)
+    segments = path[1:].split("/")
+    trailing = segments[-1] == ""
+    if trailing:
+        segments.pop()
+
+    seen: list[Candidate] = []
+    chosen: _Info | None = None
+    chosen_table: _Table | None = None
+    chosen_name = ""
+    found_match: RouteMatch | None = None
+    truncated = False
+
+    def add(candidate: Candidate) -> None:
+        nonlocal truncated
+        if len(seen) < limit or candidate.taken:
+            seen.append(candidate)
+        else:
+            truncated = True
+
+    visited = list(router._tables(host))
+    for table in visited:
+        for entry, regex_found in table.candidates(path, segments, trailing):
+            info = infos[entry.rank]
+            if chosen is not None:
+                why = f"outranked by {chosen_name!r}: {_outranked(chosen, info, table is chosen_table)}"
+                add(_candidate(info, False, None, why))
+                continue
+            if entry.methods is not None and method not in entry.methods:
+                wanted = sorted(entry.methods)
+                add(
+                    _candidate(
+                        info,
+                        False,
+                        "method",
+                        f"{_describe(info)} matches, but not the method {method!r}: {wanted}",
+                    )
+                )
+                continue
+            if entry.headers and not entry.accepts_headers(headers):
+                why = f"{_describe(info)} matches, but {_headers_failure(entry, headers)}"
+                add(_candidate(info, False, "headers", why))
+                continue
+            chosen, chosen_table, chosen_name = info, table, info.route
+            found_match = entry.build(path, segments, trailing, regex_found)
+            why = f"the first candidate, in precedence order, whose conditions all hold: {_describe(info)}"
+            if entry.methods is not None:
+                why += f", method in {sorted(entry.methods)}"
+            if entry.headers:
+                why += ", header conditions hold"
+            add(_candidate(info, True, None, why))
+
+    # Routes for another host whose path would match.
+    request_host = _request_host(host)
+    visited_ids = {id(t) for t in visited}
+    for table in (*router._hosts.values(), *router._wildcards.values()):
+        if id(table) in visited_ids:
+            continue
+        for entry, _ in table.candidates(path, segments, trailing):
+            info = infos[entry.rank]
+            why = f"{_describe(info)} matches the path, but not the host {request_host!r}"
+            add(_candidate(info, False, "host", why))
+
+    if not seen:
+        # Nothing matched the path anywhere: the routes whose literal path shares most with it.
+        near: list[tuple[int, int, _Info]] = []
+        for rank, info in enumerate(infos):
+            head = _literal_head(info.pattern)
+            shared = _common_prefix(path, head) if head else 0
+            if shared > 1:
+                near.append((-shared, rank, info))
+        near.sort(key=lambda item: item[:2])
+        for shared, _, info in near[:5]:
+            why = f"{_describe(info)} does not match {path!r} (nearest: they share {path[:-shared]!r})"
+            add(_candidate(info, False, "path", why))
+    seen.sort(key=lambda c: not c.taken)  # the chosen one first, the rest in the order tried
+    return RouteExplanation(found_match, tuple(seen), allowed, truncated)

@@ -27,11 +27,12 @@ import json
 import math
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
 import attrs
 
+from ._forwarding import HOP_BY_HOP
 from .auth import is_identity_header
 
 __all__ = [
@@ -45,28 +46,23 @@ __all__ = [
     "check_names",
     "check_pairs",
     "check_rename",
+    "config_entries",
+    "config_json_types",
     "dump_json",
     "header_rules_validator",
     "json_object",
+    "over_limit",
     "parse_form",
+    "plain_media_type",
     "render_form",
 ]
 
 JsonType = Literal["string", "number", "boolean"]
+_N = TypeVar("_N")
+_V = TypeVar("_V")
 
-HOP_BY_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-        b"trailer",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    }
-)
+# A transformer config's sections, in the order the rules apply.
+_SECTIONS: Final = ("remove", "rename", "replace", "add", "append")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 
@@ -172,15 +168,37 @@ def _pairs(entries: Iterable[str]) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(out)
 
 
-@attrs.frozen
-class HeaderRules:
-    """Compiled header rules; ``apply`` changes a ``Headers`` in place."""
+def config_entries(config: Any, field: str) -> tuple[Sequence[str], ...]:
+    """``field``'s entries in each section of a transformer config, in ``compile``'s order.
 
-    remove: frozenset[bytes] = frozenset()
-    rename: tuple[tuple[bytes, bytes], ...] = ()
-    replace: tuple[tuple[bytes, bytes], ...] = ()
-    add: tuple[tuple[bytes, bytes], ...] = ()
-    append: tuple[tuple[bytes, bytes], ...] = ()
+    ``config`` has Kong's ``remove``, ``rename``, ``replace``, ``add`` and
+    ``append`` sections, each with a ``field`` (``headers``, ``body`` …).
+    """
+    return tuple(getattr(getattr(config, section), field) for section in _SECTIONS)
+
+
+def config_json_types(config: Any) -> tuple[Sequence[JsonType], Sequence[JsonType], Sequence[JsonType]]:
+    """The ``json_types`` of a transformer config's ``replace``, ``add`` and ``append`` sections."""
+    return (config.replace.json_types, config.add.json_types, config.append.json_types)
+
+
+@attrs.frozen
+class _Rules(Generic[_N, _V]):
+    """The five compiled rule lists, in Kong's order; false when there are none."""
+
+    remove: frozenset[_N] = frozenset()
+    rename: tuple[tuple[_N, _N], ...] = ()
+    replace: tuple[tuple[_N, _V], ...] = ()
+    add: tuple[tuple[_N, _V], ...] = ()
+    append: tuple[tuple[_N, _V], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.rename or self.replace or self.add or self.append)
+
+
+@attrs.frozen
+class HeaderRules(_Rules[bytes, bytes]):
+    """Compiled header rules; ``apply`` changes a ``Headers`` in place."""
 
     @classmethod
     def compile(
@@ -198,9 +216,6 @@ class HeaderRules:
             _pairs(add),
             _pairs(append),
         )
-
-    def __bool__(self) -> bool:
-        return bool(self.remove or self.rename or self.replace or self.add or self.append)
 
     def apply(self, headers: Any) -> None:
         """Apply the rules to ``headers`` (a ``gatekeep.Headers``: lower-case names)."""
@@ -286,14 +301,8 @@ def _typed(entries: Sequence[str], types: Sequence[JsonType]) -> tuple[tuple[str
 
 
 @attrs.frozen
-class FieldRules:
+class FieldRules(_Rules[str, Any]):
     """Compiled rules for named fields: query parameters, form fields, JSON object members."""
-
-    remove: frozenset[str] = frozenset()
-    rename: tuple[tuple[str, str], ...] = ()
-    replace: tuple[tuple[str, Any], ...] = ()
-    add: tuple[tuple[str, Any], ...] = ()
-    append: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def compile(
@@ -313,9 +322,6 @@ class FieldRules:
             _typed(add, types[1]),
             _typed(append, types[2]),
         )
-
-    def __bool__(self) -> bool:
-        return bool(self.remove or self.rename or self.replace or self.add or self.append)
 
     def apply_form(self, data: bytes) -> bytes:
         """Apply the rules to a query string or a form body (values are sent as strings)."""
@@ -366,7 +372,21 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-# -- JSON bodies ------------------------------------------------------------------------------
+# -- bodies -----------------------------------------------------------------------------------
+
+
+def plain_media_type(headers: Any) -> bytes | None:
+    """The body's media type (lower-case, no parameters), or ``None`` if it is content-encoded."""
+    encoding = headers.get(b"content-encoding")
+    if encoding is not None and encoding.strip().lower() != b"identity":
+        return None
+    return (headers.get(b"content-type") or b"").split(b";")[0].strip().lower()
+
+
+def over_limit(headers: Any, cap: int) -> bool:
+    """Whether the ``Content-Length`` announces more than ``cap`` bytes."""
+    length = headers.get(b"content-length")
+    return length is not None and length.isdigit() and int(length) > cap
 
 
 def _finite(text: str) -> float:

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 
+import anyio
+
 
 class WebSocketUpstream:
     def __init__(self) -> None:
@@ -78,6 +80,13 @@ class WebSocketUpstream:
 
     def closes_of(self, path: str) -> list[tuple[int | None, str | None]]:
         return [(code, reason) for p, code, reason in self.closes if p == path]
+
+    async def wait_closes(self, path: str, seconds: float = 5.0) -> list[tuple[int | None, str | None]]:
+        """``closes_of(path)`` once the upstream has recorded a close there (``seconds`` at most)."""
+        with anyio.fail_after(seconds):
+            while not self.closes_of(path):  # noqa: ASYNC110 - the upstream's thread appends
+                await anyio.sleep(0.05)
+        return self.closes_of(path)
 
 
 @contextmanager

@@ -5,49 +5,19 @@ The attacks against ``gatekeep serve`` as a process are in tests/attacks/test_fr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatekeep._front import ServerSettings
-from gatekeep._front._server import serve
 from gatekeep._front._wire import CHUNKED, LENGTH, NONE, response_head
 
+from ._wire import exchange, front_server
+
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def serving(app: Any, **settings: Any) -> AsyncIterator[int]:
-    sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, ServerSettings(**settings), sock=sock, stop=stop))
-    for _ in range(100):
-        if app.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        yield port
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, 10) == 0
-
-
-async def exchange(port: int, data: bytes) -> bytes:
-    """Send ``data``, read until the server closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    answer = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    return answer
 
 
 class App:
@@ -109,7 +79,7 @@ async def test_a_failing_app_gets_a_500_problem_and_the_connection_closed(
     path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = App()
-    async with serving(app) as port:
+    async with front_server(app) as port:
         answer = await exchange(
             port, b"GET %b HTTP/1.1\r\nhost: t\r\n\r\nGET / HTTP/1.1\r\nhost: t\r\n\r\n" % path.encode()
         )
@@ -121,7 +91,7 @@ async def test_a_failing_app_gets_a_500_problem_and_the_connection_closed(
 
 async def test_lifespan_state_reaches_requests_and_the_client_is_the_peer() -> None:
     app = App()
-    async with serving(app) as port:
+    async with front_server(app) as port:
         answer = await exchange(
             port, b"GET / HTTP/1.1\r\nhost: t\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n"
         )
@@ -136,7 +106,7 @@ async def test_lifespan_state_reaches_requests_and_the_client_is_the_peer() -> N
 
 
 async def test_204_has_no_body_framing() -> None:
-    async with serving(App()) as port:
+    async with front_server(App()) as port:
         answer = await exchange(port, b"GET /empty HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 204 No Content\r\n")
     assert b"content-length" not in answer and b"transfer-encoding" not in answer

@@ -86,6 +86,50 @@ def test_any_replies_split_anywhere_parse_back(found: list[Any], data: st.DataOb
     assert transport.written == b"PING"
 
 
+# The limiter's replies (arrays of integers) next to integers and nested arrays: the shapes
+# that the parser's fast path for integer arrays must tell from its own.
+integer_replies: st.SearchStrategy[Any] = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=7),
+    st.lists(st.one_of(st.integers(), st.lists(st.integers(), max_size=3)), max_size=4),
+)
+
+
+@given(st.lists(integer_replies, min_size=1, max_size=8), st.data())
+def test_integer_arrays_split_anywhere_parse_back(found: list[Any], data: st.DataObject) -> None:
+    wire = b"".join(encode(r) for r in found)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    protocol = RespProtocol()
+    protocol.connection_made(_Transport())  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.run_until_complete(_roundtrip(protocol, len(found)))
+        for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+            protocol.data_received(wire[start:end])
+        assert future.result() == found
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reply", "end"),
+    [
+        (b"*2\r\n:1\r\n:2\r\n:3\r\n", [1, 2], 12),  # an integer reply follows
+        (b"*0\r\n:3\r\n", [], 4),
+        (b"*1\r\n*1\r\n:5\r\n", [[5]], 12),
+        (b"*3\r\n:1\r\n$1\r\nx\r\n:-2\r\n", [1, b"x", -2], 20),
+    ],
+)
+def test_integer_arrays_end_where_they_end(raw: bytes, reply: Any, end: int) -> None:
+    assert parse(raw) == (reply, end)
+
+
+@pytest.mark.parametrize("raw", [b"*2\r\n:1\r\n:2", b"*3\r\n:1\r\n:2\r\n"])
+def test_an_integer_array_cut_short_is_incomplete(raw: bytes) -> None:
+    with pytest.raises(Incomplete):
+        parse(raw)
+
+
 async def _roundtrip(protocol: RespProtocol, count: int) -> asyncio.Future[list[Any]]:
     return protocol.roundtrip(b"PING", count)
 

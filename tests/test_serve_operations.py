@@ -29,7 +29,7 @@ from gatekeep._front import ServerSettings
 from gatekeep._front._protocol import ServerState
 from gatekeep._front._server import _drain
 from tests._servers import ServerProcess, free_port, running, upstream_thread
-from tests.test_front import exchange, serving
+from tests._wire import exchange, front_server
 
 CONFIG = """
 [server]
@@ -264,9 +264,9 @@ class Plain:
 @pytest.mark.anyio
 async def test_the_server_field_is_the_operators() -> None:
     close = b"host: x\r\nconnection: close\r\n\r\n"
-    async with serving(Plain()) as port:
+    async with front_server(Plain()) as port:
         assert b"\r\nserver:" not in (await exchange(port, b"GET / HTTP/1.1\r\n" + close)).lower()
-    async with serving(Plain(), server_header="edge/1") as port:
+    async with front_server(Plain(), ServerSettings(server_header="edge/1")) as port:
         answer = await exchange(port, b"GET / HTTP/1.1\r\n" + close)
         assert answer.count(b"server: edge/1\r\n") == 1 and b"\r\ndate: " in answer
         own = await exchange(port, b"GET /own HTTP/1.1\r\n" + close)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
-import socket
 import tomllib
 from typing import Any
 
 import pytest
 
 from gatekeep import Gateway, asgi, load_config
-from gatekeep._front import ServerSettings
-from gatekeep._front._server import serve
 from tests._docs import blocks
 from tests._websocket_upstream import websocket_upstream
+from tests._wire import front_server
 
 pytestmark = [
     pytest.mark.anyio,
@@ -45,11 +42,7 @@ async def test_the_websocket_example_serves_its_client() -> None:
     assert config["gateway"]["websocket"]["max_message_bytes"] == 1024 * 1024
     with websocket_upstream() as upstream:
         config["services"][0]["url"] = f"http://127.0.0.1:{upstream.port}"
-        sock = socket.create_server(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        stop = asyncio.Event()
-        task = asyncio.create_task(serve(asgi(Gateway(config)), ServerSettings(), sock=sock, stop=stop))
-        try:
+        async with front_server(asgi(Gateway(config))) as port:
             chat = example_client()
             assert await chat(f"ws://127.0.0.1:{port}/chat/echo") == "chat.v2: hello"
             with pytest.raises(InvalidStatus) as denied:
@@ -61,6 +54,3 @@ async def test_the_websocket_example_serves_its_client() -> None:
                     pass
             assert refused.value.response.status_code == 403
             assert json.loads(refused.value.response.body)["type"].endswith("/websocket-refused")
-        finally:
-            stop.set()
-            assert await asyncio.wait_for(task, 15) == 0

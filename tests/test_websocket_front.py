@@ -23,9 +23,11 @@ from gatekeep._front._server import serve
 from gatekeep._websocket import _frames
 from gatekeep._websocket._handshake import accept_value
 
+from ._wire import KEY, front_server, upgrade_request
+
 pytestmark = pytest.mark.anyio
 
-KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+SETTINGS = ServerSettings(drain_timeout=5.0)
 
 
 class EchoApp:
@@ -58,36 +60,6 @@ class EchoApp:
                 await send({"type": "websocket.close", "code": 4000, "reason": "as asked"})
                 continue
             await send({"type": "websocket.send", **{k: v for k, v in message.items() if k != "type"}})
-
-
-@asynccontextmanager
-async def serving(app: EchoApp) -> AsyncIterator[int]:
-    sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, ServerSettings(drain_timeout=5.0), sock=sock, stop=stop))
-    for _ in range(200):
-        if app.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        yield port
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, 15) == 0
-
-
-def handshake(path: str = "/echo", *extra: bytes, key: bytes = KEY, version: bytes = b"13") -> bytes:
-    lines = [
-        b"GET " + path.encode() + b" HTTP/1.1",
-        b"host: gk",
-        b"upgrade: websocket",
-        b"connection: Upgrade",
-        b"sec-websocket-key: " + key,
-        b"sec-websocket-version: " + version,
-        *extra,
-    ]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 class Client:
@@ -132,10 +104,10 @@ async def client(port: int, data: bytes) -> AsyncIterator[Client]:
 
 async def test_a_handshake_is_accepted_with_the_rfcs_accept_value_and_frames_echo() -> None:
     app = EchoApp()
-    async with serving(app) as port:
+    async with front_server(app, SETTINGS) as port:
         # A frame in the same packet as the handshake waits for the app's accept.
         first = _frames.encode(_frames.TEXT, b"early", mask=True)
-        async with client(port, handshake("/echo", b"sec-websocket-protocol: a, b") + first) as c:
+        async with client(port, upgrade_request("/echo", b"sec-websocket-protocol: a, b") + first) as c:
             status, head = await c.head()
             assert status == 101
             assert b"sec-websocket-accept: " + accept_value(KEY) in head
@@ -153,8 +125,8 @@ async def test_a_handshake_is_accepted_with_the_rfcs_accept_value_and_frames_ech
 
 async def test_the_clients_close_is_answered_and_reaches_the_app() -> None:
     app = EchoApp()
-    async with serving(app) as port:
-        async with client(port, handshake()) as c:
+    async with front_server(app, SETTINGS) as port:
+        async with client(port, upgrade_request()) as c:
             assert (await c.head())[0] == 101
             c.send(_frames.encode(_frames.CLOSE, _frames.close_payload(4005, "bye"), mask=True))
             close = await c.event()
@@ -170,16 +142,16 @@ async def test_the_clients_close_is_answered_and_reaches_the_app() -> None:
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        (handshake(version=b"8"), 426),
-        (handshake(key=b"short"), 400),
-        (handshake(key=base64.b64encode(os.urandom(15))), 400),
-        (handshake().replace(b"GET", b"POST", 1), 400),
-        (handshake().replace(b"HTTP/1.1", b"HTTP/1.0", 1), 400),
-        (handshake("/echo", b"content-length: 5") + b"hello", 400),
+        (upgrade_request(version=b"8"), 426),
+        (upgrade_request(key=b"short"), 400),
+        (upgrade_request(key=base64.b64encode(os.urandom(15))), 400),
+        (upgrade_request().replace(b"GET", b"POST", 1), 400),
+        (upgrade_request().replace(b"HTTP/1.1", b"HTTP/1.0", 1), 400),
+        (upgrade_request("/echo", b"content-length: 5") + b"hello", 400),
     ],
 )
 async def test_invalid_handshakes_are_refused_before_the_app(request_bytes: bytes, status: int) -> None:
-    async with serving(EchoApp()) as port:
+    async with front_server(EchoApp(), SETTINGS) as port:
         async with client(port, request_bytes) as c:
             code, head = await c.head()
             assert code == status and b"application/problem+json" in head
@@ -188,15 +160,15 @@ async def test_invalid_handshakes_are_refused_before_the_app(request_bytes: byte
 
 
 async def test_a_close_before_accept_is_a_403() -> None:
-    async with serving(EchoApp()) as port:
-        async with client(port, handshake("/deny")) as c:
+    async with front_server(EchoApp(), SETTINGS) as port:
+        async with client(port, upgrade_request("/deny")) as c:
             assert (await c.head())[0] == 403
             assert await c.rest() == b"Forbidden"
 
 
 async def test_unmasked_frames_are_a_protocol_error() -> None:
-    async with serving(EchoApp()) as port:
-        async with client(port, handshake()) as c:
+    async with front_server(EchoApp(), SETTINGS) as port:
+        async with client(port, upgrade_request()) as c:
             assert (await c.head())[0] == 101
             c.send(_frames.encode(_frames.TEXT, b"naked", mask=False))
             close = await c.event()
@@ -205,8 +177,8 @@ async def test_unmasked_frames_are_a_protocol_error() -> None:
 
 
 async def test_a_huge_frame_is_refused_from_its_header() -> None:
-    async with serving(EchoApp()) as port:
-        async with client(port, handshake()) as c:
+    async with front_server(EchoApp(), SETTINGS) as port:
+        async with client(port, upgrade_request()) as c:
             assert (await c.head())[0] == 101
             c.send(struct.pack("!BBQ", 0x82, 0x80 | 127, 1 << 40) + b"mask")  # and never the payload
             close = await c.event()
@@ -215,9 +187,9 @@ async def test_a_huge_frame_is_refused_from_its_header() -> None:
 
 
 async def test_bytes_after_a_refused_handshake_are_never_a_request() -> None:
-    async with serving(EchoApp()) as port:
+    async with front_server(EchoApp(), SETTINGS) as port:
         smuggled = b"GET /next HTTP/1.1\r\nhost: gk\r\n\r\n"
-        async with client(port, handshake("/deny") + smuggled) as c:
+        async with client(port, upgrade_request("/deny") + smuggled) as c:
             assert (await c.head())[0] == 403
             assert await c.rest() == b"Forbidden"  # one answer, then the connection is closed
 
@@ -230,7 +202,7 @@ async def test_draining_closes_open_websockets_with_1001() -> None:
     task = asyncio.create_task(serve(app, ServerSettings(drain_timeout=5.0), sock=sock, stop=stop))
     while not app.started:  # noqa: ASYNC110 - the lifespan sets it
         await asyncio.sleep(0.01)
-    async with client(port, handshake()) as c:
+    async with client(port, upgrade_request()) as c:
         assert (await c.head())[0] == 101
         stop.set()
         close = await c.event()
@@ -261,8 +233,8 @@ async def test_a_client_gone_during_the_handshake_is_no_error_of_the_app(
             self.disconnects.append(await receive())
 
     app = SlowApp()
-    async with serving(app) as port:
-        async with client(port, handshake()):
+    async with front_server(app, SETTINGS) as port:
+        async with client(port, upgrade_request()):
             pass  # gone at once
         for _ in range(100):
             if app.disconnects:

@@ -7,11 +7,9 @@ with the ``websockets`` library as the client and as the upstream.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import re
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from gatekeep.testing import TestClient
 
 from ._servers import free_port, running
 from ._websocket_upstream import WebSocketUpstream, websocket_upstream
+from ._wire import access_log, exchange, front_server, refusal, upgrade_request
 
 pytestmark = [
     pytest.mark.anyio,
@@ -110,11 +109,7 @@ class Gateway:
         return f"ws://127.0.0.1:{self.port}{target}"
 
     def access(self, path: str) -> list[dict[str, Any]]:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        docs = [
-            json.loads(line.split("gatekeep.access:", 1)[1]) for line in lines if "gatekeep.access:" in line
-        ]
-        return [doc for doc in docs if doc["path"] == path]
+        return [doc for doc in access_log(self.log_path) if doc["path"] == path]
 
     async def wait_access(self, path: str, count: int = 1) -> list[dict[str, Any]]:
         with anyio.move_on_after(5):
@@ -172,8 +167,7 @@ async def refused(url: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
         with anyio.fail_after(10):
             ws = await connect(url, **kwargs)
             await ws.close()
-    response = info.value.response
-    return response.status_code, {k.lower(): v for k, v in response.headers.raw_items()}, response.body
+    return refusal(info.value)
 
 
 def problem(answer: tuple[int, dict[str, str], bytes], status: int) -> dict[str, Any]:
@@ -236,18 +230,9 @@ async def test_no_request_is_smuggled_behind_a_refused_upgrade(gateway: Gateway)
     # WebSocket smuggling: a proxy that believes an upgrade happened tunnels what follows, and the
     # upstream, which refused it, reads it as a new request. The gateway never tunnels bytes, and
     # after a refused handshake nothing more is read from the client's connection.
-    handshake = (
-        b"GET /ws/deny HTTP/1.1\r\nhost: gk\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
-        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
-    )
     smuggled = b"GET /ws/internal HTTP/1.1\r\nhost: gk\r\n\r\n"
     for version in (b"13", b"1337"):
-        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        try:
-            writer.write(handshake.replace(b"version: 13", b"version: " + version) + smuggled)
-            answer = await asyncio.wait_for(reader.read(), 10)  # until the gateway closes
-        finally:
-            writer.close()
+        answer = await exchange(gateway.port, upgrade_request("/ws/deny", version=version) + smuggled)
         assert answer.count(b"HTTP/1.1 ") == 1, answer
         assert answer.startswith((b"HTTP/1.1 403", b"HTTP/1.1 426", b"HTTP/1.1 400")), answer  # uvicorn: 400
 
@@ -306,10 +291,7 @@ async def test_the_clients_close_code_and_reason_reach_the_upstream(
         await ws.send("hi")
         assert await ws.recv() == "hi"
         await ws.close(4002, "client is done")
-    with anyio.fail_after(5):
-        while not upstream.closes_of(path):  # noqa: ASYNC110 - the upstream's thread appends
-            await anyio.sleep(0.05)
-    assert upstream.closes_of(path) == [(4002, "client is done")]
+    assert await upstream.wait_closes(path) == [(4002, "client is done")]
 
 
 async def test_a_message_over_the_limit_closes_with_1009(
@@ -323,10 +305,7 @@ async def test_a_message_over_the_limit_closes_with_1009(
         with anyio.fail_after(5):
             await ws.wait_closed()
     assert ws.close_code == 1009
-    with anyio.fail_after(5):
-        while not upstream.closes_of(path):  # noqa: ASYNC110 - the upstream's thread appends
-            await anyio.sleep(0.05)
-    assert upstream.closes_of(path)[0][0] == 1009
+    assert (await upstream.wait_closes(path))[0][0] == 1009
     # And from the upstream's side.
     async with await connect(gateway.url("/ws/echo"), max_size=None) as ws:
         await ws.send("big:70000")
@@ -341,10 +320,7 @@ async def test_an_idle_connection_is_closed_with_1001(gateway: Gateway, upstream
         with anyio.fail_after(8):
             await ws.wait_closed()
     assert ws.close_code == 1001 and ws.close_reason == "idle timeout"
-    with anyio.fail_after(5):
-        while not upstream.closes_of(path):  # noqa: ASYNC110 - the upstream's thread appends
-            await anyio.sleep(0.05)
-    assert upstream.closes_of(path) == [(1001, "idle timeout")]
+    assert await upstream.wait_closes(path) == [(1001, "idle timeout")]
 
 
 async def test_an_upstream_that_drops_the_connection_is_a_1014(gateway: Gateway) -> None:
@@ -381,8 +357,6 @@ async def test_a_wss_upstream_is_reached_over_tls_with_the_services_ca(tmp_path:
 
     from gatekeep import Gateway as GatewayApp
     from gatekeep import asgi
-    from gatekeep._front import ServerSettings
-    from gatekeep._front._server import serve
 
     ca = trustme.CA()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -399,38 +373,22 @@ async def test_a_wss_upstream_is_reached_over_tls_with_the_services_ca(tmp_path:
                 }
             ]
         }
-        sock = socket.create_server(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        stop = asyncio.Event()
-        task = asyncio.create_task(serve(asgi(GatewayApp(config)), ServerSettings(), sock=sock, stop=stop))
-        try:
+        async with front_server(asgi(GatewayApp(config))) as port:
             async with await connect(f"ws://127.0.0.1:{port}/secure/hello") as ws:
                 seen = json.loads(await ws.recv())
                 assert seen["path"] == "/hello"
                 await ws.send("over tls")
                 assert await ws.recv() == "over tls"
-            # Without the service's CA the certificate is refused: a 502 before the upgrade.
-            config["services"][0]["tls"] = {}
-            stop.set()
-            assert await asyncio.wait_for(task, 15) == 0
-            sock = socket.create_server(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            stop = asyncio.Event()
-            task = asyncio.create_task(
-                serve(asgi(GatewayApp(config)), ServerSettings(), sock=sock, stop=stop)
-            )
+        # Without the service's CA the certificate is refused: a 502 before the upgrade.
+        config["services"][0]["tls"] = {}
+        async with front_server(asgi(GatewayApp(config))) as port:
             doc = problem(await refused(f"ws://127.0.0.1:{port}/secure/hello"), 502)
             assert "certificate" in doc["detail"]
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 15)
 
 
 async def test_ip_rules_apply_to_the_handshake(upstream: WebSocketUpstream) -> None:
     from gatekeep import Gateway as GatewayApp
     from gatekeep import asgi
-    from gatekeep._front import ServerSettings
-    from gatekeep._front._server import serve
 
     deny = [{"name": "ip-restriction", "config": {"deny": ["127.0.0.0/8"]}}]
     config = {
@@ -442,18 +400,11 @@ async def test_ip_rules_apply_to_the_handshake(upstream: WebSocketUpstream) -> N
             }
         ]
     }
-    sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(asgi(GatewayApp(config)), ServerSettings(), sock=sock, stop=stop))
-    try:
+    async with front_server(asgi(GatewayApp(config))) as port:
         problem(await refused(f"ws://127.0.0.1:{port}/closed/echo"), 403)
         async with await connect(f"ws://127.0.0.1:{port}/open/echo") as ws:
             await ws.send("allowed")
             assert await ws.recv() == "allowed"
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, 15) == 0
 
 
 async def test_wss_through_gatekeep_serve_with_mtls_auth_on_the_handshake(
@@ -465,7 +416,6 @@ async def test_wss_through_gatekeep_serve_with_mtls_auth_on_the_handshake(
 
     from gatekeep import Gateway as GatewayApp
     from gatekeep import asgi, load_config
-    from gatekeep._front._server import serve
 
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1")
@@ -487,11 +437,6 @@ async def test_wss_through_gatekeep_serve_with_mtls_auth_on_the_handshake(
             {"name": "chat", "url": f"http://127.0.0.1:{upstream.port}", "routes": [{"paths": ["/ws"]}]}
         ],
     }
-    sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    stop = asyncio.Event()
-    settings = load_config(config).server
-    task = asyncio.create_task(serve(asgi(GatewayApp(config)), settings, sock=sock, stop=stop))
 
     def client_context(with_certificate: bool) -> ssl.SSLContext:
         context = ssl.create_default_context()
@@ -500,7 +445,7 @@ async def test_wss_through_gatekeep_serve_with_mtls_auth_on_the_handshake(
             ca.issue_cert("payments.internal").configure_cert(context)
         return context
 
-    try:
+    async with front_server(asgi(GatewayApp(config)), load_config(config).server) as port:
         url = f"wss://127.0.0.1:{port}/ws/hello"
         async with await connect(url, ssl=client_context(True)) as ws:
             seen = json.loads(await ws.recv())
@@ -509,9 +454,6 @@ async def test_wss_through_gatekeep_serve_with_mtls_auth_on_the_handshake(
         assert seen["headers"]["x-consumer-username"] == "payments.internal"
         assert seen["headers"]["x-forwarded-proto"] == "https"
         problem(await refused(url, ssl=client_context(False)), 401)
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, 15) == 0
 
 
 # -- observability --------------------------------------------------------------------------

@@ -92,10 +92,7 @@ async def test_shutdown_closes_websockets_with_1001_on_both_sides(
         with anyio.fail_after(10):
             await ws.wait_closed()
         assert ws.close_code == 1001
-        with anyio.fail_after(10):
-            while not upstream.closes_of(path):  # noqa: ASYNC110 - the upstream's thread appends
-                await anyio.sleep(0.05)
-        assert upstream.closes_of(path)[0][0] == 1001
+        assert (await upstream.wait_closes(path, 10))[0][0] == 1001
         assert await anyio.to_thread.run_sync(proc.process.wait, 15) == 0
         assert "Traceback" not in proc.log(), proc.log()
 
@@ -217,7 +214,4 @@ async def test_the_asgi_lifespan_shutdown_closes_proxied_sockets_with_1001(
             "reason": "the gateway is shutting down",
         }
         await to_socket.send({"type": "websocket.disconnect", "code": 1001})
-    with anyio.fail_after(5):
-        while not upstream.closes_of("/lifespan"):  # noqa: ASYNC110 - the upstream's thread appends
-            await anyio.sleep(0.05)
-    assert upstream.closes_of("/lifespan")[0][0] == 1001
+    assert (await upstream.wait_closes("/lifespan"))[0][0] == 1001

@@ -126,6 +126,8 @@ class AdminAPI:
         registry: the plugins the config may name (to type form values and check configs).
         settings: the ``[admin]`` table (token, body limit).
         status: the serving gateway's ``config_status()``, for ``/status``.
+        explain: answers ``/explain`` from the raw query string (``Explainer`` of
+            the serving gateway); without it ``/explain`` is a 501.
         refresh: called after each write so this process applies it at once.
         validate: checks a whole document, raising ``ConfigError``; by default
             ``check_config`` (``gatekeep check``: load, compile, bind every plugin).
@@ -141,6 +143,7 @@ class AdminAPI:
         refresh: Callable[[], Awaitable[Any]] | None = None,
         validate: Callable[[Mapping[str, Any]], object] | None = None,
         max_attempts: int = 16,
+        explain: Callable[[bytes], Mapping[str, Any]] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -149,6 +152,7 @@ class AdminAPI:
         self.refresh = refresh
         self.validate = validate or _validator(registry)
         self.max_attempts = max_attempts
+        self.explain = explain
         self.resources = Resources(registry)
         self.auth = Authenticator(self.settings)
         self.node_id = str(uuid.uuid4())
@@ -202,6 +206,7 @@ class AdminAPI:
         table: list[tuple[str, Mapping[str, Callable[..., Awaitable[Any]]]]] = [
             ("/", {"GET": self._root}),
             ("/status", {"GET": self._status}),
+            ("/explain", {"GET": self._explain}),
             ("/config", {"POST": self._post_config}),
             ("/services", collection(r.services, r.create_service, services)),
             (f"/services/{s}", item(r.service, r.update_service, r.delete_service, services)),
@@ -370,6 +375,11 @@ class AdminAPI:
             "server": {"admin_writes": self.writes, "admin_write_conflicts": self.conflicts},
         }
 
+    async def _explain(self, req: _Request) -> Any:
+        if self.explain is None:
+            raise AdminError("no gateway serves this Admin API: there is nothing to explain", 501)
+        return self.explain(req.raw_query)
+
     async def _enabled_plugins(self, req: _Request) -> Any:
         return {"enabled_plugins": sorted(self.registry.names())}
 
@@ -466,6 +476,7 @@ class _Request:
         self.query = query
         self.args = args
         self.base = ""
+        self.raw_query = b""
 
     @classmethod
     async def read(cls, scope: Scope, receive: Receive, limit: int) -> _Request:
@@ -489,6 +500,7 @@ class _Request:
         args = decode_body(headers.get("content-type", ""), b"".join(chunks))
         req = cls(query, args)
         req.base = scope["path"]
+        req.raw_query = scope.get("query_string", b"")
         return req
 
     def paged(self, items: list[Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from anyio.streams.tls import TLSListener
 from .._check import check_config
 from .._miniserver import _connection
 from ._app import AdminAPI
+from ._explain import Explainer
 from ._settings import AdminSettings
 
 __all__ = ["serve_admin", "with_admin"]
@@ -107,6 +108,7 @@ def admin_for(gateway: Any) -> AdminAPI | None:
         "settings": settings,
         "status": status,
         "refresh": getattr(source, "refresh", None),
+        "explain": Explainer(gateway) if hasattr(gateway, "compiled") else None,
     }
     if registry is not None:
         kwargs["registry"] = registry

@@ -395,6 +395,8 @@ class Policy:
         self._any_paths = any(r.paths for r in rules)
         self.role_paths: tuple[ClaimPath, ...] = compile_paths(config.roles_claims, config.clients)
         self.scope_paths: tuple[ClaimPath, ...] = compile_paths(config.scopes_claims, config.clients)
+        # Grants by identity object: a verifier's cache hands out the same identity again.
+        self._grants: dict[int, tuple[Identity, Grants]] = {}
 
     @classmethod
     def of(cls, config: RbacConfig | Mapping[str, Any]) -> Policy:
@@ -474,7 +476,20 @@ class Policy:
                 stacklevel=2,
             )
             method, path = path, method
-        self.check(method, path, self.grants(identity, consumer_groups))
+        self.check(method, path, self._grants_of(identity, consumer_groups))
+
+    def _grants_of(self, identity: Identity | None, consumer_groups: Iterable[str]) -> Grants:
+        """``grants``, remembered per identity object (frozen; its claims are a verified token's)."""
+        if identity is None or (consumer_groups and self.config.groups_as_roles):
+            return self.grants(identity, consumer_groups)
+        entry = self._grants.get(id(identity))
+        if entry is not None and entry[0] is identity:
+            return entry[1]
+        grants = self.grants(identity)
+        if len(self._grants) >= _MAX_GRANTS:
+            self._grants.clear()
+        self._grants[id(identity)] = (identity, grants)  # holding it: its id is not reused meanwhile
+        return grants
 
     def _denial(self, method: str, path: str, grants: Grants, applicable: list[_Rule]) -> Exception:
         where = f"{method} {path}"
@@ -510,6 +525,10 @@ class Policy:
             )
             return InsufficientScope(detail, headers=[("www-authenticate", challenge)], extensions=extensions)
         return InsufficientRole(detail, extensions=extensions)
+
+
+# Identities whose grants are kept (bounded: an uncached verifier makes one per request).
+_MAX_GRANTS = 1024
 
 
 def _needs(kind: str, names: Sequence[str], *, one: bool) -> str:

@@ -22,7 +22,6 @@ starts and when it ends.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -32,7 +31,7 @@ import anyio
 import attrs
 from redis.exceptions import RedisError
 
-from ..ratelimit._connect import RedisSettings, _close, connect
+from ..ratelimit._connect import RedisSettings, Shared, close_shared, open_shared
 from ._entry import Entry, decode, encode
 from ._store import CacheStoreError
 
@@ -149,37 +148,17 @@ class RedisCacheStore:
         return result
 
 
-@attrs.define(eq=False)
-class _Shared:
-    client: Any
-    store: RedisCacheStore
-    users: int = 0
-
-
-_stores: dict[tuple[RedisSettings, int], _Shared] = {}
+_stores: dict[tuple[RedisSettings, int], Shared[RedisCacheStore]] = {}
 
 
 def open_redis_store(settings: RedisSettings) -> RedisCacheStore:
     """The store shared by every cache naming ``settings`` on this event loop (counted)."""
-    name = (settings, id(asyncio.get_running_loop()))
-    shared = _stores.get(name)
-    if shared is None:
-        client = connect(settings)
-        prefix = CACHE_PREFIX if settings.prefix == _RATELIMIT_PREFIX else settings.prefix
-        store = RedisCacheStore(client, prefix=prefix, timeout=settings.seconds)
-        shared = _stores[name] = _Shared(client, store)
-    shared.users += 1
-    return shared.store
+    prefix = CACHE_PREFIX if settings.prefix == _RATELIMIT_PREFIX else settings.prefix
+    return open_shared(
+        _stores, settings, lambda client: RedisCacheStore(client, prefix=prefix, timeout=settings.seconds)
+    )
 
 
 async def close_redis_store(settings: RedisSettings) -> None:
     """One user of ``settings`` is done; the last one closes the client."""
-    name = (settings, id(asyncio.get_running_loop()))
-    shared = _stores.get(name)
-    if shared is None:
-        return
-    shared.users -= 1
-    if shared.users > 0:
-        return
-    del _stores[name]
-    await _close(shared.client)
+    await close_shared(_stores, settings)

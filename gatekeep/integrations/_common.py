@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from .._errors import GatekeepError
 from .._http import DEFAULT_REQUEST_ID_HEADER, problem_response
 from .._identity import Identity
 from ..adapters._asgi_app import ROUTE_TEMPLATE
 from ..authz import AuthenticationRequired
-from ..service import Guard, Roles
+from ..service import Guard
+from ..service import require_roles as guard
 
-__all__ = ["ROUTE_TEMPLATE", "Problem", "guard", "problem", "request_id_of", "required"]
+__all__ = [
+    "ROUTE_TEMPLATE",
+    "Problem",
+    "RoleOptions",
+    "admitted",
+    "guard",
+    "problem",
+    "request_id_of",
+    "required",
+]
 
 IDENTITY_KEY = "gatekeep.identity"
 REQUEST_ID_KEY = "gatekeep.request_id"
@@ -20,6 +30,16 @@ REQUEST_ID_KEY = "gatekeep.request_id"
 _DROP = frozenset({DEFAULT_REQUEST_ID_HEADER, b"content-length"})
 # A problem document: status, headers (str pairs), body.
 Problem = tuple[int, list[tuple[str, str]], bytes]
+
+
+class RoleOptions(TypedDict, total=False):
+    """The keywords of every framework's ``require_roles`` (``gatekeep.service.require_roles``'s)."""
+
+    any_of: Sequence[str]
+    all_of: Sequence[str]
+    scopes_any: Sequence[str]
+    scopes_all: Sequence[str]
+    hierarchy: Mapping[str, Sequence[str]] | None
 
 
 def required(identity: Identity | None) -> Identity:
@@ -45,19 +65,16 @@ def request_id_of(mapping: Mapping[str, Any]) -> str:
     return rid if isinstance(rid, str) else ""
 
 
-def guard(
-    roles: Sequence[str],
-    *,
-    any_of: Sequence[str] = (),
-    all_of: Sequence[str] = (),
-    scopes_any: Sequence[str] = (),
-    scopes_all: Sequence[str] = (),
-    hierarchy: Mapping[str, Sequence[str]] | None = None,
-) -> Guard:
-    """A role/scope check built once (the ``rbac`` filter's engine)."""
-    return Roles(hierarchy=hierarchy).require(
-        *roles, any_of=any_of, all_of=all_of, scopes_any=scopes_any, scopes_all=scopes_all
-    )
+def admitted(mapping: Mapping[str, Any], check: Guard | None, method: str, path: str) -> Identity:
+    """The identity in a scope or environ, when it may go on (``check``, if any, passes).
+
+    Raises:
+        GatekeepError: the gateway's 401 (no identity) or ``check``'s 401/403.
+    """
+    identity = required(identity_in(mapping))
+    if check is not None:
+        check.check(identity, method, path)
+    return identity
 
 
 def problem(error: GatekeepError, request_id: str) -> Problem:

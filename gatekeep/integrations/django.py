@@ -26,8 +26,8 @@ module imports Django; nothing else in gatekeep does.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeVar, Unpack, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpResponse  # type: ignore[import-untyped]
@@ -35,7 +35,7 @@ from django.http import HttpResponse  # type: ignore[import-untyped]
 from .._errors import GatekeepError
 from .._identity import Identity
 from ..service import Guard
-from ._common import ROUTE_TEMPLATE, guard, identity_in, problem, request_id_of, required
+from ._common import ROUTE_TEMPLATE, RoleOptions, admitted, guard, identity_in, problem, request_id_of
 
 __all__ = ["GatekeepMiddleware", "identity_of", "require_identity", "require_roles"]
 
@@ -95,9 +95,7 @@ def _guarded(view: F, check: Guard | None) -> F:
     def admit(request: Any) -> Any:
         """``None`` when the caller may go on, else the denial."""
         try:
-            identity = required(identity_of(request))
-            if check is not None:
-                check.check(identity, request.method or "GET", request.path)
+            identity = admitted(_carrier(request), check, request.method or "GET", request.path)
         except GatekeepError as exc:
             return _deny(exc, request)
         request.identity = identity
@@ -129,19 +127,12 @@ def require_identity(view: F) -> F:
     return _guarded(view, None)
 
 
-def require_roles(
-    *roles: str,
-    any_of: Sequence[str] = (),
-    all_of: Sequence[str] = (),
-    scopes_any: Sequence[str] = (),
-    scopes_all: Sequence[str] = (),
-    hierarchy: Mapping[str, Sequence[str]] | None = None,
-) -> Callable[[F], F]:
+def require_roles(*roles: str, **options: Unpack[RoleOptions]) -> Callable[[F], F]:
     """Let in callers holding one of ``roles`` (and the rest); else the gateway's 401/403.
 
-    The check is the ``rbac`` filter's, built once at decoration time.
+    ``options``: ``any_of``, ``all_of``, ``scopes_any``, ``scopes_all``,
+    ``hierarchy`` (``gatekeep.service.require_roles``'s).  The check is the
+    ``rbac`` filter's, built once at decoration time.
     """
-    check = guard(
-        roles, any_of=any_of, all_of=all_of, scopes_any=scopes_any, scopes_all=scopes_all, hierarchy=hierarchy
-    )
+    check = guard(*roles, **options)
     return lambda view: _guarded(view, check)

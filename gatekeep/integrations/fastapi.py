@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Unpack
 
 from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
@@ -34,7 +34,7 @@ from starlette.responses import Response
 
 from .._errors import GatekeepError
 from .._identity import Identity
-from ._common import guard, identity_in, problem, request_id_of, required
+from ._common import RoleOptions, admitted, guard, identity_in, problem, request_id_of, required
 
 __all__ = [
     "OptionalIdentity",
@@ -80,30 +80,23 @@ async def optional_identity(connection: HTTPConnection) -> Identity | None:
 
 
 def require_roles(
-    *roles: str,
-    any_of: Sequence[str] = (),
-    all_of: Sequence[str] = (),
-    scopes_any: Sequence[str] = (),
-    scopes_all: Sequence[str] = (),
-    hierarchy: Mapping[str, Sequence[str]] | None = None,
+    *roles: str, **options: Unpack[RoleOptions]
 ) -> Callable[[HTTPConnection], Awaitable[Identity]]:
     """A dependency: the identity when it holds one of ``roles`` (and the rest), else 401/403.
 
-    The check is the ``rbac`` filter's (``hierarchy = {"admin": ["user"]}``
-    lets admins in where users may go), built once here, not per request.
+    ``options``: ``any_of``, ``all_of``, ``scopes_any``, ``scopes_all``,
+    ``hierarchy`` (``gatekeep.service.require_roles``'s).  The check is the
+    ``rbac`` filter's (``hierarchy = {"admin": ["user"]}`` lets admins in
+    where users may go), built once here, not per request.
     """
-    check = guard(
-        roles, any_of=any_of, all_of=all_of, scopes_any=scopes_any, scopes_all=scopes_all, hierarchy=hierarchy
-    )
+    check = guard(*roles, **options)
 
     async def dependency(connection: HTTPConnection) -> Identity:
         scope = connection.scope
         try:
-            identity = required(identity_in(scope))
-            check.check(identity, scope.get("method", "GET"), scope.get("path", "/"))
+            return admitted(scope, check, scope.get("method", "GET"), scope.get("path", "/"))
         except GatekeepError as exc:
             raise ProblemException(exc, request_id_of(scope)) from exc
-        return identity
 
     return dependency
 

@@ -22,14 +22,15 @@ Flask; nothing else in gatekeep does.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, Unpack, cast
 
 import flask
 
 from .._errors import GatekeepError
 from .._identity import Identity
-from ._common import ROUTE_TEMPLATE, guard, identity_in, problem, request_id_of, required
+from ..service import Guard
+from ._common import ROUTE_TEMPLATE, RoleOptions, admitted, guard, identity_in, problem, request_id_of
 
 __all__ = ["current_identity", "init_app", "require_identity", "require_roles"]
 
@@ -64,14 +65,13 @@ def _deny(error: GatekeepError, environ: Mapping[str, Any]) -> flask.Response:
     return flask.Response(body, status, headers)
 
 
-def require_identity(view: F) -> F:
-    """Let only authenticated callers in (else the gateway's 401); sets ``flask.g.identity``."""
-
+def _guarded(view: F, check: Guard | None) -> F:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        environ = flask.request.environ
+        request = flask.request
+        environ = request.environ
         try:
-            flask.g.identity = required(identity_in(environ))
+            flask.g.identity = admitted(environ, check, request.method, request.path)
         except GatekeepError as exc:
             return _deny(exc, environ)
         return view(*args, **kwargs)
@@ -79,35 +79,17 @@ def require_identity(view: F) -> F:
     return cast(F, wrapper)
 
 
-def require_roles(
-    *roles: str,
-    any_of: Sequence[str] = (),
-    all_of: Sequence[str] = (),
-    scopes_any: Sequence[str] = (),
-    scopes_all: Sequence[str] = (),
-    hierarchy: Mapping[str, Sequence[str]] | None = None,
-) -> Callable[[F], F]:
+def require_identity(view: F) -> F:
+    """Let only authenticated callers in (else the gateway's 401); sets ``flask.g.identity``."""
+    return _guarded(view, None)
+
+
+def require_roles(*roles: str, **options: Unpack[RoleOptions]) -> Callable[[F], F]:
     """Let in callers holding one of ``roles`` (and the rest); else the gateway's 401/403.
 
-    The check is the ``rbac`` filter's, built once at decoration time.
+    ``options``: ``any_of``, ``all_of``, ``scopes_any``, ``scopes_all``,
+    ``hierarchy`` (``gatekeep.service.require_roles``'s).  The check is the
+    ``rbac`` filter's, built once at decoration time.
     """
-    check = guard(
-        roles, any_of=any_of, all_of=all_of, scopes_any=scopes_any, scopes_all=scopes_all, hierarchy=hierarchy
-    )
-
-    def decorate(view: F) -> F:
-        @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            request = flask.request
-            environ = request.environ
-            try:
-                identity = required(identity_in(environ))
-                check.check(identity, request.method, request.path)
-            except GatekeepError as exc:
-                return _deny(exc, environ)
-            flask.g.identity = identity
-            return view(*args, **kwargs)
-
-        return cast(F, wrapper)
-
-    return decorate
+    check = guard(*roles, **options)
+    return lambda view: _guarded(view, check)

@@ -267,7 +267,7 @@ class JWTAuthenticator:
                     found.append(value.strip())
         if not found:
             return None
-        if any(t != found[0] for t in found[1:]):
+        if len(found) > 1 and any(t != found[0] for t in found[1:]):
             raise InvalidToken("the request carries several different tokens", realm=self.config.realm)
         return found[0]
 

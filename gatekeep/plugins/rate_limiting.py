@@ -92,6 +92,8 @@ _STATE = "rate-limiting"
 # After a failure, how long requests skip Redis before one probes it again.
 PROBE_INTERVAL = 1.0
 _MAX_COST_DIGITS = 9
+# Bucket keys kept by (scope, kind, identifier): a returning client's key is not built again.
+_MAX_KEYS = 4096
 
 
 def _burst(_: object, attribute: object, value: int | Mapping[str, int] | None) -> None:
@@ -263,7 +265,16 @@ class RateLimitStats:
 class _Policy:
     """The limits for one set of windows, and the header bytes that never change."""
 
-    __slots__ = ("limit_names", "limit_values", "limits", "policy_field", "remaining_names", "windows")
+    __slots__ = (
+        "limit_fields",
+        "limit_names",
+        "limit_values",
+        "limits",
+        "policy_field",
+        "remaining_names",
+        "totals",
+        "windows",
+    )
 
     def __init__(self, source: RoleLimits) -> None:
         windows = [w for w in WINDOWS if getattr(source, w) is not None]
@@ -280,6 +291,9 @@ class _Policy:
         self.limit_names = tuple([f"x-ratelimit-limit-{w}".encode() for w in windows])
         self.remaining_names = tuple([f"x-ratelimit-remaining-{w}".encode() for w in windows])
         self.limit_values = tuple([str(lim.rate).encode() for lim in self.limits])
+        # The fields that never change, as the answer carries them.
+        self.limit_fields = tuple(zip(self.limit_names, self.limit_values, strict=True))
+        self.totals = tuple([(b"ratelimit-limit", value) for value in self.limit_values])
         self.policy_field = ", ".join(
             f'"{w}";q={lim.rate};w={int(lim.period)}' for w, lim in zip(windows, self.limits, strict=True)
         ).encode()
@@ -304,6 +318,10 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
         self._default = _Policy(c)
         self._roles = [(role, _Policy(limits)) for role, limits in c.roles.items()]
         self._limit_by = c.limit_by
+        self._cost_default = c.cost
+        self._hide = c.hide_client_headers
+        self._ietf = c.ietf_headers
+        self._keys: dict[tuple[str, str, str], str] = {}
         claim = c.claim or ()
         self._claim: tuple[str, ...] = tuple(claim.split(".") if isinstance(claim, str) else claim)
         self._header = c.header_name.lower().encode("latin-1") if c.header_name else b""
@@ -409,13 +427,34 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
 
     async def on_request(self, request: Request) -> Response | None:
         policy = self._policy(request)
-        kind, identifier = self._identify(request)
+        kind, identifier = self._identify(request) if self._limit_by != "ip" else ("ip", request.client_ip)
         scope = self._scope
         if scope is None:
             scope = "consumer:" + _consumer_key(request)
-        key = bucket_key(scope, kind, identifier)
-        cost = self._cost(request) if self._cost_header else self.config.cost
-        decision = await self._decide(key, policy.limits, cost)
+        named = (scope, kind, identifier)
+        key = self._keys.get(named)
+        if key is None:
+            key = bucket_key(scope, kind, identifier)
+            if len(self._keys) >= _MAX_KEYS:
+                self._keys.clear()
+            self._keys[named] = key
+        cost = self._cost(request) if self._cost_header else self._cost_default
+        store = self._store
+        if store is not None and not self._down_since:  # the common case, one frame less
+            try:
+                decision = await store.acquire(key, policy.limits, cost)
+            except RateLimiterUnavailable as exc:
+                self._failed(exc)
+                decision = self._fallback(key, policy.limits, cost)
+            else:
+                if self._down_since:  # another request failed meanwhile: this success ends it
+                    self._recovered()
+                if decision.allowed:
+                    self.stats.allowed += 1
+                else:
+                    self.stats.rejected += 1
+        else:
+            decision = await self._decide(key, policy.limits, cost)
         request.state[_STATE] = (policy, decision)
         if decision.allowed:
             return None
@@ -424,25 +463,31 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
 
     async def on_response(self, request: Request, response: Response) -> Response | None:
         found = request.state.get(_STATE)
-        if found is None or self.config.hide_client_headers:
+        if found is None or self._hide:
             return None
         policy, decision = found
         raw = response.headers.raw
-        if any(k in _OWN_HEADERS for k, _ in raw):
-            raw[:] = [(k, v) for k, v in raw if k not in _OWN_HEADERS]
+        for k, _ in raw:
+            if k in _OWN_HEADERS:
+                raw[:] = [(k, v) for k, v in raw if k not in _OWN_HEADERS]
+                break
         remaining = decision.remaining
         tightest = 0
+        least = remaining[0]
+        least_text = b""
+        names = policy.remaining_names
         for i, left in enumerate(remaining):
-            raw.append((policy.limit_names[i], policy.limit_values[i]))
-            raw.append((policy.remaining_names[i], str(left).encode()))
+            text = b"%d" % left
+            raw += (policy.limit_fields[i], (names[i], text))
             # Kong: the fewest remaining; on a tie, the longer window.
-            if left <= remaining[tightest]:
-                tightest = i
-        reset = _seconds(decision.reset[tightest])
-        raw.append((b"ratelimit-limit", policy.limit_values[tightest]))
-        raw.append((b"ratelimit-remaining", str(remaining[tightest]).encode()))
-        raw.append((b"ratelimit-reset", reset))
-        if self.config.ietf_headers:
+            if left <= least:
+                tightest, least, least_text = i, left, text
+        raw += (
+            policy.totals[tightest],
+            (b"ratelimit-remaining", least_text),
+            (b"ratelimit-reset", _seconds(decision.reset[tightest])),
+        )
+        if self._ietf:
             raw.append((b"ratelimit-policy", policy.policy_field))
             raw.append(
                 (
@@ -593,4 +638,4 @@ def _consumer_key(request: Request) -> str:
 
 def _seconds(value: float) -> bytes:
     """Whole seconds, rounded up (a header must never invite a client back early)."""
-    return str(max(0, math.ceil(value - 1e-9))).encode()
+    return b"%d" % max(0, math.ceil(value - 1e-9))

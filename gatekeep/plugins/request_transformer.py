@@ -40,9 +40,13 @@ from gatekeep.transform import (
     check_names,
     check_pairs,
     check_rename,
+    config_entries,
+    config_json_types,
     dump_json,
     header_rules_validator,
     json_object,
+    over_limit,
+    plain_media_type,
 )
 
 __all__ = [
@@ -141,24 +145,9 @@ class RequestTransformerFilter(BasePlugin[RequestTransformerConfig]):
     def __init__(self, config: RequestTransformerConfig | None = None) -> None:
         super().__init__(config)
         c = self.config
-        self.headers = HeaderRules.compile(
-            c.remove.headers, c.rename.headers, c.replace.headers, c.add.headers, c.append.headers
-        )
-        self.query = FieldRules.compile(
-            c.remove.querystring,
-            c.rename.querystring,
-            c.replace.querystring,
-            c.add.querystring,
-            c.append.querystring,
-        )
-        self.body = FieldRules.compile(
-            c.remove.body,
-            c.rename.body,
-            c.replace.body,
-            c.add.body,
-            c.append.body,
-            types=(c.replace.json_types, c.add.json_types, c.append.json_types),
-        )
+        self.headers = HeaderRules.compile(*config_entries(c, "headers"))
+        self.query = FieldRules.compile(*config_entries(c, "querystring"))
+        self.body = FieldRules.compile(*config_entries(c, "body"), types=config_json_types(c))
 
     async def on_request(self, request: Request) -> Response | None:
         method = self.config.http_method
@@ -173,16 +162,11 @@ class RequestTransformerFilter(BasePlugin[RequestTransformerConfig]):
         return None
 
     async def _transform_body(self, request: Request) -> None:
-        headers = request.headers
-        ctype = (headers.get(b"content-type") or b"").split(b";")[0].strip().lower()
+        ctype = plain_media_type(request.headers)
         if ctype not in (_JSON, _FORM):
             return
-        encoding = headers.get(b"content-encoding")
-        if encoding is not None and encoding.strip().lower() != b"identity":
-            return
         cap = self.config.max_body_size
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > cap:
+        if over_limit(request.headers, cap):
             raise PayloadTooLarge(f"request body is larger than {cap} bytes (request-transformer)")
         data = await request.read(cap)
         if ctype == _FORM:

@@ -36,9 +36,13 @@ from gatekeep.transform import (
     check_names,
     check_pairs,
     check_rename,
+    config_entries,
+    config_json_types,
     dump_json,
     header_rules_validator,
     json_object,
+    over_limit,
+    plain_media_type,
 )
 
 __all__ = [
@@ -121,17 +125,8 @@ class ResponseTransformerFilter(BasePlugin[ResponseTransformerConfig]):
     def __init__(self, config: ResponseTransformerConfig | None = None) -> None:
         super().__init__(config)
         c = self.config
-        self.headers = HeaderRules.compile(
-            c.remove.headers, c.rename.headers, c.replace.headers, c.add.headers, c.append.headers
-        )
-        self.json = FieldRules.compile(
-            c.remove.json,
-            c.rename.json,
-            c.replace.json,
-            c.add.json,
-            c.append.json,
-            types=(c.replace.json_types, c.add.json_types, c.append.json_types),
-        )
+        self.headers = HeaderRules.compile(*config_entries(c, "headers"))
+        self.json = FieldRules.compile(*config_entries(c, "json"), types=config_json_types(c))
 
     async def on_response(self, request: Request, response: Response) -> Response | None:
         if self.headers:
@@ -144,20 +139,14 @@ class ResponseTransformerFilter(BasePlugin[ResponseTransformerConfig]):
     def _json_body(request: Request, response: Response) -> bool:
         if request.method == "HEAD" or response.status in (204, 304):
             return False
-        headers = response.headers
-        ctype = (headers.get(b"content-type") or b"").split(b";")[0].strip().lower()
-        if ctype != _JSON:
-            return False
-        encoding = headers.get(b"content-encoding")
-        return encoding is None or encoding.strip().lower() == b"identity"
+        return plain_media_type(response.headers) == _JSON
 
     async def _transform(self, response: Response) -> None:
         cap = self.config.max_body_size
         too_large = ResponseTooLarge(
             f"the upstream's JSON body is larger than {cap} bytes (response-transformer)"
         )
-        length = response.headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > cap:
+        if over_limit(response.headers, cap):
             raise too_large
         chunks: list[bytes] = []
         size = 0

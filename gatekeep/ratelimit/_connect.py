@@ -6,6 +6,8 @@ same ``RedisSettings``) shares one client -- one connection pool -- and one
 ``open_store`` hands out the shared limiter and counts its users;
 ``close_store`` closes the client when the last one is done.  The registry is
 per event loop (a redis.asyncio client belongs to the loop that made it).
+``open_shared`` / ``close_shared`` are that registry for any object made on a
+client (the proxy cache's Redis store uses them too).
 
 Clients are made with redis-py's own classes: ``Redis`` (optionally from a
 ``url``), ``RedisCluster`` (``mode = "cluster"``) and ``Sentinel``
@@ -20,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import attrs
 from redis.asyncio import Redis, RedisCluster
@@ -33,7 +35,16 @@ from redis.backoff import NoBackoff
 from .. import validators
 from ._redis import RedisRateLimiter
 
-__all__ = ["RedisSettings", "SentinelNode", "close_store", "connect", "open_store"]
+__all__ = [
+    "RedisSettings",
+    "SentinelNode",
+    "Shared",
+    "close_shared",
+    "close_store",
+    "connect",
+    "open_shared",
+    "open_store",
+]
 
 
 def _ca_file(_: object, attribute: object, value: str | None) -> None:
@@ -212,42 +223,70 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
     return standalone
 
 
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+_T = TypeVar("_T", bound=_Closable)
+
+
 @attrs.define(eq=False)
-class _Shared:
+class Shared(Generic[_T]):
+    """One client, the object made on it, and how many users hold them."""
+
     client: Any
-    limiter: RedisRateLimiter
+    value: _T
     users: int = 0
 
 
-_stores: dict[tuple[RedisSettings, int], _Shared] = {}
-
-
-def open_store(settings: RedisSettings) -> RedisRateLimiter:
-    """The limiter shared by every user of ``settings`` on this event loop (counted)."""
+def open_shared(
+    registry: dict[tuple[RedisSettings, int], Shared[_T]],
+    settings: RedisSettings,
+    make: Callable[[Redis | RedisCluster], _T],
+) -> _T:
+    """The object ``make`` built on the client of ``settings`` for this event loop (counted)."""
     name = (settings, id(asyncio.get_running_loop()))
-    shared = _stores.get(name)
+    shared = registry.get(name)
     if shared is None:
         client = connect(settings)
-        limiter = RedisRateLimiter(client, prefix=settings.prefix, timeout=settings.seconds)
-        shared = _stores[name] = _Shared(client, limiter)
+        shared = registry[name] = Shared(client, make(client))
     shared.users += 1
-    return shared.limiter
+    return shared.value
 
 
-async def close_store(settings: RedisSettings) -> None:
-    """One user of ``settings`` is done; the last one closes the client."""
+async def close_shared(
+    registry: dict[tuple[RedisSettings, int], Shared[_T]], settings: RedisSettings
+) -> None:
+    """One user of ``settings`` is done; the last one closes the object, then the client."""
     name = (settings, id(asyncio.get_running_loop()))
-    shared = _stores.get(name)
+    shared = registry.get(name)
     if shared is None:
         return
     shared.users -= 1
     if shared.users > 0:
         return
-    del _stores[name]
+    del registry[name]
     try:
-        await shared.limiter.aclose()
+        await shared.value.aclose()
     finally:
         await _close(shared.client)
+
+
+_stores: dict[tuple[RedisSettings, int], Shared[RedisRateLimiter]] = {}
+
+
+def open_store(settings: RedisSettings) -> RedisRateLimiter:
+    """The limiter shared by every user of ``settings`` on this event loop (counted)."""
+    return open_shared(
+        _stores,
+        settings,
+        lambda client: RedisRateLimiter(client, prefix=settings.prefix, timeout=settings.seconds),
+    )
+
+
+async def close_store(settings: RedisSettings) -> None:
+    """One user of ``settings`` is done; the last one closes the client."""
+    await close_shared(_stores, settings)
 
 
 async def _close(client: Redis | RedisCluster) -> None:

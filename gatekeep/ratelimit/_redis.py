@@ -43,7 +43,10 @@ reading the replies itself: redis-py's per-command machinery (pool checkout
 with its bookkeeping, retry wrapper, pipeline objects, response callbacks) is
 skipped, which is most of a decision's client-side cost.  For a plain TCP
 server that connection is gatekeep's own RESP2 protocol (``_resp.py``: no
-stream reader, no generic packer or RESP3 parser); for TLS, Unix sockets and
+stream reader, no generic packer or RESP3 parser), and a decision is packed
+by joining bytes made once: the command's head and the limits' ARGV per
+sequence of limits (``_Plan``), the keys per (limits, key) and the counts
+per (need, want), in bounded caches; for TLS, Unix sockets and
 Sentinel it is one connection checked out of the client's pool.  Any failure
 on that connection disconnects it (its replies cannot be trusted any more)
 and hands it back to the pool; a failure on a
@@ -74,7 +77,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 from .._protocols import Decision, Limit
 from ._bucket import check_limit
 from ._errors import RateLimiterUnavailable
-from ._resp import wire_for
+from ._resp import bulk, wire_for
 
 __all__ = ["SCRIPT", "RedisRateLimiter"]
 
@@ -90,12 +93,23 @@ _Outcome: TypeAlias = "Reply | BaseException"
 _STORE_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 _MAX_PLANS = 1024
+# Packed keys kept by (plan, key): a client's next decision packs without formatting.
+_MAX_PACKED_KEYS = 4096
+# Packed (need, want) pairs: a filter's cost takes few values.
+_MAX_COUNTS = 256
+
+# A call: on the lean wire the whole EVALSHA command, packed (RESP); else its
+# arguments after the script (numkeys, keys ..., need, want, limits' ARGV ...).
+_Call: TypeAlias = "bytes | tuple[str | int, ...]"
+_EVALSHA = b"$7\r\nEVALSHA\r\n$40\r\n" + _SHA.encode() + b"\r\n"
+_EVAL = b"$4\r\nEVAL\r\n" + bulk(SCRIPT.encode())
 
 
 class _Plan:
-    """What one sequence of limits contributes to every call: key suffixes, ARGV."""
+    """What one sequence of limits contributes to every call: key suffixes, ARGV, and
+    for the lean wire the same packed: the command's head and its trailing ARGV."""
 
-    __slots__ = ("args", "suffixes")
+    __slots__ = ("args", "argv", "head", "suffixes", "tails")
 
     def __init__(self, limits: tuple[Limit, ...]) -> None:
         for limit in limits:
@@ -106,18 +120,26 @@ class _Plan:
         for lim in limits:
             args += (lim.rate, round(lim.period * 1_000_000), lim.capacity)
         self.args = tuple(args)
+        keys = len(limits)
+        # *<parts> EVALSHA <sha> <numkeys>: the keys, need, want and ``argv`` follow.
+        self.head = b"*%d\r\n%b%b" % (3 + keys + 2 + len(args), _EVALSHA, bulk(b"%d" % keys))
+        self.argv = b"".join([bulk(b"%d" % arg) for arg in args])
+        self.tails = tuple([suffix.encode() + b"\r\n" for suffix in self.suffixes])
 
 
 class _Pending:
-    __slots__ = ("args", "deadline", "future", "keys")
+    __slots__ = ("command", "deadline", "future")
 
-    def __init__(
-        self, keys: list[str], args: tuple[int, ...], future: asyncio.Future[_Outcome], deadline: float
-    ) -> None:
-        self.keys = keys
-        self.args = args
+    def __init__(self, command: _Call, future: asyncio.Future[_Outcome], deadline: float) -> None:
+        self.command = command
         self.future = future
         self.deadline = deadline
+
+
+def _as_eval(command: bytes) -> bytes:
+    """A packed EVALSHA as the same EVAL (after NOSCRIPT)."""
+    start = command.index(b"\r\n") + 2
+    return command[:start] + _EVAL + command[start + len(_EVALSHA) :]
 
 
 def _has_surrogates(key: str) -> bool:
@@ -137,8 +159,13 @@ def _hash_tag(key: str) -> str:
 
 
 def _decision(reply: Reply) -> Decision:
-    if len(reply) == 5:  # one limit: the common case, without slicing
+    # One or two limits: the common cases, without slicing.
+    if len(reply) == 5:
         return Decision(reply[0] == 1, (reply[3],), reply[1] / 1000, (reply[4] / 1000,))
+    if len(reply) == 7:
+        return Decision(
+            reply[0] == 1, (reply[3], reply[5]), reply[1] / 1000, (reply[4] / 1000, reply[6] / 1000)
+        )
     return Decision(
         allowed=reply[0] == 1,
         remaining=tuple(reply[3::2]),
@@ -192,6 +219,8 @@ class RedisRateLimiter:
         # built once): find its plan by identity before hashing every Limit.
         # The entry keeps its tuple alive, so an id is never reused while cached.
         self._plans_by_id: dict[int, tuple[Sequence[Limit], _Plan]] = {}
+        self._packed: dict[tuple[_Plan, str], bytes] = {}
+        self._counts: dict[tuple[int, int], bytes] = {}
         self._queue: list[_Pending] = []
         # The batch the flusher has sent (its calls keep their own deadlines).
         self._sent: list[_Pending] = []
@@ -225,7 +254,12 @@ class RedisRateLimiter:
         """
         if cost < 0:
             raise ValueError(f"cost must not be negative, got {cost}")
-        return _decision(await self._call(key, limits, cost, cost))
+        command = self._command(key, limits, cost, cost)
+        if not self._batch:
+            return _decision(await self._send_alone(command))
+        if self._busy:  # the common case under load
+            return _decision(await self._wait(command))
+        return _decision(await self._send(command))
 
     async def lease(self, key: str, limits: Sequence[Limit], need: int, want: int) -> tuple[int, Decision]:
         """Take between ``need`` and ``want`` tokens from every bucket, as many as all hold.
@@ -239,7 +273,7 @@ class RedisRateLimiter:
         """
         if need < 1 or want < need:
             raise ValueError(f"a lease needs 1 <= need <= want, got need={need}, want={want}")
-        reply = await self._call(key, limits, need, want)
+        reply = await self._dispatch(self._command(key, limits, need, want))
         return reply[2], _decision(reply)
 
     async def aclose(self) -> None:
@@ -273,18 +307,43 @@ class RedisRateLimiter:
         self._plans_by_id[id(limits)] = (limits, plan)
         return plan
 
-    async def _call(self, key: str, limits: Sequence[Limit], need: int, want: int) -> Reply:
+    def _command(self, key: str, limits: Sequence[Limit], need: int, want: int) -> _Call:
+        """The call for ``key``: packed for the lean wire, else its arguments."""
         known = self._plans_by_id.get(id(limits))
         plan = known[1] if known is not None and known[0] is limits else self._plan(limits)
+        if self._wire is not None:
+            keys = self._packed.get((plan, key))
+            if keys is None:
+                keys = self._pack_keys(plan, key)
+            counts = self._counts.get((need, want))
+            if counts is None:
+                counts = self._pack_counts(need, want)
+            return plan.head + keys + counts + plan.argv
         head = f"{self._prefix}{{{_hash_tag(key)}}}:"
-        suffixes = plan.suffixes
-        keys = [head + suffixes[0]] if len(suffixes) == 1 else [head + suffix for suffix in suffixes]
-        args = (need, want, *plan.args)
+        names = [head + suffix for suffix in plan.suffixes]
+        return (len(names), *names, need, want, *plan.args)
+
+    async def _dispatch(self, command: _Call) -> Reply:
         if not self._batch:
-            return await self._send_alone(keys, args)
+            return await self._send_alone(command)
         if self._busy:
-            return await self._wait(keys, args)
-        return await self._send(keys, args)
+            return await self._wait(command)
+        return await self._send(command)
+
+    def _pack_keys(self, plan: _Plan, key: str) -> bytes:
+        head = f"{self._prefix}{{{_hash_tag(key)}}}:".encode("utf-8", "surrogatepass")
+        keys = b"".join([b"$%d\r\n%b%b" % (len(head) + len(tail) - 2, head, tail) for tail in plan.tails])
+        if len(self._packed) >= _MAX_PACKED_KEYS:
+            self._packed.clear()
+        self._packed[(plan, key)] = keys
+        return keys
+
+    def _pack_counts(self, need: int, want: int) -> bytes:
+        counts = bulk(b"%d" % need) + bulk(b"%d" % want)
+        if len(self._counts) >= _MAX_COUNTS:
+            self._counts.clear()
+        self._counts[(need, want)] = counts
+        return counts
 
     # -- deadlines ---------------------------------------------------------------
 
@@ -327,7 +386,7 @@ class RedisRateLimiter:
 
     # -- sending -----------------------------------------------------------------
 
-    async def _send(self, keys: list[str], args: tuple[int, ...]) -> Reply:
+    async def _send(self, command: _Call) -> Reply:
         """One call, sent by itself, while no round trip is in flight."""
         self._busy = True
         loop = asyncio.get_running_loop()
@@ -338,7 +397,7 @@ class RedisRateLimiter:
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline, self._tick)
         try:
-            return await self._eval(keys, args)
+            return await self._eval(command)
         except asyncio.CancelledError:
             if self._timed_out(task, cancelling):
                 raise _unavailable(TimeoutError(), self._timeout) from None
@@ -352,18 +411,18 @@ class RedisRateLimiter:
             else:
                 self._busy = False
 
-    async def _send_alone(self, keys: list[str], args: tuple[int, ...]) -> Reply:
+    async def _send_alone(self, command: _Call) -> Reply:
         """Unbatched: every call is its own round trip with its own timer."""
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._eval(keys, args)
+                return await self._eval(command)
         except _STORE_ERRORS as exc:
             raise _unavailable(exc, self._timeout) from exc
 
-    async def _wait(self, keys: list[str], args: tuple[int, ...]) -> Reply:
+    async def _wait(self, command: _Call) -> Reply:
         """Queue a call for the flusher and wait for its outcome."""
         loop = asyncio.get_running_loop()
-        pending = _Pending(keys, args, loop.create_future(), loop.time() + self._timeout)
+        pending = _Pending(command, loop.create_future(), loop.time() + self._timeout)
         self._queue.append(pending)
         if self._watchdog is None:
             self._watchdog = loop.call_at(pending.deadline, self._tick)
@@ -372,6 +431,8 @@ class RedisRateLimiter:
         finally:
             if pending.future.cancelled() and pending in self._queue:
                 self._queue.remove(pending)
+        if type(outcome) is list:  # the script's reply
+            return outcome
         if isinstance(outcome, _STORE_ERRORS):
             raise _unavailable(outcome, self._timeout) from outcome
         if isinstance(outcome, BaseException):
@@ -416,51 +477,61 @@ class RedisRateLimiter:
             self._busy = False
             self._flusher = None
 
-    async def _eval(self, keys: list[str], args: tuple[int, ...]) -> Reply:
-        if self._direct:
-            reply = (await self._roundtrip([("EVALSHA", _SHA, len(keys), *keys, *args)]))[0]
+    async def _eval(self, command: _Call) -> Reply:
+        wire = self._wire
+        if wire is not None:
+            packed = cast(bytes, command)
+            reply = (await wire.send(packed, 1))[0]
             if isinstance(reply, NoScriptError):
-                reply = (await self._roundtrip([("EVAL", SCRIPT, len(keys), *keys, *args)]))[0]
+                reply = (await wire.send(_as_eval(packed), 1))[0]
+            if isinstance(reply, BaseException):
+                raise reply
+            return cast(Reply, reply)
+        if self._direct:
+            reply = (await self._roundtrip([("EVALSHA", _SHA, *command)]))[0]
+            if isinstance(reply, NoScriptError):
+                reply = (await self._roundtrip([("EVAL", SCRIPT, *command)]))[0]
             if isinstance(reply, BaseException):
                 raise reply
             return reply
         client = self._client
         try:
-            reply = await client.execute_command("EVALSHA", _SHA, len(keys), *keys, *args)
+            reply = await client.execute_command("EVALSHA", _SHA, *command)
         except NoScriptError:
-            reply = await client.execute_command("EVAL", SCRIPT, len(keys), *keys, *args)
+            reply = await client.execute_command("EVAL", SCRIPT, *command)
         return cast(Reply, reply)
 
     async def _eval_many(self, batch: list[_Pending]) -> list[_Outcome]:
         if len(batch) == 1:
-            return [await self._eval(batch[0].keys, batch[0].args)]
-        if self._direct:
-            outcomes = await self._roundtrip(
-                [("EVALSHA", _SHA, len(p.keys), *p.keys, *p.args) for p in batch]
-            )
+            return [await self._eval(batch[0].command)]
+        wire = self._wire
+        if wire is not None:
+            outcomes = await wire.send(b"".join([cast(bytes, p.command) for p in batch]), len(batch))
+        elif self._direct:
+            outcomes = await self._roundtrip([("EVALSHA", _SHA, *p.command) for p in batch])
         else:
             pipe = self._client.pipeline(transaction=False)
             for p in batch:
-                pipe.execute_command("EVALSHA", _SHA, len(p.keys), *p.keys, *p.args)
+                pipe.execute_command("EVALSHA", _SHA, *p.command)
             outcomes = await pipe.execute(raise_on_error=False)
         missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
         if missing:
-            again = [("EVAL", SCRIPT, len(batch[i].keys), *batch[i].keys, *batch[i].args) for i in missing]
-            if self._direct:
-                replies = await self._roundtrip(again)
+            if wire is not None:
+                again = [_as_eval(cast(bytes, batch[i].command)) for i in missing]
+                replies = await wire.send(b"".join(again), len(again))
+            elif self._direct:
+                replies = await self._roundtrip([("EVAL", SCRIPT, *batch[i].command) for i in missing])
             else:
                 pipe = self._client.pipeline(transaction=False)
-                for command in again:
-                    pipe.execute_command(*command)
+                for i in missing:
+                    pipe.execute_command("EVAL", SCRIPT, *batch[i].command)
                 replies = await pipe.execute(raise_on_error=False)
             for i, outcome in zip(missing, replies, strict=True):
                 outcomes[i] = outcome
         return outcomes
 
     async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[_Outcome]:
-        """Write ``commands`` packed on the limiter's connection; every reply, errors as values."""
-        if self._wire is not None:
-            return await self._wire.roundtrip(commands)
+        """Write ``commands`` packed on redis-py's connection; every reply, errors as values."""
         pool = self._client.connection_pool
         for attempt in (1, 2):
             conn = self._conn

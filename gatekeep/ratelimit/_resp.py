@@ -11,7 +11,8 @@ the same job correctly:
 
 * ``pack`` writes a command as a RESP array of bulk strings;
 * ``parse`` reads one reply (integers, simple and bulk strings, errors,
-  arrays, nil) from a buffer, or says it is incomplete;
+  arrays, nil) from a buffer, or says it is incomplete; an array of integers
+  (the limiter's reply) is read with one regular expression and one split;
 * ``RespProtocol`` is an asyncio ``Protocol`` on one TCP connection that
   answers round trips in order: a round trip writes its commands in one
   ``write`` and resolves one future when all their replies have arrived;
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final
@@ -45,11 +47,14 @@ from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["RespProtocol", "RespWire", "pack", "parse", "wire_for"]
+__all__ = ["RespProtocol", "RespWire", "bulk", "pack", "parse", "wire_for"]
 
 _CRLF: Final = b"\r\n"
 # A reply we never asked for, or bigger than any the limiter gets, ends the connection.
 _MAX_BUFFER: Final = 1 << 20
+# An array of integers and what follows it: a reply of the limiter's shape, unless the count
+# differs (then one of another shape that the general path reads).
+_INTEGERS: Final = re.compile(rb"\*([0-9]+)\r\n((?::-?[0-9]+\r\n)*)")
 
 
 class Incomplete(Exception):
@@ -58,6 +63,11 @@ class Incomplete(Exception):
 
 class ProtocolViolation(RedisConnectionError):
     """The server sent something that is not RESP2: the connection is dropped."""
+
+
+def bulk(data: bytes) -> bytes:
+    """``data`` as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 def pack(command: Sequence[bytes | str | int]) -> bytes:
@@ -99,14 +109,30 @@ def parse(buf: bytes | bytearray, pos: int = 0) -> tuple[Any, int]:
         if kind == 0x3A:  # ':' integer
             return int(buf[pos + 1 : end]), end + 2
         if kind == 0x2A:  # '*' array
+            ints = _INTEGERS.match(buf, pos)
+            if ints is not None and ints.end(2) > ints.start(2):
+                # The limiter's reply: integers only, read in one go.
+                values = list(map(int, ints.group(2)[1:-2].split(b"\r\n:")))
+                if len(values) == int(ints.group(1)):
+                    return values, ints.end()
             count = int(buf[pos + 1 : end])
             pos = end + 2
             if count < 0:
                 return None, pos
             items = []
+            size = len(buf)
             for _ in range(count):
-                item, pos = parse(buf, pos)
-                items.append(item)
+                if pos < size and buf[pos] == 0x3A:
+                    # An integer, read in place: the limiter's replies are arrays of them.
+                    end = buf.find(_CRLF, pos)
+                    if end < 0:
+                        raise Incomplete
+                    kind = 0x3A
+                    items.append(int(buf[pos + 1 : end]))
+                    pos = end + 2
+                else:
+                    item, pos = parse(buf, pos)
+                    items.append(item)
             return items, pos
         if kind == 0x24:  # '$' bulk string
             size = int(buf[pos + 1 : end])
@@ -236,7 +262,10 @@ class RespWire:
 
     async def roundtrip(self, commands: Sequence[Sequence[bytes | str | int]]) -> list[Any]:
         """Every command's reply, in order; a server's error reply is a ``ResponseError`` value."""
-        payload = b"".join([pack(command) for command in commands])
+        return await self.send(b"".join([pack(command) for command in commands]), len(commands))
+
+    async def send(self, payload: bytes, count: int) -> list[Any]:
+        """``roundtrip`` for ``count`` commands the caller packed (``payload``) itself."""
         for attempt in (1, 2):
             protocol = self._protocol
             reused = protocol is not None and protocol.alive
@@ -244,7 +273,7 @@ class RespWire:
                 protocol = self._protocol = await self._connect()
             before = protocol.replies
             try:
-                return await protocol.roundtrip(payload, len(commands))
+                return await protocol.roundtrip(payload, count)
             except BaseException as exc:
                 self._protocol = None
                 protocol.close()

@@ -32,6 +32,7 @@ import gatekeep
 from gatekeep.testing import EchoUpstream, TestClient
 
 from .._servers import running, upstream_thread
+from .._wire import access_log, refusal
 
 pytestmark = [
     pytest.mark.anyio,
@@ -166,13 +167,7 @@ class Served:
         with anyio.move_on_after(5):
             while len(found) < count:
                 await anyio.sleep(0.05)
-                lines = self.log_path.read_text(errors="replace").splitlines()
-                docs = [
-                    json.loads(line.split("gatekeep.access:", 1)[1])
-                    for line in lines
-                    if "gatekeep.access:" in line
-                ]
-                found = [doc["status"] for doc in docs if doc["path"] == path]
+                found = [doc["status"] for doc in access_log(self.log_path) if doc["path"] == path]
         return found
 
     @property
@@ -241,8 +236,7 @@ async def handshake(url: str, headers: dict[str, str] | None = None) -> tuple[in
             async with connect(url, additional_headers=headers or {}, open_timeout=10) as ws:
                 return 101, {}, json.loads(await ws.recv())
     except InvalidStatus as exc:
-        response = exc.response
-        return response.status_code, {k.lower(): v for k, v in response.headers.raw_items()}, response.body
+        return refusal(exc)
 
 
 def assert_denied(served: Served, answer: tuple[int, dict[str, str], Any], status: int) -> dict[str, Any]:
