@@ -77,6 +77,7 @@ GATEKEEP_VARIANTS = (
     "gatekeep-httptools",
     "gatekeep+pipeline",
     "gatekeep+cache",
+    "gatekeep+token",
 )
 # The two ways gatekeep itself runs: embedded (an ASGI app on uvicorn) and
 # standalone (``gatekeep serve CONFIG``, exactly as a user starts it).
@@ -804,6 +805,8 @@ def variant_config(target: str, upstream: str, helpers: Helpers, upstreams: list
         service["balancer"] = "p2c-ewma"
         service["breaker"] = BREAKER
         service["healthchecks"] = {"passive": PASSIVE_HEALTH}
+    elif target == "gatekeep+token":
+        pass  # plain gatekeep; wrk sends the variants' token: what carrying it costs, without jwt
     elif target == "gatekeep+pipeline":
         # The seed's whole pipeline (issue 17): jwt + rbac + rate-limiting (redis) + prometheus.
         public, _ = helpers.jwt()
@@ -976,7 +979,7 @@ def start_target(
             upstreams.append(url)
             found.upstream_pids.append(fleet.procs[name].pid)
     config = variant_config(target, upstream, helpers, upstreams)
-    if target.startswith("gatekeep+jwt") or target == "gatekeep+pipeline":
+    if target.startswith("gatekeep+jwt") or target in ("gatekeep+pipeline", "gatekeep+token"):
         found.headers["Authorization"] = "Bearer " + helpers.jwt()[1]
     if target in ("gatekeep+ratelimit-redis", "gatekeep+pipeline"):
         redis_port = helpers.redis()
@@ -1152,6 +1155,8 @@ VARIANT_SETTINGS = {
     "gatekeep-httptools": "[gateway] http_codec = 'httptools' (upstream leg)",
     "gatekeep+cache": "proxy-cache, strategy memory, content_type application/octet-stream and text/plain:"
     " the GET case is served from the cache, the POST case bypasses it",
+    "gatekeep+token": "plain gatekeep, with wrk sending the jwt variants' RS256 token in Authorization"
+    " (forwarded upstream as is): the cost of carrying the token, to subtract from gatekeep+jwt+rbac",
     "gatekeep+pipeline": "the seed's pipeline: jwt (RS256, verified-token cache on) + rbac + rate-limiting"
     f" (second and hour = {NEVER_LIMITED}, limit_by {PIPELINE_LIMIT_BY}, policy redis, fault_tolerant false)"
     " + prometheus (per_consumer, status, latency, bandwidth); one valid token in Authorization",
