@@ -69,9 +69,11 @@ def run_check(path: str) -> int:
     import sys
 
     from ._errors import ConfigError
+    from ._front._tls import check_tls
 
     try:
         report = check_config(path)
+        check_tls(report.config.server.tls)  # the files gatekeep serve would load
     except ConfigError as exc:
         print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
         for error in exc.errors:

@@ -221,3 +221,24 @@ def test_the_demo_config_checks_clean() -> None:
     ports = {"order-service": 9001, "payment-service": 9002, "inventory-service": 9003}
     report = check_config(demo_config(ports, "http://127.0.0.1:9000"))
     assert report.warnings == ()
+
+
+def test_check_reads_the_tls_files_serve_would_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A certificate path that cannot be read fails ``check`` as it fails ``serve``, with its path."""
+    missing = tmp_path / "nowhere.pem"
+    text = f"""
+[server.tls]
+cert_file = "{missing}"
+key_file = "{missing}"
+
+[[services]]
+name = "up"
+url = "http://127.0.0.1:9"
+[[services.routes]]
+paths = ["/"]
+"""
+    code, _, err = _check(tmp_path, text, capsys)
+    assert code == 1
+    assert "server.tls.cert_file: cannot read" in err
