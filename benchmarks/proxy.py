@@ -1405,6 +1405,8 @@ def run_profile(fleet: Fleet, args: argparse.Namespace) -> None:
             raise RuntimeError(f"py-spy wrote nothing:\n{fleet.log_tail('py-spy')}")
         print(f"{case}: {r['rps']:,.0f} req/s while sampled")
         print(pyspy_report(raw, args.top))
+        if args.profile_save:
+            shutil.copyfile(raw, args.profile_save)
         return
     import pstats
 
@@ -1465,6 +1467,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto")
     parser.add_argument("--profile-seconds", type=int, default=10)
+    parser.add_argument(
+        "--profile-save", type=Path, help="keep py-spy's raw samples (with line numbers) in this file"
+    )
     parser.add_argument(
         "--profile-target",
         default="gatekeep",

@@ -57,6 +57,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Final, Literal
 
 from ._errors import BadRequest
@@ -107,6 +108,7 @@ _AUTHORITY: Final = re.compile(
 )
 _ABSOLUTE: Final = re.compile(rb"(?i)(https?)://([^/?#]*)([^#]*)")
 _DEFAULT_PORT: Final = {b"http": b":80", b"https": b":443"}
+_NAME: Final = itemgetter(0)
 
 UnderscoreAction = Literal["drop", "reject", "allow"]
 OverrideAction = Literal["strip", "refuse", "forward"]
@@ -145,18 +147,25 @@ class Edge:
     def apply(self, request: Request) -> BadRequest | None:
         """Clean ``request`` in place; return why it must be refused (400), or ``None``."""
         raw = request.headers.raw
-        names = header_names(raw)
+        names = set(map(_NAME, raw))  # (``header_names``, inline)
         if b"transfer-encoding" in names and b"content-length" in names:
             return BadRequest(
                 "a request may not carry both Content-Length and Transfer-Encoding (RFC 9112 §6.3)",
                 headers=[("Connection", "close")],
             )
-        if raw and not self._plain(raw, names):
+        if raw and (b"connection" in names or not names <= self._plain_names) and not self._plain(raw, names):
             refusal = self._clean(request)
             if refusal is not None:
                 return refusal
             raw = request.headers.raw
             names = header_names(raw)
+        elif b"host" in names and len(names) == len(raw) and request.raw_path[:1] == b"/":
+            # The common case, inline: one Host, one already found valid, an origin-form target.
+            for name, value in raw:
+                if name == b"host":
+                    if value in self._valid_hosts:
+                        return None
+                    break
         return self._check_host(request, raw, names)
 
     # -- headers ----------------------------------------------------------------

@@ -38,9 +38,10 @@ Choices:
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Final
 
-from ._http import Request, header_names
+from ._http import Request
 
 __all__ = ["HOP_BY_HOP", "downstream_response_headers", "forwarded_element", "upstream_request_headers"]
 
@@ -70,6 +71,7 @@ _REQUEST_SKIP: Final = HOP_BY_HOP | {
 _SPECIAL: Final = _REQUEST_SKIP - {b"host"}
 _EMPTY: Final[frozenset[bytes]] = frozenset()
 _COMMA: Final = b", "
+_NAME: Final = itemgetter(0)
 
 
 def _connection_options(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -124,18 +126,25 @@ def upstream_request_headers(
         (``Forwarded``,) ``Via``.
     """
     raw = request.headers.raw
-    names = header_names(raw)
+    names = set(map(_NAME, raw))  # (``header_names``, inline)
     if names.isdisjoint(_SPECIAL) and not forwarded:
         # The common case: nothing to drop or merge but Host (C-speed copies).
         if b"host" in names:
-            out = [(b"host", host_header)]
-            out += [pair for pair in raw if pair[0] != b"host"]
             first = raw[0]
-            this_host = first[1] if first[0] == b"host" else next(p[1] for p in raw if p[0] == b"host")
+            if first[0] == b"host" and len(names) == len(raw):
+                # Host first and only once (as clients send it): replace it in a copy.
+                out = list(raw)
+                out[0] = (b"host", host_header)
+                this_host = first[1]
+            else:
+                out = [(b"host", host_header)]
+                out += [pair for pair in raw if pair[0] != b"host"]
+                this_host = first[1] if first[0] == b"host" else next(p[1] for p in raw if p[0] == b"host")
         else:
             out = [(b"host", host_header), *raw]
             this_host = request.host.encode("latin-1") if request.host else b""
-        client_ip = request.peer_ip
+        client = request.client
+        client_ip = client[0] if client else ""  # (``Request.peer_ip``, inline)
         if client_ip:
             out.append((b"x-forwarded-for", client_ip.encode("latin-1")))
         out.append((b"x-forwarded-proto", request.scheme.encode("latin-1")))
@@ -197,7 +206,7 @@ def downstream_response_headers(
     ``hide_upstream_headers``).  When there is nothing to drop, ``headers``
     itself comes back (no copy).
     """
-    names = header_names(headers)
+    names = set(map(_NAME, headers))  # (``header_names``, inline)
     if names.isdisjoint(hide):
         return headers
     options = _connection_options(headers) if b"connection" in names else _EMPTY

@@ -68,7 +68,7 @@ from ._filter import Chain, Exchange
 from ._forwarding import downstream_response_headers, upstream_request_headers
 from ._http import EMPTY_BODY, Request, Response, problem_response
 from ._netaddr import in_networks
-from ._normalise import normalise_path
+from ._normalise import is_canonical_path, normalise_path
 from ._plugin_context import Endpoint
 from ._protocols import Authenticator, Authorizer, Discovery, Instance, RateLimiter, Router
 from ._registry import PluginRegistry
@@ -282,7 +282,12 @@ class Gateway:
 
     def new_request_id(self, request: Request) -> str:
         """The client's request id when it sent a sane one, else a new one (sent upstream too)."""
-        rid = request.headers.get(self.request_id_header)
+        name = self.request_id_header
+        rid: bytes | None = None
+        for key, value in request.headers.raw:  # (``Headers.get``, inline)
+            if key == name:
+                rid = value
+                break
         if rid and len(rid) <= 200 and all(32 < c < 127 for c in rid):
             return rid.decode("ascii")
         new = f"{_ids.getrandbits(128):032x}"
@@ -312,7 +317,44 @@ class Gateway:
         try:
             if refusal is not None:
                 raise refusal
-            chain, response = await self._run(request, exchange, app)
+            if not request.path:
+                raw_path = request.raw_path or b"/"
+                # (A canonical path, almost every one, is its own text: no call.)
+                request.path = (
+                    raw_path.decode("ascii") if is_canonical_path(raw_path) else normalise_path(raw_path)
+                )
+            endpoints = self.endpoints
+            match: RouteMatch | None = (
+                None
+                if endpoints and request.path in endpoints
+                else self.router.match(request.method, request.host, request.path, request.headers)
+            )
+            if match is None:
+                chain, response = await self._unrouted(request, exchange, app)
+            else:
+                # The common case, inline (one coroutine less on every request).
+                # A router names its route (``Router`` is a seam: it cannot build a ``Route``).
+                route = self._routes_by_name[match.rule.name]
+                request._compiled_route = route
+                request.route = route.info
+                request.service = route.service.info
+                if match.params:
+                    request.params = dict(match.params)
+                # (``chain`` stays None until the filters passed: an error on the way is
+                # answered on the chain of whoever authentication named, _chain_after_error.)
+                first = route.chain
+                early = await self._request_phase(first, request) if first.request else None
+                consumer = request.consumer
+                chain = first if consumer is None else self.chain_for(route, _consumer_key(consumer))
+                if early is not None:
+                    response = early
+                elif route.service.is_app:
+                    response = await self._call_app(app, request, exchange)
+                elif request.websocket and not route.config.websocket:
+                    # Checked after the filters, so a client without credentials learns nothing more.
+                    raise WebSocketRefused(f"route {route.name!r} does not accept WebSocket upgrades")
+                else:
+                    response = await self._call_upstream(route, match, request, exchange)
         except GatekeepError as exc:
             exchange.error = exc
             if isinstance(exc, ClientClosedRequest):
@@ -334,10 +376,14 @@ class Gateway:
         if self.echo_request_id:
             rid = request.request_id.encode("latin-1")
             headers = response.headers
-            if headers.get(self.request_id_header) is None:
-                headers.raw.append((self.request_id_header, rid))
-            elif headers.get_all(self.request_id_header) != [rid]:
-                headers.set(self.request_id_header, rid)
+            name = self.request_id_header
+            for key, _ in headers.raw:
+                if key == name:
+                    if headers.get_all(name) != [rid]:
+                        headers.set(name, rid)
+                    break
+            else:  # (none yet, almost always: no ``Headers.get`` call to learn it)
+                headers.raw.append((name, rid))
         exchange.status = response.status
         exchange.source = response.source
         exchange.response_headers = response.headers
@@ -366,53 +412,28 @@ class Gateway:
         """
         self.endpoints[path] = Endpoint(handler, run_global_filters)
 
-    async def _run(
+    async def _unrouted(
         self, request: Request, exchange: Exchange, app: AppCall | None
     ) -> tuple[Chain | None, Response]:
-        if not request.path:
-            request.path = normalise_path(request.raw_path or b"/")
-        if self.endpoints:
-            endpoint = self.endpoints.get(request.path)
-            if endpoint is not None:
-                handler, run_global = endpoint
-                if not run_global:
-                    return _NO_FILTERS, await handler(request)
-                chain = self.global_chain
-                early = await self._request_phase(chain, request)
-                return chain, early if early is not None else await handler(request)
-        match: RouteMatch | None = self.router.match(
-            request.method, request.host, request.path, request.headers
-        )
-        if match is None:
-            if app is not None and self.fallthrough:
-                chain = self.global_chain
-                early = await self._request_phase(chain, request)
-                if early is not None:
-                    return chain, early
-                return chain, await self._call_app(app, request, exchange)
-            allowed = self.router.allowed_methods(request.host, request.path, request.headers)
-            if allowed:
-                raise MethodNotAllowed(request.method, sorted(allowed))
-            raise NotFound(f"no route matches {request.method} {request.path}")
-        # A router names its route (``Router`` is a seam: it cannot build a ``Route``).
-        route = self._routes_by_name[match.rule.name]
-        request._compiled_route = route
-        request.route = route.info
-        request.service = route.service.info
-        if match.params:
-            request.params = dict(match.params)
-        chain = route.chain
-        early = await self._request_phase(chain, request)
-        if early is not None:
-            return self.chain_for(route, _consumer_key(request.consumer)), early
-        chain = self.chain_for(route, _consumer_key(request.consumer))
-        service = route.service
-        if service.is_app:
+        """A request no route matched: a gateway endpoint, the wrapped app, or 404/405."""
+        endpoint = self.endpoints.get(request.path) if self.endpoints else None
+        if endpoint is not None:
+            handler, run_global = endpoint
+            if not run_global:
+                return _NO_FILTERS, await handler(request)
+            chain = self.global_chain
+            early = await self._request_phase(chain, request)
+            return chain, early if early is not None else await handler(request)
+        if app is not None and self.fallthrough:
+            chain = self.global_chain
+            early = await self._request_phase(chain, request)
+            if early is not None:
+                return chain, early
             return chain, await self._call_app(app, request, exchange)
-        if request.websocket and not route.config.websocket:
-            # Checked after the filters, so a client without credentials learns nothing more.
-            raise WebSocketRefused(f"route {route.name!r} does not accept WebSocket upgrades")
-        return chain, await self._call_upstream(route, match, request, exchange)
+        allowed = self.router.allowed_methods(request.host, request.path, request.headers)
+        if allowed:
+            raise MethodNotAllowed(request.method, sorted(allowed))
+        raise NotFound(f"no route matches {request.method} {request.path}")
 
     async def _request_phase(self, chain: Chain, request: Request) -> Response | None:
         phases = chain.request
@@ -484,23 +505,33 @@ class Gateway:
         if not instances:
             # 503 either way; with Retry-After while discovery has not answered yet.
             raise no_instances(self.discovery, service.name)
-        target = self.upstream_target(route, match, request)
+        if (route.strip_path and match.matched) or service.base_path:
+            target = self.upstream_target(route, match, request)
+        else:  # the path as routed (``upstream_target``'s plain case, inline)
+            target = request.path.encode("latin-1")
+            if request.query_string:
+                target += b"?" + request.query_string
         preserve_host = route.preserve_host and bool(request.host)
         pool = self.pool
         via = self.via
         retry_safe = request.method in _IDEMPOTENT
         trusted = bool(self._trusted) and in_networks(request.peer_ip, self._trusted)
 
-        async def send(instance: Instance) -> Response:
-            # One try; the guard picks the instance and decides about retries.
+        def send(instance: Instance) -> Awaitable[Response]:
+            # One try; the guard picks the instance and decides about retries.  Not a
+            # coroutine itself: it hands back the pool's, one frame less per suspension.
             exchange.instance = instance
             if preserve_host:
                 host_header = request.headers.get(b"host") or instance.address.encode()
             else:
-                host_header = host_header_for(instance)
+                known = _host_headers.get(id(instance))
+                if known is not None and known[0] is instance:
+                    host_header = known[1]
+                else:
+                    host_header = _host_header(instance)
             headers = upstream_request_headers(request, host_header=host_header, via=via, trusted=trusted)
             if request.websocket:  # a handshake: a fresh upstream connection (gatekeep/_websocket)
-                return await connect_upstream(
+                return connect_upstream(
                     request,
                     instance,
                     target,
@@ -508,8 +539,9 @@ class Gateway:
                     timeouts=service.timeouts,
                     tls=service.tls,
                     max_message=self.config.gateway.websocket.max_message_bytes,
+                    compression=self.config.gateway.websocket.compression,
                 )
-            return await pool.send(
+            return pool.send(
                 instance,
                 request.method,
                 target,
@@ -578,6 +610,20 @@ _gc_frozen = False
 _ids = random.Random(os.urandom(32))
 # Forked workers (gunicorn, uvicorn --workers) must not share a sequence.
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
+# ``Host`` per upstream instance (``host_header``), by identity: the entry holds the
+# instance, so its id is not reused while it is here.  Bounded: emptied when full.
+_host_headers: dict[int, tuple[Instance, bytes]] = {}
+_HOST_HEADERS_MAX = 1024
+
+
+def _host_header(instance: Instance) -> bytes:
+    value = host_header_for(instance)
+    if len(_host_headers) >= _HOST_HEADERS_MAX:
+        _host_headers.clear()
+    _host_headers[id(instance)] = (instance, value)
+    return value
 
 
 def _consumer_key(consumer: Any) -> str | None:

@@ -47,7 +47,7 @@ from typing import Final
 
 from ._errors import BadRequest
 
-__all__ = ["normalise_path"]
+__all__ = ["is_canonical_path", "normalise_path"]
 
 # RFC 3986: unreserved characters, and the other characters allowed raw in a
 # path segment (sub-delims, ":" and "@").
@@ -58,6 +58,9 @@ _PCHAR_EXTRA: Final = b"!$&'()*+,;=:@"
 # trailing "/", where no segment is empty or starts with a dot.
 _SAFE = "A-Za-z0-9_~!$&'()*+,;=:@-"
 _FAST: Final = re.compile(f"/(?:[{_SAFE}][.{_SAFE}]*(?:/[{_SAFE}][.{_SAFE}]*)*/?)?".encode())
+# Whether a path is such a canonical one (``normalise_path`` returns it decoded, as is):
+# for a caller that would rather not make the call when it is.
+is_canonical_path: Final = _FAST.fullmatch
 
 # Everything that needs a look in the slow path: a "%" with whatever follows
 # it, or one byte that is not allowed raw in a path.
@@ -120,7 +123,7 @@ def normalise_path(raw_path: bytes) -> str:
         BadRequest: the path is not origin-form, has a malformed escape, an
             encoded slash, backslash or NUL, or a control character.
     """
-    if _FAST.fullmatch(raw_path):
+    if is_canonical_path(raw_path):
         return raw_path.decode("ascii")
     if not raw_path.startswith(b"/"):
         raise BadRequest("the request path must start with '/'")

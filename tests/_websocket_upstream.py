@@ -6,7 +6,8 @@ Paths (after the gateway stripped its route prefix):
   close with that code and reason; ``big:N`` sends ``N`` bytes back;
   ``ping`` makes it ping the gateway and answer ``pong-ok`` once the pong came;
   ``drop`` makes it drop the TCP connection without a close frame;
-- ``/hello``: sends its view of the handshake (path, headers, subprotocol) as JSON, then echoes;
+- ``/hello``: sends its view of the handshake (path, headers, subprotocol, negotiated
+  extensions) as JSON, then echoes;
 - ``/deny``: refuses the upgrade with ``403`` and a body;
 - anything else: echo.
 
@@ -44,6 +45,7 @@ class WebSocketUpstream:
                             "path": path,
                             "headers": {k.lower(): v for k, v in ws.request.headers.raw_items()},
                             "subprotocol": ws.subprotocol,
+                            "extensions": [e.name for e in ws.protocol.extensions],
                         }
                     )
                 )
@@ -90,8 +92,14 @@ class WebSocketUpstream:
 
 
 @contextmanager
-def websocket_upstream(ssl_context: ssl.SSLContext | None = None) -> Iterator[WebSocketUpstream]:
-    """Serve a ``WebSocketUpstream`` on 127.0.0.1 (over TLS with ``ssl_context``) from a thread's loop."""
+def websocket_upstream(
+    ssl_context: ssl.SSLContext | None = None, **options: Any
+) -> Iterator[WebSocketUpstream]:
+    """Serve a ``WebSocketUpstream`` on 127.0.0.1 (over TLS with ``ssl_context``) from a thread's loop.
+
+    ``options`` go to the library's ``serve``: ``compression="deflate"`` accepts a
+    permessage-deflate offer, ``extensions=[...]`` with chosen parameters.
+    """
     from websockets.asyncio.server import serve
 
     upstream = WebSocketUpstream()
@@ -109,8 +117,8 @@ def websocket_upstream(ssl_context: ssl.SSLContext | None = None) -> Iterator[We
             process_request=upstream.process_request,
             max_size=None,
             ping_interval=None,
-            compression=None,
             ssl=ssl_context,
+            **{"compression": None, **options},
         ) as server:
             upstream.port = next(iter(server.sockets)).getsockname()[1]
             upstream.loop = asyncio.get_running_loop()

@@ -269,3 +269,36 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
+
+
+# -- WebSocket extensions (permessage-deflate negotiation, RFC 7692) --------------------------
+
+_extension_pieces = st.one_of(
+    st.sampled_from(
+        [
+            "permessage-deflate",
+            "x-webkit-deflate-frame",
+            "server_no_context_takeover",
+            "client_no_context_takeover",
+            "server_max_window_bits",
+            "client_max_window_bits",
+            "=",
+            "8",
+            "12",
+            "15",
+            "16",
+            "010",
+            '"10"',
+            '"',
+            "\\",
+            ";",
+            ",",
+            " ",
+        ]
+    ),
+    st.text(alphabet=string.printable, max_size=3),
+)
+# A Sec-WebSocket-Extensions field value, well formed or not.
+extension_fields = st.lists(_extension_pieces, max_size=16).map(
+    lambda parts: "".join(parts).encode("latin-1")
+)

@@ -27,11 +27,11 @@ def example_config() -> dict[str, Any]:
     return config
 
 
-def example_client() -> Any:
+def example_client(name: str = "chat") -> Any:
     code = next(b for b in blocks("serving.md", "python") if "websockets.asyncio.client" in b)
     namespace: dict[str, Any] = {}
     exec(compile(code, "serving.md[websocket client]", "exec"), namespace)
-    return namespace["chat"]
+    return namespace[name]
 
 
 async def test_the_websocket_example_serves_its_client() -> None:
@@ -45,6 +45,9 @@ async def test_the_websocket_example_serves_its_client() -> None:
         async with front_server(asgi(Gateway(config))) as port:
             chat = example_client()
             assert await chat(f"ws://127.0.0.1:{port}/chat/echo") == "chat.v2: hello"
+            compression = example_client("compression")
+            answer = await compression(f"ws://127.0.0.1:{port}/chat/echo")
+            assert answer == "permessage-deflate; client_max_window_bits=12"
             with pytest.raises(InvalidStatus) as denied:
                 async with connect(f"ws://127.0.0.1:{port}/chat/echo"):
                     pass

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
+from gatekeep._websocket._deflate import OFFER
 from gatekeep.testing import TestClient
 
 from ._servers import free_port, running
@@ -204,7 +205,8 @@ async def test_a_handshake_without_credentials_on_a_key_auth_route_is_refused(ga
     # The upstream sees the gateway's identity headers, not the client's key handshake fields.
     assert seen["headers"]["x-consumer-username"] == "alice"
     assert seen["headers"]["sec-websocket-version"] == "13"
-    assert "sec-websocket-extensions" not in seen["headers"]
+    # The gateway's own extension offer (per hop), though this client offered none.
+    assert seen["headers"]["sec-websocket-extensions"].startswith("permessage-deflate")
     assert seen["path"] == "/hello"
 
 
@@ -260,16 +262,19 @@ async def test_the_subprotocol_is_the_upstreams_choice_among_the_clients(gateway
         assert ws.subprotocol is None
 
 
-async def test_permessage_deflate_is_not_negotiated(gateway: Gateway) -> None:
+async def test_extensions_are_negotiated_per_hop(gateway: Gateway) -> None:
     from websockets.asyncio.client import connect as ws_connect
 
     async with ws_connect(gateway.url("/ws/hello"), open_timeout=10) as ws:  # offers permessage-deflate
         seen = json.loads(await ws.recv())
         await ws.send("x" * 1000)
         assert await ws.recv() == "x" * 1000
-    # Never offered upstream; whether the client's hop compresses is the server's business
-    # (uvicorn's websockets does, gatekeep's front server does not).
-    assert "sec-websocket-extensions" not in seen["headers"]
+        # The client's hop compresses (gatekeep's front server or uvicorn, each its own way).
+        assert ws.response.headers["sec-websocket-extensions"].startswith("permessage-deflate")
+    # The client's offer is not relayed: the gateway makes its own, which this upstream declines
+    # (tests/test_websocket_compression.py has upstreams that accept it).
+    assert seen["headers"]["sec-websocket-extensions"] == OFFER.decode()
+    assert seen["extensions"] == []
 
 
 # -- closing ------------------------------------------------------------------------------

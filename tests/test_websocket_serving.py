@@ -56,6 +56,12 @@ def upstream() -> Iterator[WebSocketUpstream]:
         yield found
 
 
+@pytest.fixture(scope="module")
+def deflating_upstream() -> Iterator[WebSocketUpstream]:
+    with websocket_upstream(compression="deflate") as found:
+        yield found
+
+
 @contextmanager
 def gateway(
     directory: Path, upstream: WebSocketUpstream, mode: str = "serve"
@@ -74,10 +80,12 @@ def gateway(
             yield found
 
 
-async def connect(url: str) -> Any:
+async def connect(url: str, compression: str | None = None) -> Any:
     from websockets.asyncio.client import connect as ws_connect
 
-    return await ws_connect(url, open_timeout=30, close_timeout=10, compression=None, ping_interval=None)
+    return await ws_connect(
+        url, open_timeout=30, close_timeout=10, compression=compression, ping_interval=None
+    )
 
 
 async def test_shutdown_closes_websockets_with_1001_on_both_sides(
@@ -98,13 +106,21 @@ async def test_shutdown_closes_websockets_with_1001_on_both_sides(
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("compression", [None, "deflate"])
 @pytest.mark.parametrize("mode", ["serve", "uvicorn"])
 async def test_a_thousand_concurrent_sockets_with_flat_memory(
-    tmp_path: Path, upstream: WebSocketUpstream, mode: str
+    tmp_path: Path,
+    upstream: WebSocketUpstream,
+    deflating_upstream: WebSocketUpstream,
+    mode: str,
+    compression: str | None,
 ) -> None:
     import psutil
 
-    with gateway(tmp_path, upstream, mode) as (proc, port):
+    # With compression, both hops negotiate permessage-deflate and every socket sends one
+    # compressed message each way: the zlib state is part of what is measured.
+    chosen = deflating_upstream if compression else upstream
+    with gateway(tmp_path, chosen, mode) as (proc, port):
         process = psutil.Process(proc.pid)
         url = f"ws://127.0.0.1:{port}/ws/load"
 
@@ -114,7 +130,7 @@ async def test_a_thousand_concurrent_sockets_with_flat_memory(
                 sockets: list[Any] = []
 
                 async def open_one() -> None:
-                    sockets.append(await stack.enter_async_context(await connect(url)))
+                    sockets.append(await stack.enter_async_context(await connect(url, compression)))
 
                 for start in range(0, count, 100):  # 100 handshakes at a time
                     async with anyio.create_task_group() as tg:
@@ -122,8 +138,9 @@ async def test_a_thousand_concurrent_sockets_with_flat_memory(
                             tg.start_soon(open_one)
 
                 async def echo(ws: Any, n: int) -> None:
-                    await ws.send(f"m{n}")
-                    assert await ws.recv() == f"m{n}"
+                    message = f"m{n} " * 50 if compression else f"m{n}"
+                    await ws.send(message)
+                    assert await ws.recv() == message
 
                 async with anyio.create_task_group() as tg:
                     for n, ws in enumerate(sockets):
@@ -139,6 +156,7 @@ async def test_a_thousand_concurrent_sockets_with_flat_memory(
         mib = 1024 * 1024
         # 1 000 open proxied sockets (each a client and an upstream connection) cost well under
         # 100 KiB each, and a second thousand after the first closed costs nothing new.
+        print(f"{mode} compression={compression}: {(first - base) / 1000 / 1024:.1f} KiB per socket")
         assert first - base < 100 * mib, (base / mib, first / mib)
         assert second - first < 16 * mib, (first / mib, second / mib)
         assert "Traceback" not in proc.log(), proc.log()

@@ -55,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any, Final, NoReturn, Protocol
 from urllib.parse import unquote
 
@@ -129,7 +129,9 @@ class ServerState:
         # gatekeep's own app offers a handler that takes a request cycle directly, without
         # ASGI's messages in between (``gatekeep.adapters._native``); lifespan and WebSockets
         # still go through ASGI.
-        self.native: Callable[[_Cycle], Awaitable[None]] | None = getattr(app, "gatekeep_native", None)
+        self.native: Callable[[_Cycle], Coroutine[Any, Any, None]] | None = getattr(
+            app, "gatekeep_native", None
+        )
         self.settings = settings
         self.access_log = access_log
         self.connections: set[HTTPConnection] = set()
@@ -159,8 +161,12 @@ class HTTPConnection(asyncio.Protocol):
         self.cycle: _Cycle | None = None  # the request the app is answering
         self.parsing: _Cycle | None = None  # the request whose body is being parsed
         self.pipeline: deque[_Cycle] = deque()
-        self.timer: asyncio.TimerHandle | None = None
+        # One deadline at a time (see ``_arm``): when, what then, and the loop's timer behind it.
+        self.deadline = 0.0
+        self.on_deadline: Callable[[], Any] | None = None
         self.timer_kind: str | None = None  # _HEAD: header_timeout; else keep-alive or linger
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
         self.parse = _BETWEEN
         self.head_bytes = 0
         self.received = False  # any byte of the current head
@@ -205,7 +211,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self._disarm()
+        self._drop_timer()
         self.shared.connections.discard(self)
         for cycle in (self.cycle, *self.pipeline):
             if cycle is not None:
@@ -450,9 +456,13 @@ class HTTPConnection(asyncio.Protocol):
         self.cycle = cycle
         native = self.shared.native
         if native is not None:
-            task = self.loop.create_task(cycle.run_native(native))
-        else:
-            task = self.loop.create_task(cycle.run(self.shared.app))
+            # The handler is the task's coroutine itself (no wrapper: one frame less to pass
+            # through at every suspension); ``native_done`` does what a wrapper's except would.
+            task = cycle.task = self.loop.create_task(native(cycle))
+            self.shared.tasks.add(task)
+            task.add_done_callback(cycle.native_done)
+            return
+        task = self.loop.create_task(cycle.run(self.shared.app))
         self.shared.tasks.add(task)
         task.add_done_callback(self.shared.tasks.discard)
 
@@ -476,7 +486,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def close_transport(self) -> None:
         self.closing = True
-        self._disarm()
+        self._drop_timer()
         self.transport.close()
 
     def close_lingering(self) -> None:
@@ -595,11 +605,11 @@ class HTTPConnection(asyncio.Protocol):
             transport.close()
 
     def _linger_over(self) -> None:
-        self.timer = self.timer_kind = None
+        self.timer_kind = None
         self._close_lingering()
 
     def _head_timed_out(self) -> None:
-        self.timer = self.timer_kind = None
+        self.timer_kind = None
         if self.closing or self.cycle is not None:
             return
         if not self.received:
@@ -612,22 +622,56 @@ class HTTPConnection(asyncio.Protocol):
         )
 
     def _idle_timed_out(self) -> None:
-        self.timer = self.timer_kind = None
+        self.timer_kind = None
         if self.cycle is None and self.parse is _BETWEEN and not self.closing:
             self.closing = True
             self.transport.close()
 
     def _arm(self, delay: float, callback: Callable[[], Any], kind: str | None = None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        """Call ``callback`` in ``delay`` s unless re-armed or disarmed first (one deadline at a time).
+
+        The loop's timer is not replaced on every request: it stays set for
+        the earliest deadline armed, and when it fires for a deadline moved
+        later meanwhile it is set again for that one (nginx's lazy timers).
+        A keep-alive connection thus costs a timer per timeout period, not
+        two per request.
+        """
+        when = self.loop.time() + delay
+        self.deadline = when
+        self.on_deadline = callback
         self.timer_kind = kind
-        self.timer = self.loop.call_later(delay, callback)
+        timer = self.timer
+        if timer is None or self.timer_at > when:
+            if timer is not None:
+                timer.cancel()
+            self.timer_at = when
+            self.timer = self.loop.call_at(when, self._timer_fired)
 
     def _disarm(self) -> None:
+        self.deadline = 0.0
+        self.on_deadline = None
+        self.timer_kind = None
+
+    def _drop_timer(self) -> None:
+        """Disarm, and give the loop's timer back (a closed connection is not kept until it fires)."""
+        self._disarm()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-            self.timer_kind = None
+
+    def _timer_fired(self) -> None:
+        self.timer = None
+        callback = self.on_deadline
+        if callback is None:
+            return
+        deadline = self.deadline
+        if deadline > self.timer_at:  # moved later since the timer was set
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(deadline, self._timer_fired)
+            return
+        self.deadline = 0.0
+        self.on_deadline = None
+        callback()
 
     def _pause_reading(self) -> None:
         if not self.read_paused:
@@ -722,6 +766,7 @@ class _Cycle:
         "response_started",
         "scope",
         "status",
+        "task",
         "upgrade_body",
         "waiter",
     )
@@ -749,6 +794,7 @@ class _Cycle:
         self.has_body = False
         # Native handlers: called once if the client goes away before the answer is complete.
         self.on_disconnect: Callable[[], None] | None = None
+        self.task: asyncio.Task[None] | None = None  # a native handler's, once started
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -776,17 +822,19 @@ class _Cycle:
                 log.error("ASGI app returned without a response on %s", self.scope["path"])
             self._fail()
 
-    async def run_native(self, handler: Callable[[_Cycle], Awaitable[None]]) -> None:
-        """``run`` for a native handler: it reads with ``read``, answers with ``start``/``write``."""
-        conn = self.conn
-        try:
-            await handler(self)
-        except asyncio.CancelledError:
+    def native_done(self, task: asyncio.Task[None]) -> None:
+        """A native handler's task ended (see ``HTTPConnection._start``): what ``run`` does for an app."""
+        self.conn.shared.tasks.discard(task)
+        self.task = None
+        if task.cancelled():
+            # The server is stopping past its drain timeout (a client disconnect is
+            # the handler's own cancellation, which it does not let out).
             if not self.response_complete:
-                conn.transport.close()
-            raise
-        except Exception:
-            log.exception("gatekeep failed on %s %s", self.scope["method"], self.scope["path"])
+                self.conn.transport.close()
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("gatekeep failed on %s %s", self.scope["method"], self.scope["path"], exc_info=exc)
             self._fail()
             return
         if not self.response_complete:

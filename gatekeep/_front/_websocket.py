@@ -15,7 +15,10 @@ denial is a real HTTP answer (gatekeep's problem+json):
 - before ``websocket.accept`` the connection reads nothing (frames cannot
   come before our 101);
 - ``websocket.accept`` writes the 101 (``Sec-WebSocket-Accept``, the chosen
-  subprotocol, the app's fields; no extension is ever negotiated);
+  subprotocol, the app's fields) and negotiates permessage-deflate with the
+  client (``_websocket/_deflate.py``) unless the accept's ``gatekeep.websocket``
+  options turn it off (without them it is on, as in uvicorn); those options
+  also carry the gateway's message limit, which then counts inflated bytes;
 - ``websocket.close`` before accept answers 403, as every server does;
 - frames from the client go through ``FrameReader`` (masked, at most
   ``MAX_MESSAGE`` bytes, else 1009) into a queue the app's ``receive``
@@ -40,7 +43,7 @@ from typing import Any, Final, Protocol
 
 from .._errors import BadRequest, GatekeepError
 from .._http import is_header_name
-from .._websocket import _frames
+from .._websocket import _deflate, _frames
 from .._websocket._handshake import accept_value, has_token, subprotocols, valid_key
 from . import _wire
 
@@ -88,6 +91,8 @@ _ACCEPT_DROPS: Final = frozenset(
     }
 )
 _RESPONSE_DROPS: Final = frozenset({b"connection", b"keep-alive", b"upgrade", b"transfer-encoding"})
+# The accept's options from gatekeep's own app (``_websocket._session.OPTIONS``).
+_OPTIONS: Final = "gatekeep.websocket"
 
 
 class _Shared(Protocol):
@@ -170,6 +175,7 @@ class ServerWebSocket:
         self.state: str = _HANDSHAKE
         self.connected = False  # the app got websocket.connect
         self.reader = _frames.FrameReader(masked=True, max_message=MAX_MESSAGE)
+        self.deflater: _deflate.Deflater | None = None  # permessage-deflate, once negotiated
         self.pending = bytearray()  # bytes that came before the accept
         self.inbox: deque[Message] = deque()
         self.queued = 0
@@ -341,10 +347,15 @@ class ServerWebSocket:
             text = message.get("text")
             if text is not None:
                 payload = text.encode("utf-8")
-                frame = _frames.encode(_frames.TEXT, payload, mask=False)
+                opcode = _frames.TEXT
             else:
                 payload = bytes(message.get("bytes") or b"")
-                frame = _frames.encode(_frames.BINARY, payload, mask=False)
+                opcode = _frames.BINARY
+            deflater = self.deflater
+            if deflater is None:
+                frame = _frames.encode(opcode, payload, mask=False)
+            else:
+                frame = deflater.encode(opcode, payload, mask=False)
             self.bytes_out += len(payload)
             self._write(frame)
             if self.conn.write_paused:
@@ -405,6 +416,19 @@ class ServerWebSocket:
             if not is_header_name(name) or any(c in value for c in b"\r\n\x00"):
                 raise RuntimeError(f"invalid header field {name!r} in websocket.accept")
             lines.append(name + b": " + value + b"\r\n")
+        options = message.get(_OPTIONS) or {}
+        negotiated = None
+        if options.get("compression", True):
+            offers = [v for k, v in self.scope["headers"] if k == b"sec-websocket-extensions"]
+            negotiated = _deflate.accept_offer(offers)
+        if negotiated is not None:
+            lines.append(b"sec-websocket-extensions: " + negotiated.response + b"\r\n")
+            self.deflater = negotiated.deflater
+        self.reader = _frames.FrameReader(
+            masked=True,
+            max_message=int(options.get("max_message_bytes") or MAX_MESSAGE),
+            inflater=negotiated.inflater if negotiated is not None else None,
+        )
         lines.append(_wire.date_header())
         lines.append(b"\r\n")
         self.conn.transport.write(b"".join(lines))

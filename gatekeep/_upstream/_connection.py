@@ -5,8 +5,8 @@ Theory of operation
 ``UpstreamConnection`` does the I/O for a sans-IO ``Codec`` and is the one
 place where foreign errors (``OSError``, ``ssl``, anyio stream errors, the
 codec's framing errors, timeouts) become gatekeep errors: every public step
-runs inside ``_ErrorBoundary``, which reads the connection's current *phase*
-(connect, write, read) to name what failed.
+catches them and raises ``_translated(exc)``, which reads the connection's
+current *phase* (connect, write, read) to name what failed.
 
 It also keeps the facts the pool needs to decide about a retry:
 
@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator
-from types import TracebackType
-from typing import Final, Literal
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from typing import Final
 
 import anyio
 import anyio.abc
@@ -107,28 +106,6 @@ def _describe(exc: BaseException) -> str:
     while not str(exc) and exc.__cause__ is not None:
         exc = exc.__cause__
     return str(exc) or type(exc).__name__
-
-
-class _ErrorBoundary:
-    """``with conn._errors:`` translates whatever the step raises (see ``translate``)."""
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: UpstreamConnection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> Literal[False]:
-        if exc is None or not isinstance(exc, Exception) or isinstance(exc, GatekeepError):
-            return False
-        conn = self._conn
-        if isinstance(exc, _STREAM_ERRORS) and not isinstance(exc, ssl.SSLError | TimeoutError):
-            conn.closed_by_peer = True
-        raise translate(exc, conn.phase, conn.label, conn.codec) from exc
 
 
 class BodySource:
@@ -235,7 +212,6 @@ class UpstreamConnection:
     """A connected byte stream speaking HTTP/1.1 through a codec (see module doc)."""
 
     __slots__ = (
-        "_errors",
         "_transport",
         "closed",
         "closed_by_peer",
@@ -255,7 +231,6 @@ class UpstreamConnection:
         self._transport: Transport = transport
         self.codec = codec
         self.label = label
-        self._errors = _ErrorBoundary(self)
         self.phase = _WRITE
         self.cycles = 0  # completed request/response cycles
         self.idle_since = 0.0
@@ -292,7 +267,13 @@ class UpstreamConnection:
             if aclose is not None:
                 await aclose()
 
-    # -- I/O steps, each inside the error boundary ---------------------------
+    # -- I/O steps, each translating what it raises (``_translated``) ----------
+
+    def _translated(self, exc: Exception) -> GatekeepError:
+        """The gatekeep error for ``exc``, raised by a step of this connection (see ``translate``)."""
+        if isinstance(exc, _STREAM_ERRORS) and not isinstance(exc, ssl.SSLError | TimeoutError):
+            self.closed_by_peer = True
+        return translate(exc, self.phase, self.label, self.codec)
 
     async def _write(self, data: bytes | list[bytes], within: float | None) -> None:
         self.request_sent = True
@@ -325,7 +306,7 @@ class UpstreamConnection:
     ) -> None:
         """Write the request head, then ``body`` and the request's end if ``end``, in one write."""
         self.phase = _WRITE
-        with self._errors:
+        try:
             codec = self.codec
             data = codec.send_request_head(method, target, headers)
             if body:
@@ -341,29 +322,55 @@ class UpstreamConnection:
                 if tail:
                     data += tail
             await self._write(data, within)
+        except GatekeepError:
+            raise
+        except Exception as exc:
+            raise self._translated(exc) from exc
 
     async def send_body(self, chunk: bytes, within: float | None) -> None:
         self.phase = _WRITE
-        with self._errors:
+        try:
             await self._write(self.codec.send_body(chunk), within)
+        except GatekeepError:
+            raise
+        except Exception as exc:
+            raise self._translated(exc) from exc
 
     async def end_request(self, within: float | None) -> None:
         self.phase = _WRITE
-        with self._errors:
+        try:
             tail = self.codec.end_request()
             if tail:
                 await self._write(tail, within)
+        except GatekeepError:
+            raise
+        except Exception as exc:
+            raise self._translated(exc) from exc
 
-    async def receive_head(self, within: float | None) -> ResponseHead:
+    async def receive_head(
+        self, within: float | None, *, first: bytes = b"", write_within: float | None = None
+    ) -> ResponseHead:
         """Read until the response head is complete.
+
+        ``first``: bytes to write before (a whole request, ``exchange`` without
+        a body: its one write and its read in one coroutine), within
+        ``write_within`` seconds; the phase is then already ``_WRITE``.
 
         Raises:
             UpstreamProtocolError: garbage, or the connection closed first.
-            UpstreamTimeout: no byte for ``within`` seconds.
+            UpstreamTimeout: no byte for ``within`` seconds (or ``first`` not
+                accepted within ``write_within``).
         """
-        self.phase = _READ
         codec = self.codec
-        with self._errors:
+        try:
+            if first:
+                self.request_sent = True
+                try:
+                    await self._transport.send(first, write_within)
+                except TimeoutError:
+                    self.must_close = True  # a partial write may have gone out
+                    raise UpstreamTimeout(_timeout_text(_WRITE, self.label, write_within)) from None
+            self.phase = _READ
             while True:
                 event = codec.next_event()
                 if event is NEED_DATA:
@@ -387,13 +394,17 @@ class UpstreamConnection:
                     return event
                 else:  # pragma: no cover - a codec bug
                     raise UpstreamProtocolError(f"unexpected {event!r} before the response head")
+        except GatekeepError:
+            raise
+        except Exception as exc:
+            raise self._translated(exc) from exc
 
     def take_buffered(self, limit: int) -> tuple[list[bytes], bool]:
         """Body chunks parsed already (about ``limit`` bytes at most, no I/O); whether the body ended."""
         codec = self.codec
         chunks: list[bytes] = []
         size = 0
-        with self._errors:
+        try:
             while size < limit:
                 event = codec.next_event()
                 if event is END_OF_RESPONSE:
@@ -402,6 +413,10 @@ class UpstreamConnection:
                     break
                 chunks.append(event)  # type: ignore[arg-type]
                 size += len(event)  # type: ignore[arg-type]
+        except GatekeepError:
+            raise
+        except Exception as exc:
+            raise self._translated(exc) from exc
         return chunks, False
 
     async def receive_body_chunk(self, within: float | None) -> bytes | None:
@@ -413,7 +428,7 @@ class UpstreamConnection:
         """
         self.phase = _READ
         codec = self.codec
-        with self._errors:
+        try:
             while True:
                 event = codec.next_event()
                 if event is NEED_DATA:
@@ -424,10 +439,14 @@ class UpstreamConnection:
                     return None
                 else:  # pragma: no cover - a codec bug
                     raise UpstreamProtocolError(f"unexpected {event!r} in the response body")
+        except GatekeepError:
+            raise
+        except Exception as exc:
+            raise self._translated(exc) from exc
 
     # -- one request/response exchange ---------------------------------------
 
-    async def exchange(
+    def exchange(
         self,
         method: bytes,
         target: bytes,
@@ -436,30 +455,56 @@ class UpstreamConnection:
         *,
         read_timeout: float | None,
         write_timeout: float | None,
-    ) -> ResponseHead:
-        """Send one request (``body`` ``None``: no body) and return the response head."""
+    ) -> Awaitable[ResponseHead]:
+        """Send one request (``body`` ``None``: no body) and return the response head.
+
+        (A plain function handing back the coroutine that does it: one frame
+        less on every read the exchange waits for.)
+        """
         self.request_sent = self.response_started = self.closed_by_peer = False
         if body is None:
-            await self.send_head(method, target, headers, end=True, within=write_timeout)
-            return await self.receive_head(read_timeout)
+            # The head and the request's end in one write, then the answer's head.
+            self.phase = _WRITE
+            try:
+                codec = self.codec
+                request = codec.send_request_head(method, target, headers)
+                tail = codec.end_request()
+            except GatekeepError:
+                raise
+            except Exception as exc:
+                raise self._translated(exc) from exc
+            if tail:
+                request += tail
+            return self.receive_head(read_timeout, first=request, write_within=write_timeout)
         data = body.in_memory()
         if data is not None and len(data) <= _ONE_WRITE_LIMIT:
-            # The whole body is in memory and small: head, body and end in one
-            # write, no upload task (an early answer is still read after it).
-            try:
-                await self.send_head(method, target, headers, end=True, within=write_timeout, body=data)
-            except UpstreamProtocolError:
-                if not self.closed_by_peer:
-                    raise
-                # It hung up while we wrote: it may have answered first (a 413).
-                self.must_close = True
-                try:
-                    return await self.receive_head(read_timeout)
-                except GatekeepError:
-                    pass
+            return self._exchange_in_memory(method, target, headers, data, read_timeout, write_timeout)
+        return self._exchange_with_body(method, target, headers, body, read_timeout, write_timeout)
+
+    async def _exchange_in_memory(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        data: bytes,
+        read_timeout: float | None,
+        write_timeout: float | None,
+    ) -> ResponseHead:
+        # The whole body is in memory and small: head, body and end in one
+        # write, no upload task (an early answer is still read after it).
+        try:
+            await self.send_head(method, target, headers, end=True, within=write_timeout, body=data)
+        except UpstreamProtocolError:
+            if not self.closed_by_peer:
                 raise
-            return await self.receive_head(read_timeout)
-        return await self._exchange_with_body(method, target, headers, body, read_timeout, write_timeout)
+            # It hung up while we wrote: it may have answered first (a 413).
+            self.must_close = True
+            try:
+                return await self.receive_head(read_timeout)
+            except GatekeepError:
+                pass
+            raise
+        return await self.receive_head(read_timeout)
 
     async def _exchange_with_body(
         self,

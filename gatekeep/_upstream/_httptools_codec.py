@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from operator import itemgetter
 from typing import Any, ClassVar, Final
 
 import httptools
 
-from .._http import header_names, is_header_name
+from .._http import is_header_name
 from ._codec import END_OF_RESPONSE, MAX_INFORMATIONAL, NEED_DATA, CodecEvent, ResponseHead
 
 __all__ = ["HttptoolsCodec", "LocalFramingError", "RemoteFramingError"]
@@ -56,6 +57,9 @@ _GOOD_NAMES: set[bytes] = {b"host"}
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _TARGET: Final = re.compile(rb"[\x21-\x7e]+").fullmatch
 _METHOD: Final = _TOKEN
+# Methods that are tokens (the usual ones: a set lookup instead of the regex).
+_KNOWN_METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+_NAME: Final = itemgetter(0)
 
 
 class HttptoolsCodec:
@@ -86,9 +90,13 @@ class HttptoolsCodec:
     def __init__(self) -> None:
         self._events: deque[CodecEvent] = deque()
         self._parser: Any = httptools.HttpResponseParser(self)
-        self._reset()
+        self._is_head = False
+        self.start_next_cycle()
 
-    def _reset(self) -> None:
+    def start_next_cycle(self) -> None:
+        if self._is_head:
+            # llhttp, not knowing the method, still waits for that HEAD answer's body.
+            self._parser = httptools.HttpResponseParser(self)
         self._events.clear()
         self._headers: list[tuple[bytes, bytes]] = []
         self._head: ResponseHead | None = None
@@ -108,12 +116,12 @@ class HttptoolsCodec:
     # -- request side ------------------------------------------------------
 
     def send_request_head(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-        if not _METHOD(method):
+        if method not in _KNOWN_METHODS and not _METHOD(method):
             raise LocalFramingError(f"invalid method {method!r}")
         if not _TARGET(target):
             raise LocalFramingError("invalid request target")
         self._is_head = method == b"HEAD"
-        names = header_names(headers)
+        names = set(map(_NAME, headers))  # (``header_names``, inline)
         if names <= _GOOD_NAMES:
             # The common case, checked at C speed: every name is a known
             # lower-case token, and the block has exactly one CRLF between
@@ -231,12 +239,6 @@ class HttptoolsCodec:
             and self._keep_alive
         )
 
-    def start_next_cycle(self) -> None:
-        if self._is_head:
-            # llhttp, not knowing the method, still waits for that HEAD answer's body.
-            self._parser = httptools.HttpResponseParser(self)
-        self._reset()
-
     # -- llhttp callbacks --------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -262,7 +264,7 @@ class HttptoolsCodec:
             self._skipping = True  # 100 Continue, 103 Early Hints: not forwarded
             return
         headers = self._headers
-        names = header_names(headers)
+        names = set(map(_NAME, headers))  # (``header_names``, inline)
         if b"transfer-encoding" in names:
             _check_coding(headers)
         # Read it now: llhttp forgets it once the message is complete.
@@ -289,7 +291,8 @@ class HttptoolsCodec:
             self._skipping = False
             return
         if not self._complete:
-            self._finish()
+            self._complete = True
+            self._events.append(END_OF_RESPONSE)
 
     def _finish(self) -> None:
         self._complete = True

@@ -40,12 +40,13 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Collection
+from operator import itemgetter
 from typing import Final
 
 import anyio
 
 from .._errors import BadRequest, GatekeepError, UpstreamConnectError, UpstreamError, UpstreamTimeout
-from .._http import EMPTY_BODY, Body, Headers, Response, header_names, is_replayable
+from .._http import EMPTY_BODY, Body, Headers, Response, is_replayable
 from .._protocols import Instance
 from ._codec import Codec
 from ._codec_choice import codec_for
@@ -185,11 +186,15 @@ class UpstreamPool:
         if origin is None:
             origin = self._make_origin(instance, tls)
 
-        try:
-            out, length, has_host = _frame_headers(headers)
-        except BadRequest as exc:
-            exc.request_sent = False  # type: ignore[attr-defined]
-            raise
+        names = set(map(_NAME, headers))
+        if names.isdisjoint(_BODY_FRAMING):  # (``_frame_headers``' plain case, inline)
+            out, length, has_host = list(headers), None, b"host" in names
+        else:
+            try:
+                out, length, has_host = _frame_headers(headers)
+            except BadRequest as exc:
+                exc.request_sent = False  # type: ignore[attr-defined]
+                raise
         if not has_host:
             out.append((b"host", host_header(instance)))
         source: BodySource | None = None
@@ -419,6 +424,7 @@ def _short_body(headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> bool
 
 
 _BODY_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+_NAME: Final = itemgetter(0)
 
 
 def _frame_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
@@ -427,7 +433,7 @@ def _frame_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes
     Raises:
         BadRequest: a bad ``content-length``, or a ``transfer-encoding`` other than one ``chunked``.
     """
-    names = header_names(headers)
+    names = set(map(_NAME, headers))  # (``header_names``, inline)
     if names.isdisjoint(_BODY_FRAMING):
         return list(headers), None, b"host" in names
     out: list[tuple[bytes, bytes]] = []

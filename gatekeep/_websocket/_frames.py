@@ -8,18 +8,22 @@ or a ``Close``.  It checks what RFC 6455 §5 asks of the sender on the other
 side, and raises ``FrameError`` with the close code to answer:
 
 - masking: every frame from a client is masked, none from a server (1002);
-- reserved bits: no extension is ever negotiated by gatekeep, so RSV1-3 must
-  be clear (1002);
+- reserved bits: RSV2-3 are always clear, and RSV1 is set only when
+  permessage-deflate was negotiated (``inflater``), only on the first frame
+  of a data message, never on a control frame (1002);
 - control frames: at most 125 bytes, never fragmented (1002);
 - fragmentation: continuation frames only inside a fragmented message, no
   new data frame before it ends (1002);
 - size: a message longer than ``max_message`` bytes is refused as soon as a
-  frame header announces it, before its payload is buffered (1009);
+  frame header announces it, before its payload is buffered (1009); a
+  compressed one counts its inflated bytes, frame by frame, and zlib never
+  makes more than one byte past the limit (``_deflate.Inflater``);
 - text: valid UTF-8 (1007); close frames: a registered or private code and a
   UTF-8 reason (1002 / 1007).
 
 The reader keeps at most one frame plus the fragments of one message, so its
-memory is bounded by ``max_message`` plus a frame header.
+memory is bounded by ``max_message`` plus a frame header (twice that, for a
+compressed message: its frame and what it inflated to).
 
 ``encode`` frames one whole message (or control frame); a client masks with
 a fresh key from ``os.urandom`` (§5.3: the key must be unpredictable, which
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Final
+from typing import Final, Protocol
 
 __all__ = [
     "BINARY",
@@ -100,7 +104,7 @@ class Message:
 
     def __init__(self, data: str | bytes, size: int) -> None:
         self.data = data
-        self.size = size  # bytes on the wire (the payload's length)
+        self.size = size  # the payload's length (once decompressed)
 
 
 class Ping:
@@ -130,6 +134,14 @@ class Close:
 Event = Message | Ping | Pong | Close
 
 
+class Inflater(Protocol):
+    """What the reader needs of permessage-deflate (``_deflate.Inflater``)."""
+
+    def inflate(self, data: bytes, *, final: bool, room: int) -> bytes:
+        """What one frame's payload inflates to; ``FrameError`` past ``room`` bytes (1009)."""
+        ...
+
+
 def unmask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     n = len(data)
     if not n:
@@ -144,17 +156,35 @@ class FrameReader:
     Args:
         masked: frames must be masked (we are the server) or must not be (the client).
         max_message: the largest message, in payload bytes, before 1009.
+        inflater: permessage-deflate was negotiated: RSV1 marks a compressed message.
     """
 
-    __slots__ = ("_buffer", "_fragments", "_masked", "_max", "_opcode", "_size")
+    __slots__ = (
+        "_buffer",
+        "_compressed",
+        "_fragments",
+        "_inflated",
+        "_inflater",
+        "_masked",
+        "_max",
+        "_opcode",
+        "_size",
+        "_wire_max",
+    )
 
-    def __init__(self, *, masked: bool, max_message: int) -> None:
+    def __init__(self, *, masked: bool, max_message: int, inflater: Inflater | None = None) -> None:
         self._masked = masked
         self._max = max_message
+        # A compressed message may be a little longer than what it inflates to (deflate's
+        # stored blocks: 5 bytes per 64 KiB); its inflated size is what the limit is about.
+        self._wire_max = max_message + max_message // 1024 + 64
+        self._inflater = inflater
         self._buffer = bytearray()
         self._fragments: list[bytes] = []
         self._opcode = 0  # the opcode of the fragmented message in progress (0: none)
-        self._size = 0
+        self._size = 0  # wire bytes of the message in progress
+        self._compressed = False  # the message in progress is compressed (RSV1 on its first frame)
+        self._inflated = 0  # bytes it inflated to so far
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -171,9 +201,16 @@ class FrameReader:
                 return None
             first, second = buffer[0], buffer[1]
             fin = first & 0x80
-            if first & 0x70:
-                raise FrameError(PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
             opcode = first & 0x0F
+            if first & 0x70:
+                if first & 0x70 != 0x40 or self._inflater is None:
+                    raise FrameError(PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
+                if opcode in _CONTROL:
+                    raise FrameError(PROTOCOL_ERROR, "a control frame cannot be compressed")
+                if opcode == CONTINUATION:
+                    raise FrameError(PROTOCOL_ERROR, "RSV1 on a continuation frame")
+                if opcode in _DATA and not self._opcode:
+                    self._compressed = True
             if bool(second & 0x80) is not self._masked:
                 raise FrameError(
                     PROTOCOL_ERROR,
@@ -204,7 +241,9 @@ class FrameReader:
                 if length >> 63:
                     raise FrameError(PROTOCOL_ERROR, "frame length with the most significant bit set")
                 offset = 10
-            if opcode not in _CONTROL and self._size + length > self._max:
+            if opcode not in _CONTROL and self._size + length > (
+                self._wire_max if self._compressed else self._max
+            ):
                 raise FrameError(TOO_BIG, f"message larger than {self._max} bytes")
             key = b""
             if self._masked:
@@ -224,6 +263,13 @@ class FrameReader:
                 if opcode == PONG:
                     return Pong(data)
                 return _parse_close(data)
+            if self._compressed:
+                assert self._inflater is not None
+                data = self._inflater.inflate(data, final=bool(fin), room=self._max - self._inflated)
+                self._inflated += len(data)
+                if fin:
+                    self._compressed = False
+                    self._inflated = 0
             if not fin:
                 if opcode != CONTINUATION:
                     self._opcode = opcode
@@ -274,10 +320,13 @@ def close_payload(code: int, reason: str = "") -> bytes:
     return struct.pack("!H", code) + data
 
 
-def encode(opcode: int, payload: bytes, *, mask: bool) -> bytes:
-    """One final frame carrying ``payload``; masked (client to server) when ``mask``."""
+def encode(opcode: int, payload: bytes, *, mask: bool, rsv1: bool = False) -> bytes:
+    """One final frame carrying ``payload``; masked (client to server) when ``mask``.
+
+    ``rsv1`` marks a compressed data message (permessage-deflate).
+    """
     n = len(payload)
-    first = 0x80 | opcode
+    first = (0xC0 if rsv1 else 0x80) | opcode
     bit = 0x80 if mask else 0
     if n < 126:
         head = bytes((first, bit | n))

@@ -3,10 +3,10 @@
 The gateway is the server of the client's handshake and the client of the
 upstream's: it checks the client's key, makes a fresh key for the upstream
 and checks the upstream's ``Sec-WebSocket-Accept`` against it, so neither
-side can be fooled by the other's fields.  Extensions are never offered
-upstream (so RSV bits stay clear end to end, see ``_frames.py``); the
-client's subprotocol offer is relayed and the upstream's choice must be one
-of it.
+side can be fooled by the other's fields.  Extensions are per hop: each side
+negotiates its own permessage-deflate (``_deflate.py``), the client's offer
+is never relayed; the client's subprotocol offer is relayed and the
+upstream's choice must be one of it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ Theory of operation
 The client's side is the ASGI WebSocket message API (what uvicorn, hypercorn,
 granian and gatekeep's own front server give an app); the upstream's is an
 ``UpstreamSocket``.  ``relay`` accepts the client's handshake with the
-upstream's subprotocol and fields, then runs two loops in one task group:
+upstream's subprotocol and fields, then runs two loops in one task group.
+The accept carries ``OPTIONS`` (``gatekeep.websocket``: whether to negotiate
+compression, the message limit), which gatekeep's own front server applies
+to the client's hop and other servers ignore.
 
 - client → upstream: each ``websocket.receive`` becomes one frame; a
   ``websocket.disconnect`` becomes a close frame with the client's code and
@@ -55,7 +58,7 @@ from ._settings import WebSocketSettings
 from ._stats import RouteCounters, WebSocketStats
 from ._upstream import UpstreamSocket
 
-__all__ = ["CLOSE_STATE", "relay"]
+__all__ = ["CLOSE_STATE", "OPTIONS", "relay"]
 
 log = logging.getLogger("gatekeep.websocket")
 
@@ -65,6 +68,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 # Response fields the ASGI server writes itself.
 _ACCEPT_DROPS: Final = RESPONSE_DROPS | {b"date", b"server"}
+# The key of ``websocket.accept`` that tells gatekeep's front server how to run the client's hop.
+OPTIONS: Final = "gatekeep.websocket"
 # Where the session leaves how it ended (``Request.state``), for the log phase.
 CLOSE_STATE: Final = "websocket"
 _CLIENT = "client"
@@ -283,7 +288,12 @@ async def relay(
     counters = stats.counters(service.name if service else "", route.name if route else "")
     session = _Session(receive, send, upstream, settings, counters, exchange)
     headers = [(k, v) for k, v in response.headers.raw if k not in _ACCEPT_DROPS]
-    accept: Message = {"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": headers}
+    accept: Message = {
+        "type": "websocket.accept",
+        "subprotocol": upstream.subprotocol,
+        "headers": headers,
+        OPTIONS: {"compression": settings.compression, "max_message_bytes": settings.max_message_bytes},
+    }
     try:
         await send(accept)
     except Exception as exc:  # the client left during the upstream's handshake

@@ -16,11 +16,13 @@ own ``Sec-WebSocket-Key`` (h11 frames the exchange).
 - An answer other than 101 is relayed to the client as an HTTP answer (its
   body read whole, up to 64 KiB), as nginx does: the upstream's own 401 or
   404 is the client's to see.
-- A 101 is checked: ``Upgrade``, ``Connection``, the accept value, no
-  extension (none was offered) and a subprotocol among those offered; else
-  502.  The socket is then kept in ``request.state[UPSTREAM]`` and closed by
-  the response (``Response.defer``), which the adapter holds until the
-  session ends; a counting balancer's slot is held as long.
+- A 101 is checked: ``Upgrade``, ``Connection``, the accept value, an
+  extension only as the gateway offered it (permessage-deflate, when
+  ``[gateway.websocket] compression`` is on; see ``_deflate.py``) and a
+  subprotocol among those offered; else 502.  The socket is then kept in
+  ``request.state[UPSTREAM]`` and closed by the response
+  (``Response.defer``), which the adapter holds until the session ends; a
+  counting balancer's slot is held as long.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .._upstream import Timeouts, TLSSettings
 from .._upstream._connection import translate
 from .._upstream._tls import make_ssl_context
 from .._upstream._transport import Transport, open_transport
-from . import _frames
+from . import _deflate, _frames
 from ._handshake import RESPONSE_DROPS, accept_value, has_token, new_key, subprotocols
 
 __all__ = ["UPSTREAM", "UpstreamSocket", "connect_upstream"]
@@ -58,15 +60,25 @@ _ssl_contexts: dict[TLSSettings, ssl.SSLContext] = {}
 class UpstreamSocket:
     """An upgraded upstream connection: whole messages in and out (the gateway is its client)."""
 
-    __slots__ = ("closed", "label", "reader", "subprotocol", "transport", "write_timeout")
+    __slots__ = ("closed", "deflater", "label", "reader", "subprotocol", "transport", "write_timeout")
 
     def __init__(
-        self, transport: Transport, label: str, *, max_message: int, write_timeout: float | None, rest: bytes
+        self,
+        transport: Transport,
+        label: str,
+        *,
+        max_message: int,
+        write_timeout: float | None,
+        rest: bytes,
+        deflate: _deflate.Negotiated | None = None,
     ) -> None:
         self.transport = transport
         self.label = label
         self.write_timeout = write_timeout
-        self.reader = _frames.FrameReader(masked=False, max_message=max_message)
+        self.deflater = deflate.deflater if deflate is not None else None
+        self.reader = _frames.FrameReader(
+            masked=False, max_message=max_message, inflater=deflate.inflater if deflate is not None else None
+        )
         self.reader.feed(rest)
         self.subprotocol: str | None = None
         self.closed = False
@@ -91,12 +103,17 @@ class UpstreamSocket:
             reader.feed(data)
 
     async def send(self, opcode: int, payload: bytes) -> None:
-        """Send one frame (masked: the gateway is the client).
+        """Send one frame (masked: the gateway is the client; data compressed when negotiated).
 
         Raises:
             OSError, TimeoutError: the connection broke, or the upstream stopped reading.
         """
-        await self.transport.send(_frames.encode(opcode, payload, mask=True), self.write_timeout)
+        deflater = self.deflater
+        if deflater is not None and opcode < _frames.CLOSE:
+            frame = deflater.encode(opcode, payload, mask=True)
+        else:
+            frame = _frames.encode(opcode, payload, mask=True)
+        await self.transport.send(frame, self.write_timeout)
 
     async def finish(self, within: float) -> None:
         """After the close frames: wait for the upstream to close TCP (it is the server), then close."""
@@ -142,10 +159,12 @@ async def connect_upstream(
     timeouts: Timeouts,
     tls: TLSSettings | None,
     max_message: int,
+    compression: bool = True,
 ) -> Response:
     """Open the upstream WebSocket for ``request`` on ``instance`` (see the module doc).
 
-    ``headers`` are the forwarded request headers (``upstream_request_headers``).
+    ``headers`` are the forwarded request headers (``upstream_request_headers``);
+    ``compression`` offers permessage-deflate.
 
     Raises:
         UpstreamConnectError, UpstreamTimeout: no connection (``connect_failed`` set).
@@ -184,7 +203,9 @@ async def connect_upstream(
     except Exception as exc:
         raise _mark(translate(exc, "connect", label, None), connect_failed=True, sent=False) from exc
     try:
-        return await _handshake(request, transport, label, target, headers, timeouts, max_message)
+        return await _handshake(
+            request, transport, label, target, headers, timeouts, max_message, compression
+        )
     except BaseException:
         transport.abort()
         aclose = getattr(transport, "aclose", None)
@@ -202,6 +223,7 @@ async def _handshake(
     headers: list[tuple[bytes, bytes]],
     timeouts: Timeouts,
     max_message: int,
+    compression: bool,
 ) -> Response:
     key = new_key()
     out = [(k, v) for k, v in headers if k not in _REQUEST_DROPS]
@@ -211,6 +233,8 @@ async def _handshake(
         (b"sec-websocket-key", key),
         (b"sec-websocket-version", b"13"),
     ]
+    if compression:
+        out.append((b"sec-websocket-extensions", _deflate.OFFER))
     conn = h11.Connection(h11.CLIENT)
     try:
         data = conn.send(h11.Request(method="GET", target=target, headers=out))
@@ -243,6 +267,17 @@ async def _handshake(
         ) from exc
     fields = [(bytes(k).lower(), bytes(v)) for k, v in head.headers]
     problem = _check_101(fields, key, subprotocols(out))
+    deflate: _deflate.Negotiated | None = None
+    extensions = [v for k, v in fields if k == b"sec-websocket-extensions"]
+    if not problem and extensions:
+        if not compression:
+            problem = "an extension was negotiated, none was offered"
+        else:
+            agreed = _deflate.accept_response(extensions)
+            if isinstance(agreed, str):
+                problem = agreed
+            else:
+                deflate = agreed
     if problem:
         raise _mark(
             UpstreamProtocolError(f"invalid WebSocket handshake answer from {label}: {problem}"),
@@ -251,7 +286,12 @@ async def _handshake(
         )
     rest, _ = conn.trailing_data
     socket = UpstreamSocket(
-        transport, label, max_message=max_message, write_timeout=timeouts.write, rest=bytes(rest)
+        transport,
+        label,
+        max_message=max_message,
+        write_timeout=timeouts.write,
+        rest=bytes(rest),
+        deflate=deflate,
     )
     for k, v in fields:
         if k == b"sec-websocket-protocol":
@@ -326,8 +366,6 @@ def _check_101(fields: list[tuple[bytes, bytes]], key: bytes, offered: list[str]
     accepts = [v.strip() for k, v in fields if k == b"sec-websocket-accept"]
     if accepts != [accept_value(key)]:
         return "wrong Sec-WebSocket-Accept"
-    if any(k == b"sec-websocket-extensions" for k, _ in fields):
-        return "an extension was negotiated, none was offered"
     chosen = [v.strip().decode("latin-1") for k, v in fields if k == b"sec-websocket-protocol"]
     if len(chosen) > 1 or (chosen and chosen[0] not in offered):
         return "a subprotocol the client did not offer"

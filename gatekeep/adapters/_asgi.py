@@ -266,33 +266,41 @@ class ASGIApp:
         raw_path = scope.get("raw_path")
         if raw_path is None:
             raw_path = quote(scope["path"]).encode("latin-1")
-        else:
+        elif b"?" in raw_path:
             raw_path = raw_path.split(b"?", 1)[0]
-        host_header = headers.get(b"host")
+        host_header = None
+        for name, value in headers.raw:  # (``Headers.get``, inline)
+            if name == b"host":
+                host_header = value
+                break
         if host_header:
             host = host_header.decode("latin-1")
             if host.startswith("["):
                 host = host.split("]", 1)[0] + "]"
             else:
-                host = host.rsplit(":", 1)[0]
+                colon = host.rfind(":")  # (``rsplit(":", 1)[0]`` without the list)
+                if colon >= 0:
+                    host = host[:colon]
         else:
             server = scope.get("server") or ("", None)
             host = server[0] or ""
         client = scope.get("client")
         extensions = scope.get("extensions")
         tls = extensions.get("tls") if extensions else None
+        # Positional in ``Request``'s field order (its public constructor's): a third
+        # cheaper than the same call by keyword, on every request.
         return Request(
-            method=scope["method"],
-            path="",
-            query_string=scope.get("query_string", b""),
-            headers=headers,
-            body=body,
-            scheme=scope.get("scheme", "http"),
-            host=host.lower(),
-            raw_path=raw_path,
-            client=(client[0], client[1]) if client else None,
-            server=scope.get("server"),
-            http_version=scope.get("http_version", "1.1"),
+            scope["method"],  # method
+            "",  # path (normalised by the gateway)
+            scope.get("query_string", b""),  # query_string
+            headers,  # headers
+            body,  # body
+            scope.get("scheme", "http"),  # scheme
+            host.lower(),  # host
+            raw_path,  # raw_path
+            (client[0], client[1]) if client else None,  # client
+            scope.get("server"),  # server
+            scope.get("http_version", "1.1"),  # http_version
             state={"tls": tls} if tls is not None else {},
         )
 

@@ -41,6 +41,9 @@ class NativeCycle(Protocol):
     has_body: bool
     body_done: bool
     on_disconnect: Callable[[], None] | None
+    # The task the server runs this cycle in (set before it starts): no
+    # ``asyncio.current_task()``, whose running-loop lookup is a getpid() system call.
+    task: asyncio.Task[None] | None
 
     async def read(self) -> bytes | None: ...
 
@@ -134,16 +137,24 @@ class NativeServe:
         request = self.request_from_scope(cycle.scope, EMPTY_BODY if body is None else body)
         exchange = Exchange(request)
         response: Response | None = None
-        task = asyncio.current_task()
+        task = cycle.task or asyncio.current_task()
         assert task is not None  # the front server runs every cycle in a task of its own
         cancel = TaskCancel(task)
         cycle.on_disconnect = cancel.cancel
-        with cancel:
+        # ``with cancel:`` spelled out (two calls less on every request): our own
+        # cancellation, and only that one, ends the request quietly.
+        try:
             try:
                 response = await gateway.handle(request, exchange, None)
                 if response.status != 499:
                     cycle.start(response.status, response.headers.raw)
-                    await write_response(response, exchange, cycle.write)
+                    data = response.body
+                    if isinstance(data, bytes):  # write_response's first case, inline
+                        exchange.bytes_out = len(data)
+                        await cycle.write(data, False)
+                        exchange.end = time.perf_counter()
+                    else:
+                        await write_response(response, exchange, cycle.write)
             except BaseException:
                 cycle.on_disconnect = None
                 if response is not None:
@@ -153,7 +164,13 @@ class NativeServe:
                     response = None
                 raise
             cycle.on_disconnect = None
-        if response is not None:
+        except BaseException as exc:
+            if not cancel.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            if cancel.cancel_called:
+                cancel.__exit__(None, None, None)
+        if response is not None and response.holds_resources:
             await response.aclose()
         if not exchange.end:
             exchange.end = time.perf_counter()

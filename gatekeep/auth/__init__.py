@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .._identity_headers import (
     IDENTITY_HEADERS,
+    identity_header_pairs,
     is_identity_header,
     set_identity_headers,
     strip_identity_headers,
@@ -72,6 +73,7 @@ __all__ = [
     "authenticate",
     "certificate_names",
     "hash_password",
+    "identity_header_pairs",
     "is_password_hash",
     "is_identity_header",
     "key_from_jwk",

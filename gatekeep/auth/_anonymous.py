@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigError, FieldError
 from .._http import Request
-from .._identity_headers import identity_header_pairs, set_identity_headers
+from .._identity_headers import identity_header_pairs, strip_identity_headers
 from .._protocols import Identity
 from .._structure import join
 
@@ -93,24 +93,24 @@ def anonymous_identity(consumer: Any) -> Identity:
 class HeaderCache:
     """Identity header pairs per (identity, consumer), for identities the verifier caches.
 
-    Keyed by object id, checked by identity, bounded by clearing when full.
+    Keyed by the identity object's id, checked by identity (of both), bounded by clearing when
+    full.  Each entry holds its identity, so its id is not reused while the entry lives.
     """
 
     __slots__ = ("_entries", "_size")
 
     def __init__(self, size: int = 10_000) -> None:
-        self._entries: dict[tuple[int, int], tuple[Identity, Any, list[tuple[bytes, bytes]]]] = {}
+        self._entries: dict[int, tuple[Identity, Any, list[tuple[bytes, bytes]]]] = {}
         self._size = size
 
     def pairs(self, identity: Identity, consumer: Any) -> list[tuple[bytes, bytes]]:
-        key = (id(identity), id(consumer))
-        entry = self._entries.get(key)
+        entry = self._entries.get(id(identity))
         if entry is not None and entry[0] is identity and entry[1] is consumer:
             return entry[2]
         pairs = identity_header_pairs(identity, consumer)
         if len(self._entries) >= self._size:
             self._entries.clear()
-        self._entries[key] = (identity, consumer, pairs)
+        self._entries[id(identity)] = (identity, consumer, pairs)
         return pairs
 
 
@@ -120,5 +120,16 @@ def authenticate(
     """Record who made the request and send it upstream in the identity headers."""
     request.identity = identity
     request.consumer = consumer
-    pairs = cache.pairs(identity, consumer) if cache is not None else None
-    set_identity_headers(request.headers, identity, consumer, pairs)
+    if cache is None:
+        pairs = identity_header_pairs(identity, consumer)
+    else:
+        # ``cache.pairs``, its hit inline (every request of a cached token takes it).
+        entry = cache._entries.get(id(identity))
+        if entry is not None and entry[0] is identity and entry[1] is consumer:
+            pairs = entry[2]
+        else:
+            pairs = cache.pairs(identity, consumer)
+    # ``set_identity_headers`` with its pairs given: replace whatever identity headers are there.
+    headers = request.headers
+    strip_identity_headers(headers)
+    headers.raw.extend(pairs)

@@ -270,7 +270,7 @@ class JWTVerifier:
             c for c in config.claims_to_verify if c not in config.required_claims
         )
         self._typ = _normal_typ(config.typ) if config.typ else None
-        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._cache: OrderedDict[str | bytes, _Entry] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -305,22 +305,23 @@ class JWTVerifier:
             InvalidToken: the token is malformed, expired, wrongly signed ... (401).
             KeysUnavailable: the token's issuer has never served keys yet (503).
         """
+        max_size = self.config.max_token_size
+        if max_size and len(token) > max_size:
+            # (Before any decoding or hashing; an ASCII token has as many bytes as characters, and
+            # one that is not ASCII is refused below anyway.)
+            raise InvalidToken(f"the token is larger than {max_size} bytes")
+        cached = self.cached(token)
+        if cached is not None:
+            return cached
+        # The cache key is what the caller gave (the ``jwt`` filter gives bytes: no decoding on a
+        # hit); a token verified once as str and once as bytes is simply cached twice.
+        key_of_cache = token
         if isinstance(token, bytes):
             try:
                 token = token.decode("ascii")
             except UnicodeDecodeError:
                 raise InvalidToken("the token is not a JWS in compact form") from None
-        max_size = self.config.max_token_size
-        if max_size and len(token) > max_size:
-            raise InvalidToken(f"the token is larger than {max_size} bytes")
         now = self.clock()
-        entry = self._cache.get(token)
-        if entry is not None:
-            if now < entry.until and (entry.remote is None or entry.remote.state.holds(entry.key)):
-                self._cache.move_to_end(token)
-                self.cache_hits += 1
-                return entry.identity
-            del self._cache[token]
         self.cache_misses += 1
         identity, key, remote, exp = await self._verify(token, now)
         size = self.config.cache_size
@@ -328,10 +329,26 @@ class JWTVerifier:
             until = now + self.config.cache_ttl
             if exp is not None:
                 until = min(until, exp + self.config.leeway)
-            self._cache[token] = _Entry(identity, until, key, remote)
+            self._cache[key_of_cache] = _Entry(identity, until, key, remote)
             if len(self._cache) > size:
                 self._cache.popitem(last=False)
         return identity
+
+    def cached(self, token: str | bytes) -> Identity | None:
+        """The identity of ``token`` when it was verified before and its entry still holds
+        (before its ``exp``, within ``cache_ttl``, its key still in its JWKS); else ``None``.
+
+        No await and no parsing: the hot path of a repeated token (``verify`` starts with it).
+        """
+        entry = self._cache.get(token)
+        if entry is None:
+            return None
+        if self.clock() < entry.until and (entry.remote is None or entry.remote.state.holds(entry.key)):
+            self._cache.move_to_end(token)
+            self.cache_hits += 1
+            return entry.identity
+        del self._cache[token]
+        return None
 
     async def _verify(
         self, token: str, now: float

@@ -393,10 +393,13 @@ class Policy:
                 by_method[m].append(rule)
         self._by_method = {m: tuple(rs) for m, rs in by_method.items()}
         self._any_paths = any(r.paths for r in rules)
+        # Whether some rule looks at the path (else a decision is the method's and the grants' alone).
+        self.reads_paths = self._any_paths
         self.role_paths: tuple[ClaimPath, ...] = compile_paths(config.roles_claims, config.clients)
         self.scope_paths: tuple[ClaimPath, ...] = compile_paths(config.scopes_claims, config.clients)
         # Grants by identity object: a verifier's cache hands out the same identity again.
-        self._grants: dict[int, tuple[Identity, Grants]] = {}
+        self._grants: dict[int, tuple[Identity, Grants, set[str]]] = {}
+        self._groups_as_roles = config.groups_as_roles
 
     @classmethod
     def of(cls, config: RbacConfig | Mapping[str, Any]) -> Policy:
@@ -476,20 +479,28 @@ class Policy:
                 stacklevel=2,
             )
             method, path = path, method
-        self.check(method, path, self._grants_of(identity, consumer_groups))
-
-    def _grants_of(self, identity: Identity | None, consumer_groups: Iterable[str]) -> Grants:
-        """``grants``, remembered per identity object (frozen; its claims are a verified token's)."""
-        if identity is None or (consumer_groups and self.config.groups_as_roles):
-            return self.grants(identity, consumer_groups)
+        if identity is None or (consumer_groups and self._groups_as_roles):
+            self.check(method, path, self.grants(identity, consumer_groups))
+            return
+        # Per identity object (frozen; its claims are a verified token's, and a verifier's cache
+        # hands out the same object again): its grants, and the methods already allowed when no
+        # rule looks at the path (the decision is then the method's and the grants' alone).
         entry = self._grants.get(id(identity))
-        if entry is not None and entry[0] is identity:
-            return entry[1]
-        grants = self.grants(identity)
+        if entry is None or entry[0] is not identity:
+            entry = self._remember(identity)
+        elif method in entry[2]:
+            return
+        self.check(method, path, entry[1])
+        if not self._any_paths:
+            entry[2].add(method)  # only methods some rule allowed: bounded by the rules' methods
+
+    def _remember(self, identity: Identity) -> tuple[Identity, Grants, set[str]]:
+        allowed: set[str] = set()
+        entry = (identity, self.grants(identity), allowed)
         if len(self._grants) >= _MAX_GRANTS:
             self._grants.clear()
-        self._grants[id(identity)] = (identity, grants)  # holding it: its id is not reused meanwhile
-        return grants
+        self._grants[id(identity)] = entry  # holding it: its id is not reused meanwhile
+        return entry
 
     def _denial(self, method: str, path: str, grants: Grants, applicable: list[_Rule]) -> Exception:
         where = f"{method} {path}"

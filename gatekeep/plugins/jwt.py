@@ -38,7 +38,6 @@ from gatekeep.auth import (
     Algorithm,
     BadKey,
     Credential,
-    HeaderCache,
     InvalidToken,
     IssuerConfig,
     JWKSPolicy,
@@ -51,9 +50,11 @@ from gatekeep.auth import (
     already_authenticated,
     anonymous_identity,
     authenticate,
+    identity_header_pairs,
     key_from_pem,
     key_from_secret,
     resolve_anonymous,
+    strip_identity_headers,
 )
 
 if TYPE_CHECKING:
@@ -233,6 +234,7 @@ class JWTAuthenticator:
         self.headers = tuple(h.lower().encode("latin-1") for h in c.header_names)
         self.params = tuple(p.encode("latin-1") for p in c.uri_param_names)
         self.cookies = tuple(n.encode("latin-1") for n in c.cookie_names)
+        self._header_names = frozenset(self.headers)
 
     def token(self, request: Request) -> bytes | None:
         """The token the request carries (query, then cookies, then headers, as Kong).
@@ -240,6 +242,39 @@ class JWTAuthenticator:
         Raises:
             InvalidToken: the request carries several different tokens.
         """
+        token: bytes | None = None
+        if (request.query_string and self.params) or self.cookies:
+            found = self._elsewhere(request)
+            if found:
+                token = found[0]
+                if any(t != token for t in found):
+                    raise self._several()
+        # One pass over the headers (a request carries a handful; every token must be the same,
+        # so the order in which they are found does not matter).
+        names = self._header_names
+        for name, value in request.headers.raw:
+            if name in names:
+                if value[:7].lower() == b"bearer " and value.find(b" ", 7) < 0:
+                    found_here: bytes | None = value[7:]
+                else:
+                    m = _BEARER.match(value)
+                    if m:
+                        found_here = m.group(1)
+                    elif name != b"authorization" and value.strip():
+                        found_here = value.strip()
+                    else:
+                        continue
+                if token is None:
+                    token = found_here
+                elif found_here != token:
+                    raise self._several()
+        return token
+
+    def _several(self) -> InvalidToken:
+        return InvalidToken("the request carries several different tokens", realm=self.config.realm)
+
+    def _elsewhere(self, request: Request) -> list[bytes]:
+        """The tokens of the query string and the cookies."""
         found: list[bytes] = []
         if self.params and request.query_string:
             for part in request.query_string.split(b"&"):
@@ -252,24 +287,7 @@ class JWTAuthenticator:
                     name, _, value = part.strip().partition(b"=")
                     if name in self.cookies and value:
                         found.append(value.strip(b'"'))
-        raw = request.headers.raw
-        for name in self.headers:
-            for k, value in raw:
-                if k != name:
-                    continue
-                if value[:7].lower() == b"bearer " and b" " not in value[7:]:
-                    found.append(value[7:])
-                    continue
-                m = _BEARER.match(value)
-                if m:
-                    found.append(m.group(1))
-                elif name != b"authorization" and value.strip():
-                    found.append(value.strip())
-        if not found:
-            return None
-        if len(found) > 1 and any(t != found[0] for t in found[1:]):
-            raise InvalidToken("the request carries several different tokens", realm=self.config.realm)
-        return found[0]
+        return found
 
     async def authenticate(self, request: Request) -> Identity | None:
         """The verified token's identity; ``None`` without a token.
@@ -283,6 +301,9 @@ class JWTAuthenticator:
             return None
         return await self.verifier.verify(token)
 
+
+# Bytes of a token header's value that key the values seen before (the end of the signature).
+_TAIL = 24
 
 # RFC 7518 §3.2: a key of the same size as the hash output or larger.
 _HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
@@ -316,7 +337,21 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
         self.cookies = self.authenticator.cookies
         self.anonymous: Any = None
         self.consumers: dict[str, Any] = {}
-        self.header_cache = HeaderCache(max(c.cache_size, 1))
+        # Per identity object: (identity, consumer, identity header pairs); bounded by clearing.
+        self._memo: dict[int, tuple[Identity, Any, list[tuple[bytes, bytes]]]] = {}
+        self._memo_size = max(c.cache_size, 1)
+        # Token header values seen before, by their last bytes (the token's signature): the value's
+        # prefix, the token parsed from it and the value's length, so that a value is recognised
+        # only when it is the same bytes.  Only values whose token verified are kept; bounded by
+        # clearing.
+        self._seen: dict[bytes, tuple[bytes, bytes, int]] = {}
+        self._headers_only = not self.cookies
+        self._header_names = frozenset(self.headers)
+        # Hot-path constants and bound methods, read once per request.
+        self._token = self.authenticator.token
+        self._cached = self.verifier.cached
+        self._skip_preflight = not c.run_on_preflight
+        self._hide_credentials = c.hide_credentials
 
     def bind(self, context: PluginContext) -> None:
         self.anonymous = resolve_anonymous(context, self.name, self.config.anonymous)
@@ -348,6 +383,7 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
         if self.config.consumer_claims:
             for name, consumer in context.consumers.items():
                 self.verifier.consumers[name] = (consumer.key, frozenset(consumer.groups))
+        self._memo.clear()  # the consumers it remembers are these now
 
     async def start(self, task_group: TaskGroup) -> None:
         await self.verifier.start(task_group)
@@ -360,25 +396,90 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
         return self.authenticator.token(request)
 
     async def on_request(self, request: Request) -> Response | None:
-        if request.method == "OPTIONS" and not self.config.run_on_preflight:
+        if request.method == "OPTIONS" and self._skip_preflight:
             return None
         anonymous = self.anonymous
         if anonymous is not None and already_authenticated(request):
             return None
         try:
-            identity = await self.authenticator.authenticate(request)
-            if identity is None:
-                raise MissingCredentials("no bearer token in the request", realm=self.config.realm)
+            # ``JWTAuthenticator.authenticate``, with the verifier's cache asked first: a token seen
+            # before costs no coroutine and no decoding.
+            token = value = None
+            if self._headers_only and not (request.query_string and self.params):
+                # The token can only come from the one header that carries it: when that header's
+                # value was seen before, its token is the one parsed then (the very bytes object the
+                # verifier's cache holds: no copy, no hashing of the whole token).
+                names = self._header_names
+                for name, v in request.headers.raw:
+                    if name in names:
+                        if value is not None:
+                            value = None  # several: the full scan decides
+                            break
+                        value = v
+                if value is not None:
+                    seen = self._seen.get(value[-_TAIL:])
+                    # The value is the one seen (its prefix, then its token) when it has its length,
+                    # starts with its prefix and ends with its token.
+                    if (
+                        seen is not None
+                        and len(value) == seen[2]
+                        and value.endswith(seen[1])
+                        and value.startswith(seen[0])
+                    ):
+                        token = seen[1]
+            if token is None:
+                token = self._token(request)
+                if token is None:
+                    raise MissingCredentials("no bearer token in the request", realm=self.config.realm)
+                identity = self._cached(token)
+                if identity is None:
+                    identity = await self.verifier.verify(token)
+                if value is not None:
+                    self._remember_value(value, token)
+            else:
+                identity = self._cached(token)
+                if identity is None:
+                    identity = await self.verifier.verify(token)
         except (AuthError, KeysUnavailable):
             if anonymous is None:
                 raise
             authenticate(request, anonymous_identity(anonymous), anonymous)
             return None
-        consumer = self.consumers.get(identity.consumer) if identity.consumer is not None else None
-        if self.config.hide_credentials:
+        # The consumer and the identity headers of this identity object (the verifier's cache hands
+        # out the same one for every request of a token): computed on its first request.
+        memo = self._memo.get(id(identity))
+        if memo is None or memo[0] is not identity:
+            memo = self._remember(identity)
+        if self._hide_credentials:
             self._hide(request)
-        authenticate(request, identity, consumer, self.header_cache)
+        # ``authenticate(request, identity, consumer, cache)``, inline: record who made the request,
+        # replace whatever identity headers are there with its own.
+        request.identity = identity
+        request.consumer = memo[1]
+        headers = request.headers
+        strip_identity_headers(headers)
+        headers.raw.extend(memo[2])
         return None
+
+    def _remember_value(self, value: bytes, token: bytes) -> None:
+        """Remember that header value ``value`` carries ``token`` (a token that verified).
+
+        Kept as the value's prefix (``Bearer ``) and the token object itself (the one the verifier's
+        cache holds too): the value's bytes are not kept twice.
+        """
+        if not value.endswith(token):
+            return  # (a value with trailing spaces: parsed every time)
+        if len(self._seen) >= self._memo_size:
+            self._seen.clear()
+        self._seen[value[-_TAIL:]] = (value[: len(value) - len(token)], token, len(value))
+
+    def _remember(self, identity: Identity) -> tuple[Identity, Any, list[tuple[bytes, bytes]]]:
+        consumer = self.consumers.get(identity.consumer) if identity.consumer is not None else None
+        entry = (identity, consumer, identity_header_pairs(identity, consumer))
+        if len(self._memo) >= self._memo_size:
+            self._memo.clear()
+        self._memo[id(identity)] = entry  # holding it: its id is not reused meanwhile
+        return entry
 
     def _hide(self, request: Request) -> None:
         headers = request.headers

@@ -15,9 +15,9 @@ The rules, the role hierarchy and the claim paths are the policy engine's
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from gatekeep import BasePlugin, Identity, Request, Response
+from gatekeep import BasePlugin, ConsumerConfig, Identity, Request, Response
 from gatekeep.authz import Policy, RbacConfig
 
 __all__ = ["RbacFilter"]
@@ -32,13 +32,46 @@ class RbacFilter(BasePlugin[RbacConfig]):
     def __init__(self, config: RbacConfig | None = None) -> None:
         super().__init__(config)
         self.policy = Policy(self.config)
+        self._authorize = self.policy.authorize
+        # Methods already allowed, per identity object and consumer (a verifier's cache hands out
+        # the same identity for every request of a token; consumers are frozen config objects).
+        # Only when the decision is the method's, the identity's and the consumer's alone: no rule
+        # looks at the path.  A consumer of another kind (a plugin's own object, whose groups could
+        # change) is decided afresh on every request when its groups count (``groups_as_roles``).
+        self._allowed: dict[int, tuple[Identity, Any, set[str]]] = {}
+        self._remembers = not self.policy.reads_paths
+        self._consumer_free = not self.config.groups_as_roles
 
     async def on_request(self, request: Request) -> Response | None:
         identity = request.identity
         consumer = request.consumer
-        groups = getattr(consumer, "groups", ()) if consumer is not None else ()
+        entry = self._allowed.get(id(identity))
+        if entry is not None and entry[0] is identity and entry[1] is consumer and request.method in entry[2]:
+            return None
         # The ``Authorizer`` call (one signature with ``gatekeep.service``); raises with the reasons.
-        self.policy.authorize(
-            identity if isinstance(identity, Identity) else None, request.method, request.path, groups
+        self._authorize(
+            identity if isinstance(identity, Identity) else None,
+            request.method,
+            request.path,
+            () if consumer is None else getattr(consumer, "groups", ()),
         )
+        if (
+            self._remembers
+            and isinstance(identity, Identity)
+            and (consumer is None or self._consumer_free or type(consumer) is ConsumerConfig)
+        ):
+            self._remember(identity, consumer, request.method)
         return None
+
+    def _remember(self, identity: Identity, consumer: Any, method: str) -> None:
+        entry = self._allowed.get(id(identity))
+        if entry is None or entry[0] is not identity or entry[1] is not consumer:
+            if len(self._allowed) >= _MAX_REMEMBERED:
+                self._allowed.clear()
+            # Holding both: their ids are not reused while the entry lives.
+            entry = self._allowed[id(identity)] = (identity, consumer, set())
+        entry[2].add(method)  # a method some rule allowed: bounded by the methods the rules name
+
+
+# Identities whose allowed methods are kept (as many as the jwt plugin's verified-token cache).
+_MAX_REMEMBERED = 10_000

@@ -68,7 +68,7 @@ from .._upstream import body_untouched, connect_failed, request_sent
 from ._breaker import CircuitBreaker, circuit_open
 from ._config import BreakerConfig, HealthchecksConfig, RetryConfig
 from ._health import OK, ActiveChecker, HealthTracker, outcome_of
-from ._retry import RetryBudget, RetryPolicy, is_idempotent, prepare_body
+from ._retry import IDEMPOTENT_METHODS, RetryBudget, RetryPolicy, is_idempotent, prepare_body
 
 __all__ = ["UpstreamGuard"]
 
@@ -263,18 +263,32 @@ class UpstreamGuard:
             replayable = request.body is EMPTY_BODY or await prepare_body(request, self._body_limit)
             if self.retries:
                 self.budget.record_request()
-                idempotent = is_idempotent(request)
+                idempotent = request.method in IDEMPOTENT_METHODS or is_idempotent(request)
                 if self._overall is not None:
                     deadline = clock() + self._overall
         tried: list[Instance] = []
         attempt = 0
-        failovers = min(self._failovers, len(instances) - 1)
+        failovers = len(instances) - 1
+        if self._failovers < failovers:
+            failovers = self._failovers
         observe = self._observe
         release = self._release
         health = self.health
+        # Only a deadline and the balancer's latencies need the clock around a try.
+        timed = observe is not None or bool(deadline)
         while True:
-            instance, ib = self._pick(instances, request, tried)
-            start = clock()
+            if tried or self._unclosed or self._per_instance:
+                instance, ib = self._pick(instances, request, tried)
+            else:
+                # ``_pick``'s first try without breakers, inline.
+                candidates = instances
+                if health is not None:
+                    candidates = health.available(instances)
+                    if not candidates:
+                        raise NoHealthyUpstream(f"service {self.name!r}: every instance is unhealthy")
+                instance = self.balancer.pick(candidates, request)
+                ib = None
+            start = clock() if timed else 0.0
             try:
                 limit = self._per_try
                 if deadline:
@@ -285,7 +299,7 @@ class UpstreamGuard:
                 else:
                     response = await _send_within(send, instance, limit)
             except UpstreamError as exc:
-                elapsed = clock() - start
+                elapsed = clock() - start if observe is not None else 0.0
                 release(instance)
                 if observe is not None:
                     observe(instance, elapsed, False)

@@ -43,7 +43,9 @@ class RollingCounts:
         return slot % len(self._a)
 
     def add(self, now: float, a: int = 0, b: int = 0) -> None:
-        i = self._advance(now)
+        slot = int(now / self._width)
+        # (Still in the newest slot, almost always: ``_advance`` has nothing to do.)
+        i = slot % len(self._a) if slot == self._slot else self._advance(now)
         self._a[i] += a
         self._b[i] += b
         self.a += a

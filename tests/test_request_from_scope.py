@@ -1,0 +1,80 @@
+"""What a filter sees of an ASGI scope: every field of ``Request`` from its own part of the scope.
+
+``request_from_scope`` builds the request on every call (the native path too); it
+passes the fields positionally for speed, so each one is checked here with a value
+no other field has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gatekeep import Gateway, asgi
+from gatekeep._http import EMPTY_BODY
+
+CONFIG = {"services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [{"paths": ["/"]}]}]}
+
+
+def scope(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.0",
+        "server": ("10.9.9.9", 8443),
+        "client": ("10.1.2.3", 40000),
+        "scheme": "https",
+        "method": "PATCH",
+        "root_path": "",
+        "path": "/a b",
+        "raw_path": b"/a%20b?q=1",
+        "query_string": b"q=1",
+        "headers": [(b"host", b"API.Example.com:8443"), (b"accept", b"*/*")],
+    }
+    base.update(changes)
+    return base
+
+
+def test_every_field_comes_from_its_own_part_of_the_scope() -> None:
+    app = asgi(Gateway(CONFIG))
+    request = app.request_from_scope(scope(), EMPTY_BODY)
+    assert request.method == "PATCH"
+    assert request.path == ""  # normalised by the gateway, from raw_path
+    assert request.raw_path == b"/a%20b"
+    assert request.query_string == b"q=1"
+    assert request.headers.raw == [(b"host", b"API.Example.com:8443"), (b"accept", b"*/*")]
+    assert request.body is EMPTY_BODY
+    assert request.scheme == "https"
+    assert request.host == "api.example.com"
+    assert request.client == ("10.1.2.3", 40000)
+    assert request.server == ("10.9.9.9", 8443)
+    assert request.http_version == "1.0"
+    assert request.state == {}
+    assert (request.request_id, request.params, request.consumer, request.route) == ("", {}, None, None)
+
+
+def test_the_defaults_of_a_minimal_scope_and_the_tls_extension() -> None:
+    app = asgi(Gateway(CONFIG))
+    minimal = {
+        "type": "http",
+        "method": "GET",
+        "path": "/x",
+        "headers": [],
+        "server": ("gw.internal", 80),
+        "extensions": {"tls": {"client_cert_chain": []}},
+    }
+    request = app.request_from_scope(minimal, EMPTY_BODY)
+    assert (request.scheme, request.query_string, request.http_version) == ("http", b"", "1.1")
+    assert request.host == "gw.internal"  # no Host header: the server's name
+    assert request.raw_path == b"/x"
+    assert request.client is None
+    assert request.state == {"tls": {"client_cert_chain": []}}
+
+
+def test_a_client_given_as_a_list_and_an_ipv6_host() -> None:
+    app = asgi(Gateway(CONFIG))
+    request = app.request_from_scope(
+        scope(client=["::1", 5], headers=[(b"host", b"[::1]:8080")], raw_path=b"/"), EMPTY_BODY
+    )
+    assert request.client == ("::1", 5)
+    assert request.host == "[::1]"
+    assert request.raw_path == b"/"
