@@ -511,47 +511,7 @@ class Gateway:
             target = request.path.encode("latin-1")
             if request.query_string:
                 target += b"?" + request.query_string
-        preserve_host = route.preserve_host and bool(request.host)
-        pool = self.pool
-        via = self.via
-        retry_safe = request.method in _IDEMPOTENT
-        trusted = bool(self._trusted) and in_networks(request.peer_ip, self._trusted)
-
-        def send(instance: Instance) -> Awaitable[Response]:
-            # One try; the guard picks the instance and decides about retries.  Not a
-            # coroutine itself: it hands back the pool's, one frame less per suspension.
-            exchange.instance = instance
-            if preserve_host:
-                host_header = request.headers.get(b"host") or instance.address.encode()
-            else:
-                known = _host_headers.get(id(instance))
-                if known is not None and known[0] is instance:
-                    host_header = known[1]
-                else:
-                    host_header = _host_header(instance)
-            headers = upstream_request_headers(request, host_header=host_header, via=via, trusted=trusted)
-            if request.websocket:  # a handshake: a fresh upstream connection (gatekeep/_websocket)
-                return connect_upstream(
-                    request,
-                    instance,
-                    target,
-                    headers,
-                    timeouts=service.timeouts,
-                    tls=service.tls,
-                    max_message=self.config.gateway.websocket.max_message_bytes,
-                    compression=self.config.gateway.websocket.compression,
-                )
-            return pool.send(
-                instance,
-                request.method,
-                target,
-                headers,
-                request.body,
-                timeouts=service.timeouts,
-                tls=service.tls,
-                retry_safe=retry_safe,
-            )
-
+        send = _UpstreamSend(self, route, request, exchange, target)
         # Buffer the body (or take a streaming slot) before any upstream connection is taken.
         hold = None
         if request.body is not EMPTY_BODY:
@@ -574,11 +534,8 @@ class Gateway:
             # The whole body came with the head (the connection is back in the pool).
             exchange.upstream_end = exchange.upstream_head
             return response
-
-        async def upstream_done() -> None:
-            exchange.upstream_end = exchange.upstream_end or time.perf_counter()
-
-        response.defer(upstream_done)
+        # (A partial, not a closure: ``exchange`` stays a plain local on the common path.)
+        response.defer(functools.partial(_upstream_done, exchange))
         return response
 
     async def _call_app(self, app: AppCall | None, request: Request, exchange: Exchange) -> Response:
@@ -616,6 +573,73 @@ os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 # instance, so its id is not reused while it is here.  Bounded: emptied when full.
 _host_headers: dict[int, tuple[Instance, bytes]] = {}
 _HOST_HEADERS_MAX = 1024
+
+
+async def _upstream_done(exchange: Exchange) -> None:
+    exchange.upstream_end = exchange.upstream_end or time.perf_counter()
+
+
+class _UpstreamSend:
+    """One try of a request upstream, as the guard calls it: ``send(instance)``.
+
+    The guard picks the instance and decides about retries.  An object, not a
+    closure: one allocation instead of a cell per captured name, and calling
+    it hands back the pool's coroutine (no frame of its own at every suspension).
+    """
+
+    __slots__ = ("exchange", "gateway", "request", "retry_safe", "route", "target", "trusted")
+
+    def __init__(
+        self, gateway: Gateway, route: Route, request: Request, exchange: Exchange, target: bytes
+    ) -> None:
+        self.gateway = gateway
+        self.route = route
+        self.request = request
+        self.exchange = exchange
+        self.target = target
+        self.retry_safe = request.method in _IDEMPOTENT
+        trusted = gateway._trusted
+        self.trusted = bool(trusted) and in_networks(request.peer_ip, trusted)
+
+    def __call__(self, instance: Instance) -> Awaitable[Response]:
+        request = self.request
+        self.exchange.instance = instance
+        gateway = self.gateway
+        route = self.route
+        service = route.service
+        if route.preserve_host and request.host:
+            host_header = request.headers.get(b"host") or instance.address.encode()
+        else:
+            known = _host_headers.get(id(instance))
+            if known is not None and known[0] is instance:
+                host_header = known[1]
+            else:
+                host_header = _host_header(instance)
+        headers = upstream_request_headers(
+            request, host_header=host_header, via=gateway.via, trusted=self.trusted
+        )
+        if request.websocket:  # a handshake: a fresh upstream connection (gatekeep/_websocket)
+            websocket = gateway.config.gateway.websocket
+            return connect_upstream(
+                request,
+                instance,
+                self.target,
+                headers,
+                timeouts=service.timeouts,
+                tls=service.tls,
+                max_message=websocket.max_message_bytes,
+                compression=websocket.compression,
+            )
+        return gateway.pool.send(
+            instance,
+            request.method,
+            self.target,
+            headers,
+            request.body,
+            timeouts=service.timeouts,
+            tls=service.tls,
+            retry_safe=self.retry_safe,
+        )
 
 
 def _host_header(instance: Instance) -> bytes:

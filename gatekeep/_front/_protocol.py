@@ -928,8 +928,17 @@ class _Cycle:
 
     async def write(self, body: bytes, more: bool) -> None:
         """Body bytes of the response (``more``: not the last); waits while the client reads slowly."""
+        if self._put(body, more):
+            await self.conn.drain()
+
+    def write_last(self, body: bytes) -> None:
+        """``write(body, False)`` without a coroutine: the last bytes never wait for the client."""
+        self._put(body, False)
+
+    def _put(self, body: bytes, more: bool) -> bool:
+        """Frame and write ``body``; whether the writer should wait for the transport to drain."""
         if self.disconnected:
-            return
+            return False
         if not self.response_started or self.response_complete:
             raise RuntimeError("http.response.body before http.response.start or after the last body")
         framing = self.framing
@@ -963,5 +972,5 @@ class _Cycle:
             self.response_complete = True
             self.wake()
             conn.cycle_done(self)
-        elif conn.write_paused:
-            await conn.drain()
+            return False
+        return conn.write_paused

@@ -51,6 +51,9 @@ class NativeCycle(Protocol):
 
     async def write(self, body: bytes, more: bool) -> None: ...
 
+    def write_last(self, body: bytes) -> None:
+        """``write(body, False)``, synchronously (the last bytes never wait)."""
+
 
 class _CycleBody:
     """The request body, read from the cycle on demand."""
@@ -151,7 +154,7 @@ class NativeServe:
                     data = response.body
                     if isinstance(data, bytes):  # write_response's first case, inline
                         exchange.bytes_out = len(data)
-                        await cycle.write(data, False)
+                        cycle.write_last(data)
                         exchange.end = time.perf_counter()
                     else:
                         await write_response(response, exchange, cycle.write)
