@@ -202,6 +202,18 @@ def _overrides(obj: object, phase: str) -> bool:
     return fn is not getattr(BasePlugin, phase, None)
 
 
+def _request_phase(f: Any) -> Callable[..., Any]:
+    """What the chain calls for ``f``'s request phase: ``on_request``, or the plugin's own
+    faster equivalent (``_fast_request_phase()``: a plain function that answers at once when
+    it can and hands back an awaitable only when it must wait; built-in plugins only)."""
+    fast = getattr(f, "_fast_request_phase", None)
+    phase: Callable[..., Any] | None = fast() if fast is not None else None
+    if phase is None:
+        phase = f.on_request
+        assert phase is not None
+    return phase
+
+
 def sort_key(f: Any) -> tuple[int, str]:
     return (-int(getattr(f, "priority", 0)), str(getattr(f, "name", "")))
 
@@ -219,7 +231,7 @@ class Chain:
         self.filters = sorted(filters, key=sort_key)
         self.keys = [sort_key(f) for f in self.filters]
         self.request: list[tuple[int, Callable[..., Any]]] = [
-            (i, f.on_request) for i, f in enumerate(self.filters) if _overrides(f, "on_request")
+            (i, _request_phase(f)) for i, f in enumerate(self.filters) if _overrides(f, "on_request")
         ]
         self.response: list[Callable[..., Any]] = [
             f.on_response for f in reversed(self.filters) if _overrides(f, "on_response")

@@ -444,7 +444,12 @@ class Gateway:
         while n < len(phases):
             index, phase = phases[n]
             try:
-                early: Response | None = await phase(request)
+                answer = phase(request)
+                early: Response | None = (
+                    await answer  # an async phase's coroutine (a fast phase answers at once)
+                    if answer is not None and not isinstance(answer, Response)
+                    else answer
+                )
             except GatekeepError:
                 raise
             except Exception as exc:

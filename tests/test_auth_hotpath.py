@@ -248,3 +248,94 @@ async def test_identities_made_per_request_cannot_grow_rbac_s_memo() -> None:
         r.identity = Identity(str(i), roles=frozenset({"user"}))
         await f.on_request(r)
         assert len(f._allowed) <= _MAX_REMEMBERED
+
+
+# -- the chain's fast request phase (no coroutine for a token seen before) ---------------------
+
+
+async def run_phase(phase: Any, r: Request) -> Response | None:
+    """What ``Gateway._request_phase`` does with a phase's answer."""
+    answer = phase(r)
+    if answer is not None and not isinstance(answer, Response):
+        answer = await answer
+    return answer  # type: ignore[no-any-return]
+
+
+async def test_the_fast_phase_answers_a_seen_token_at_once_as_on_request_would() -> None:
+    f, g = jwt_filter(), jwt_filter()
+    phase = f._fast_request_phase()
+    assert phase is not None
+    t = token()
+    first = request(("authorization", f"Bearer {t}"))
+    answer = phase(first)
+    assert answer is not None  # first sight: the whole way, a coroutine
+    await answer
+    await g.on_request(request(("authorization", f"Bearer {t}")))
+    second = request(("authorization", f"Bearer {t}"))
+    assert phase(second) is None  # seen: answered at once
+    expected = request(("authorization", f"Bearer {t}"))
+    await g.on_request(expected)
+    assert second.identity is first.identity and second.identity is not None
+    assert second.headers.raw == expected.headers.raw
+
+
+async def test_the_fast_phase_refuses_an_expired_cached_token() -> None:
+    now = [time.time()]
+    f = jwt_filter(clock=lambda: now[0])
+    phase = f._fast_request_phase()
+    t = token(exp=int(now[0]) + 30)
+    await run_phase(phase, request(("authorization", f"Bearer {t}")))
+    await run_phase(phase, request(("authorization", f"Bearer {t}")))
+    now[0] += 31
+    with pytest.raises(InvalidToken, match="expired"):
+        await run_phase(phase, request(("authorization", f"Bearer {t}")))
+
+
+async def test_the_fast_phase_takes_the_full_path_for_several_tokens() -> None:
+    f = jwt_filter()
+    phase = f._fast_request_phase()
+    t = token()
+    await run_phase(phase, request(("authorization", f"Bearer {t}")))
+    with pytest.raises(InvalidToken, match="several"):
+        await run_phase(
+            phase, request(("authorization", f"Bearer {t}"), ("authorization", f"Bearer {token(sub='x')}"))
+        )
+
+
+async def test_a_subclass_that_changes_on_request_is_called_not_the_fast_phase() -> None:
+    from gatekeep import Chain
+
+    calls: list[str] = []
+
+    class Audited(JWTFilter):
+        async def on_request(self, request: Request) -> Response | None:
+            calls.append(request.path)
+            return await super().on_request(request)
+
+    class AuditedRbac(RbacFilter):
+        async def on_request(self, request: Request) -> Response | None:
+            calls.append("rbac")
+            return await super().on_request(request)
+
+    config = JWTFilterConfig(keys=(KeyConfig(algorithm="HS256", secret=SECRET),))
+    audited = Audited(config, verifier=JWTVerifier(config.verifier_config()))
+    assert audited._fast_request_phase() is None
+    audited_rbac = AuditedRbac(Policy.of({"rules": [{"any_of": ["user"]}]}).config)
+    chain = Chain([audited, audited_rbac])
+    r = request(("authorization", f"Bearer {token()}"), path="/a")
+    for _, phase in chain.request:
+        await run_phase(phase, r)
+    await run_phase(chain.request[0][1], request(("authorization", f"Bearer {token()}"), path="/b"))
+    assert calls == ["/a", "rbac", "/b"]
+
+
+async def test_the_rbac_fast_phase_refuses_as_on_request_does() -> None:
+    f = rbac({"rules": [{"any_of": ["admin"]}]})
+    phase = f._fast_request_phase()
+    assert phase is not None
+    r = request()
+    r.identity = Identity("u", roles=frozenset({"user"}))
+    with pytest.raises(InsufficientRole):
+        await run_phase(phase, r)
+    with pytest.raises(InsufficientRole):
+        await f.on_request(r)

@@ -27,7 +27,7 @@ an RFC 6750 ``WWW-Authenticate`` challenge (``error="invalid_token"``, or no
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -445,6 +445,11 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
                 raise
             authenticate(request, anonymous_identity(anonymous), anonymous)
             return None
+        self._accept(request, identity)
+        return None
+
+    def _accept(self, request: Request, identity: Identity) -> None:
+        """Record ``identity`` (and its consumer) on ``request``, with its identity headers."""
         # The consumer and the identity headers of this identity object (the verifier's cache hands
         # out the same one for every request of a token): computed on its first request.
         memo = self._memo.get(id(identity))
@@ -459,6 +464,43 @@ class JWTFilter(BasePlugin[JWTFilterConfig]):
         headers = request.headers
         strip_identity_headers(headers)
         headers.raw.extend(memo[2])
+
+    def _fast_request_phase(self) -> Callable[[Request], Awaitable[Response | None] | None] | None:
+        """``_request_now`` for the chain, unless a subclass changed ``on_request``."""
+        return self._request_now if type(self).on_request is JWTFilter.on_request else None
+
+    def _request_now(self, request: Request) -> Awaitable[Response | None] | None:
+        """``on_request`` without a coroutine for a token seen before (most requests), else ``on_request``."""
+        if not self._headers_only or (request.query_string and self.params):
+            return self.on_request(request)
+        if request.method == "OPTIONS" and self._skip_preflight:
+            return None
+        if self.anonymous is not None and already_authenticated(request):
+            return None
+        names = self._header_names
+        value = None
+        for name, v in request.headers.raw:
+            if name in names:
+                if value is not None:
+                    return self.on_request(request)  # several: the full scan decides
+                value = v
+        if value is None:
+            return self.on_request(request)
+        seen = self._seen.get(value[-_TAIL:])
+        if (
+            seen is None
+            or len(value) != seen[2]
+            or not value.endswith(seen[1])
+            or not value.startswith(seen[0])
+        ):
+            return self.on_request(request)
+        try:
+            identity = self._cached(seen[1])
+        except (AuthError, KeysUnavailable):
+            return self.on_request(request)  # decided (and answered) the whole way
+        if identity is None:
+            return self.on_request(request)
+        self._accept(request, identity)
         return None
 
     def _remember_value(self, value: bytes, token: bytes) -> None:
