@@ -202,14 +202,15 @@ def _overrides(obj: object, phase: str) -> bool:
     return fn is not getattr(BasePlugin, phase, None)
 
 
-def _request_phase(f: Any) -> Callable[..., Any]:
-    """What the chain calls for ``f``'s request phase: ``on_request``, or the plugin's own
-    faster equivalent (``_fast_request_phase()``: a plain function that answers at once when
-    it can and hands back an awaitable only when it must wait; built-in plugins only)."""
-    fast = getattr(f, "_fast_request_phase", None)
+def _phase(f: Any, name: str, fast_name: str) -> Callable[..., Any]:
+    """What the chain calls for ``f``'s phase ``name``: the method, or the plugin's own faster
+    equivalent (``f.<fast_name>()``: a plain function that answers at once when it can and
+    hands back an awaitable only when it must wait; built-in plugins only).  The gateway
+    awaits a phase's answer only when it is neither ``None`` nor a ``Response``."""
+    fast = getattr(f, fast_name, None)
     phase: Callable[..., Any] | None = fast() if fast is not None else None
     if phase is None:
-        phase = f.on_request
+        phase = getattr(f, name)
         assert phase is not None
     return phase
 
@@ -231,12 +232,18 @@ class Chain:
         self.filters = sorted(filters, key=sort_key)
         self.keys = [sort_key(f) for f in self.filters]
         self.request: list[tuple[int, Callable[..., Any]]] = [
-            (i, _request_phase(f)) for i, f in enumerate(self.filters) if _overrides(f, "on_request")
+            (i, _phase(f, "on_request", "_fast_request_phase"))
+            for i, f in enumerate(self.filters)
+            if _overrides(f, "on_request")
         ]
         self.response: list[Callable[..., Any]] = [
-            f.on_response for f in reversed(self.filters) if _overrides(f, "on_response")
+            _phase(f, "on_response", "_fast_response_phase")
+            for f in reversed(self.filters)
+            if _overrides(f, "on_response")
         ]
-        self.log: list[Callable[..., Any]] = [f.on_log for f in self.filters if _overrides(f, "on_log")]
+        self.log: list[Callable[..., Any]] = [
+            _phase(f, "on_log", "_fast_log_phase") for f in self.filters if _overrides(f, "on_log")
+        ]
 
     def resume_index(self, after: tuple[int, str]) -> int:
         """Index into ``self.request`` of the first phase that sorts after ``after``."""

@@ -475,7 +475,12 @@ class Gateway:
     ) -> Response:
         for phase in chain.response:
             try:
-                changed = await phase(request, response)
+                answer = phase(request, response)
+                changed: Response | None = (
+                    await answer  # an async phase's coroutine (a fast phase answers at once)
+                    if answer is not None and not isinstance(answer, Response)
+                    else answer
+                )
             except Exception as exc:
                 error = exc if isinstance(exc, GatekeepError) else _filter_failed(_owner(phase), exc)
                 if not isinstance(exc, GatekeepError):
@@ -560,7 +565,9 @@ class Gateway:
         chain = self.global_chain if route is None else self.chain_for(route, _consumer_key(request.consumer))
         for phase in chain.log:
             try:
-                await phase(exchange)
+                pending = phase(exchange)
+                if pending is not None:  # an async phase's coroutine (a fast one returns None)
+                    await pending
             except Exception:
                 log.exception("log filter failed")
 

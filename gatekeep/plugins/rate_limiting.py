@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal, cast
 
 import attrs
@@ -462,6 +462,14 @@ class RateLimitingFilter(BasePlugin[RateLimitingConfig]):
         raise self._error(self.config.error_message, headers=[("retry-after", retry)])
 
     async def on_response(self, request: Request, response: Response) -> Response | None:
+        return self._add_headers(request, response)
+
+    def _fast_response_phase(self) -> Callable[[Request, Response], Response | None] | None:
+        """``_add_headers`` itself for the chain (no coroutine), unless a subclass changed ``on_response``."""
+        return self._add_headers if type(self).on_response is RateLimitingFilter.on_response else None
+
+    def _add_headers(self, request: Request, response: Response) -> Response | None:
+        """The response phase (the limit headers); it never waits."""
         found = request.state.get(_STATE)
         if found is None or self._hide:
             return None

@@ -1,0 +1,64 @@
+"""Phases that answer at once: built-in plugins whose phase never waits give the chain a plain
+function (no coroutine per request); the gateway awaits a phase's answer only when it is an
+awaitable.  A subclass that changes the phase is called as written, and what a client and the
+metrics see is the same either way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gatekeep import Chain, Exchange, Request, Response
+from gatekeep.plugins.prometheus import PrometheusConfig, PrometheusFilter
+from gatekeep.plugins.rate_limiting import RateLimitingConfig, RateLimitingFilter
+from gatekeep.testing import gateway_for
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_chain_takes_the_fast_phases_of_built_in_plugins() -> None:
+    limiter = RateLimitingFilter(RateLimitingConfig(minute=5))
+    metrics = PrometheusFilter(PrometheusConfig())
+    chain = Chain([limiter, metrics])
+    assert limiter._add_headers in chain.response
+    assert metrics._observe in chain.log
+
+
+def test_a_subclass_that_changes_a_phase_is_called_as_written() -> None:
+    class Limiter(RateLimitingFilter):
+        async def on_response(self, request: Request, response: Response) -> Response | None:
+            return await super().on_response(request, response)
+
+    class Metrics(PrometheusFilter):
+        async def on_log(self, exchange: Exchange) -> None:
+            await super().on_log(exchange)
+
+    limiter, metrics = Limiter(RateLimitingConfig(minute=5)), Metrics(PrometheusConfig())
+    chain = Chain([limiter, metrics])
+    assert chain.response == [limiter.on_response]
+    assert chain.log == [metrics.on_log]
+
+
+async def test_limit_headers_and_metrics_through_the_fast_phases() -> None:
+    plugins: list[dict[str, Any]] = [
+        {"name": "rate-limiting", "config": {"minute": 2}},
+        {"name": "prometheus", "config": {"status_code_metrics": True, "bandwidth_metrics": True}},
+    ]
+    async with gateway_for(plugins=plugins) as gw:
+        first = await gw.client.get("/")
+        assert first.status == 200
+        assert first.header("x-ratelimit-remaining-minute") == "1"
+        assert first.header("ratelimit-limit") == "2"
+        second = await gw.client.post("/", body=b"12345")
+        assert second.header("x-ratelimit-remaining-minute") == "0"
+        assert (await gw.client.get("/")).status == 429
+        scrape = (await gw.client.get("/metrics")).text
+        counted = [line for line in scrape.splitlines() if line.startswith("gatekeep_http_requests_total{")]
+        assert any('code="200"' in line for line in counted) and any('code="429"' in line for line in counted)
+        ingress = [
+            line
+            for line in scrape.splitlines()
+            if line.startswith("gatekeep_bandwidth_bytes_total{") and 'direction="ingress"' in line
+        ]
+        assert ingress and any(float(line.rsplit(" ", 1)[1]) >= 5 for line in ingress), ingress
