@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gatekeep import Limit, RateLimiterUnavailable, RedisRateLimiter
 from gatekeep.ratelimit._resp import (
+    Call,
     Incomplete,
     ProtocolViolation,
     RespProtocol,
@@ -76,11 +76,11 @@ def test_any_replies_split_anywhere_parse_back(found: list[Any], data: st.DataOb
     protocol.connection_made(transport)  # type: ignore[arg-type]
     loop = asyncio.new_event_loop()
     try:
-        future = loop.run_until_complete(_roundtrip(protocol, len(found)))
+        futures = loop.run_until_complete(_send(protocol, len(found)))
         for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
             protocol.data_received(wire[start:end])
-        assert future.done()
-        assert comparable(future.result()) == [expected(r) for r in found]
+        assert all(future.done() for future in futures)
+        assert [comparable(future.result()) for future in futures] == [expected(r) for r in found]
     finally:
         loop.close()
     assert transport.written == b"PING"
@@ -103,10 +103,10 @@ def test_integer_arrays_split_anywhere_parse_back(found: list[Any], data: st.Dat
     protocol.connection_made(_Transport())  # type: ignore[arg-type]
     loop = asyncio.new_event_loop()
     try:
-        future = loop.run_until_complete(_roundtrip(protocol, len(found)))
+        futures = loop.run_until_complete(_send(protocol, len(found)))
         for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
             protocol.data_received(wire[start:end])
-        assert future.result() == found
+        assert [future.result() for future in futures] == found
     finally:
         loop.close()
 
@@ -130,8 +130,12 @@ def test_an_integer_array_cut_short_is_incomplete(raw: bytes) -> None:
         parse(raw)
 
 
-async def _roundtrip(protocol: RespProtocol, count: int) -> asyncio.Future[list[Any]]:
-    return protocol.roundtrip(b"PING", count)
+async def _send(protocol: RespProtocol, count: int) -> list[asyncio.Future[Any]]:
+    """``count`` calls written in one go (the first writes PING, the others nothing)."""
+    loop = asyncio.get_running_loop()
+    calls = [Call(b"PING" if i == 0 else b"", loop.create_future(), loop.time() + 1) for i in range(count)]
+    protocol.send(calls)
+    return [call.future for call in calls]
 
 
 class _Transport:
@@ -144,6 +148,9 @@ class _Transport:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.aborted
 
 
 @given(
@@ -184,20 +191,16 @@ async def test_a_reply_nobody_asked_for_ends_the_connection() -> None:
     protocol.connection_made(transport)  # type: ignore[arg-type]
     protocol.data_received(b":1\r\n")
     assert transport.aborted and not protocol.alive
-    future = protocol.roundtrip(b"x", 1)
-    with pytest.raises(RedisConnectionError):
-        await future
 
 
 @pytest.mark.anyio
-async def test_garbage_fails_every_waiting_round_trip() -> None:
+async def test_garbage_fails_every_waiting_call() -> None:
     protocol = RespProtocol()
     protocol.connection_made(_Transport())  # type: ignore[arg-type]
-    first, second = protocol.roundtrip(b"a", 1), protocol.roundtrip(b"b", 2)
+    first, second, third = await _send(protocol, 3)
     protocol.data_received(b":1\r\n:2\r\n?bad\r\n")
-    assert await first == [1]
-    with pytest.raises(ProtocolViolation):
-        await second
+    assert await first == 1 and await second == 2
+    assert isinstance(await third, ProtocolViolation)
 
 
 # -- against a real redis-server ---------------------------------------------------
@@ -288,3 +291,94 @@ async def test_a_pipelined_wave_shares_one_connection(redis_url: str) -> None:
     finally:
         await limiter.aclose()
         await client.aclose()
+
+
+class _SlowReplies:
+    """A TCP relay to Redis on loopback that passes requests on at once and holds each reply
+    chunk ``delay`` seconds: what a client writes while replies are still out shows."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.port = port
+        self.delay = delay
+        self.requests: list[float] = []  # when each request chunk reached the relay
+        self.replies: list[float] = []  # when each reply chunk was passed back
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.port)
+        loop = asyncio.get_running_loop()
+
+        async def up() -> None:
+            while data := await client_r.read(65536):
+                self.requests.append(loop.time())
+                redis_w.write(data)
+
+        async def down() -> None:
+            while data := await redis_r.read(65536):
+                await asyncio.sleep(self.delay)
+                self.replies.append(loop.time())
+                client_w.write(data)
+
+        try:
+            await asyncio.gather(up(), down())
+        finally:
+            client_w.close()
+            redis_w.close()
+
+
+@pytest.mark.anyio
+async def test_calls_do_not_wait_for_the_round_trip_in_flight(redis_process: RedisProcess) -> None:
+    """A second wave is written while the first wave's replies are still out (pipelining),
+    each wave in one write, and every caller gets its own reply in order."""
+    relay = _SlowReplies(redis_process.port, delay=0.3)
+    async with relay as port:
+        client = aioredis.Redis(host="127.0.0.1", port=port)
+        limiter = RedisRateLimiter(client, timeout=5.0)
+        limit = Limit(rate=100, period=60.0)
+        try:
+            assert (await limiter.acquire("warm", [limit])).allowed  # connected, script loaded
+            relay.requests.clear()
+            relay.replies.clear()
+            first = [asyncio.ensure_future(limiter.acquire("k", [limit])) for _ in range(10)]
+            await asyncio.sleep(0.1)
+            second = [asyncio.ensure_future(limiter.acquire("k", [limit])) for _ in range(10)]
+            started = asyncio.get_running_loop().time()
+            decisions = await asyncio.gather(*first, *second)
+            elapsed = asyncio.get_running_loop().time() - started
+        finally:
+            await limiter.aclose()
+            await client.aclose()
+    assert len(relay.requests) == 2  # one write per wave
+    assert relay.requests[1] < relay.replies[0]  # the second wave did not wait for the first
+    assert elapsed < 0.3 + 0.25  # one delay, not two
+    assert [d.remaining[0] for d in decisions] == list(range(99, 79, -1))
+
+
+@pytest.mark.anyio
+async def test_a_caller_that_gives_up_does_not_shift_the_others_replies(redis_process: RedisProcess) -> None:
+    relay = _SlowReplies(redis_process.port, delay=0.2)
+    async with relay as port:
+        client = aioredis.Redis(host="127.0.0.1", port=port)
+        limiter = RedisRateLimiter(client, timeout=5.0)
+        limit = Limit(rate=100, period=60.0)
+        try:
+            assert (await limiter.acquire("warm", [limit])).allowed
+            calls = [asyncio.ensure_future(limiter.acquire(f"k{i}", [limit], cost=i + 1)) for i in range(6)]
+            await asyncio.sleep(0.05)  # written, replies held by the relay
+            calls[2].cancel()
+            done = await asyncio.gather(*calls, return_exceptions=True)
+            again = await limiter.acquire("k2", [limit])
+        finally:
+            await limiter.aclose()
+            await client.aclose()
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert [d.remaining[0] for i, d in enumerate(done) if i != 2] == [99, 98, 96, 95, 94]
+    assert again.remaining == (96,)  # the cancelled call was decided all the same: 3 taken, then 1

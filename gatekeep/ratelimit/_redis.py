@@ -8,52 +8,49 @@ the server's clock (see its header).  This module only gets requests to it
 cheaply and turns every failure into ``RateLimiterUnavailable``.
 
 Batching.  The client side, not Redis, is the bottleneck of a decision: one
-EVALSHA costs Redis ~5 µs but a redis-py round trip ~80 µs of Python.  So the
-decisions that are waiting at the same moment travel together as one
-pipeline, without adding any wait:
+EVALSHA costs Redis ~5-12 µs but a redis-py round trip ~80 µs of Python.  So
+the decisions that are waiting at the same moment travel together, without
+adding any wait.  Two ways, by client:
 
-* when no round trip is in flight, a call sends its EVALSHA at once, itself;
-* calls arriving while a round trip is out queue up; when that round trip
-  ends, whatever queued is sent as one pipeline by one flusher task, which
-  keeps going while more has queued and ends when the queue is empty.
+* A plain ``Redis`` client on TCP (the common case) gets the lean wire (``_resp.RespWire``):
+  gatekeep's own RESP2 connection, one per limiter, on which every call made
+  in one event-loop tick is written in one ``write`` and each reply resolves
+  its call as it arrives.  Writes do not wait for earlier replies
+  (pipelining), so under load Redis always has the next batch and the loop
+  never idles waiting for it.  A decision is packed by joining bytes made
+  once: the command's head and the limits' ARGV per sequence of limits
+  (``_Plan``), the keys per (limits, key) and the counts per (need, want), in
+  bounded caches.  Deadlines, reconnection and NOSCRIPT are the wire's (see
+  ``_resp``).
+* Other ``Redis`` clients (TLS, Unix sockets, Sentinel's ``master_for``,
+  credential providers) keep one connection checked out of
+  the client's pool and write packed commands on it themselves, batched:
+  when no round trip is in flight a call sends its EVALSHA at once; calls
+  arriving meanwhile queue, and when that round trip ends one flusher task
+  sends them as one pipeline, keeps going while more has queued and ends
+  when the queue is empty.  At most one round trip is in flight.  The
+  flusher never raises (errors reach the waiting calls), and ``aclose``
+  waits for it.  Any failure on that connection disconnects it and hands it
+  back to the pool; a failure on a reused connection before any reply was
+  read -- a server that restarted since -- is retried once on a fresh
+  connection, as redis-py itself would.
 
-At most one round trip is in flight per limiter, as in Lyft's ratelimit
-service.  The flusher is the only task the limiter starts; it never raises
-(errors reach the waiting calls), and ``aclose`` waits for it.
+Deadlines of the flusher's way.  Each call waits at most ``timeout``, but no
+call pays for a timer of its own (``asyncio.timeout`` costs a timer handle, a
+heap push and a cancel per call).  One watchdog timer serves the whole
+limiter: the round trip in flight has a deadline (its start + ``timeout``),
+and so does each queued call (its arrival + ``timeout``).  The watchdog fires
+at the earliest of them; a round trip past its deadline has its task
+cancelled (and that cancellation is turned into a timeout, the way
+``asyncio.timeout`` does it, so a real cancellation from outside still
+propagates), a queued call past its deadline gets a timeout as its outcome.
+A watchdog that finds nothing due re-arms itself for the next deadline, so
+under steady load it fires about once per ``timeout``.
 
-Deadlines.  Each call waits at most ``timeout``, whatever happens to the
-others, but no call pays for a timer of its own (``asyncio.timeout`` costs a
-timer handle, a heap push and a cancel per call -- a good part of a decision's
-client-side cost).  One watchdog timer serves the whole limiter: the round trip
-in flight has a deadline (its start + ``timeout``), and so does each queued
-call (its arrival + ``timeout``).  The watchdog fires at the earliest of them;
-a round trip past its deadline has its task cancelled (and that cancellation
-is turned into a timeout, the way ``asyncio.timeout`` does it, so a real
-cancellation from outside still propagates), a queued call past its deadline
-gets a timeout as its outcome.  Nothing is cancelled or rescheduled when a
-round trip ends in time; a watchdog that finds nothing due re-arms itself for
-the next deadline, so under steady load it fires about once per ``timeout``.
-With ``batch=False`` calls run concurrently and each keeps its own
-``asyncio.timeout``.
-
-A lean wire.  With a plain ``Redis`` client (also what Sentinel's
-``master_for`` gives), the round trips of a batched limiter never overlap, so
-the limiter keeps one connection and writes its commands packed on it,
-reading the replies itself: redis-py's per-command machinery (pool checkout
-with its bookkeeping, retry wrapper, pipeline objects, response callbacks) is
-skipped, which is most of a decision's client-side cost.  For a plain TCP
-server that connection is gatekeep's own RESP2 protocol (``_resp.py``: no
-stream reader, no generic packer or RESP3 parser), and a decision is packed
-by joining bytes made once: the command's head and the limits' ARGV per
-sequence of limits (``_Plan``), the keys per (limits, key) and the counts
-per (need, want), in bounded caches; for TLS, Unix sockets and
-Sentinel it is one connection checked out of the client's pool.  Any failure
-on that connection disconnects it (its replies cannot be trusted any more)
-and hands it back to the pool; a failure on a
-reused connection before any reply was read -- a server that restarted since
--- is retried once on a fresh connection, as redis-py itself would.
 ``RedisCluster`` clients (keys of one batch live on several nodes) and
-unbatched limiters go through redis-py's ``execute_command``/``pipeline``.
+``batch=False`` limiters go through redis-py's ``execute_command`` and
+``pipeline``; unbatched calls run concurrently, each with its own
+``asyncio.timeout``.
 
 NOSCRIPT (after a Redis restart, a failover or SCRIPT FLUSH) means the script
 did not run, so it is safe to send the same call again with EVAL, which also
@@ -233,8 +230,9 @@ class RedisRateLimiter:
         self._watchdog: asyncio.TimerHandle | None = None
         # The connection of the lean wire (plain clients, batched limiters).
         self._direct = batch and isinstance(client, Redis)
-        self._wire = wire_for(client) if self._direct else None
+        self._wire = wire_for(client, timeout) if self._direct else None
         if self._wire is not None:
+            self._wire.noscript = _as_eval
             # The wire's connection is the limiter's own: a limiter dropped without
             # ``aclose`` (the client is shared, so nothing else would) still closes it.
             weakref.finalize(self, self._wire.close)
@@ -255,6 +253,12 @@ class RedisRateLimiter:
         if cost < 0:
             raise ValueError(f"cost must not be negative, got {cost}")
         command = self._command(key, limits, cost, cost)
+        wire = self._wire
+        if wire is not None:  # the common case: the lean wire
+            outcome = await wire.call(cast(bytes, command))
+            if type(outcome) is list:
+                return _decision(outcome)
+            raise self._failure(outcome)
         if not self._batch:
             return _decision(await self._send_alone(command))
         if self._busy:  # the common case under load
@@ -284,6 +288,7 @@ class RedisRateLimiter:
             self._watchdog.cancel()
             self._watchdog = None
         if self._wire is not None:
+            await self._wire.drain()
             self._wire.close()
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -324,11 +329,24 @@ class RedisRateLimiter:
         return (len(names), *names, need, want, *plan.args)
 
     async def _dispatch(self, command: _Call) -> Reply:
+        if self._wire is not None:
+            outcome = await self._wire.call(cast(bytes, command))
+            if type(outcome) is list:
+                return outcome
+            raise self._failure(outcome)
         if not self._batch:
             return await self._send_alone(command)
         if self._busy:
             return await self._wait(command)
         return await self._send(command)
+
+    def _failure(self, outcome: Any) -> BaseException:
+        """Why the lean wire gave no reply, as the error to raise."""
+        if isinstance(outcome, _STORE_ERRORS):
+            return _unavailable(outcome, self._timeout)
+        if isinstance(outcome, BaseException):
+            return outcome
+        return _unavailable(TypeError(f"the script answered {outcome!r}"), self._timeout)
 
     def _pack_keys(self, plan: _Plan, key: str) -> bytes:
         head = f"{self._prefix}{{{_hash_tag(key)}}}:".encode("utf-8", "surrogatepass")
@@ -478,15 +496,6 @@ class RedisRateLimiter:
             self._flusher = None
 
     async def _eval(self, command: _Call) -> Reply:
-        wire = self._wire
-        if wire is not None:
-            packed = cast(bytes, command)
-            reply = (await wire.send(packed, 1))[0]
-            if isinstance(reply, NoScriptError):
-                reply = (await wire.send(_as_eval(packed), 1))[0]
-            if isinstance(reply, BaseException):
-                raise reply
-            return cast(Reply, reply)
         if self._direct:
             reply = (await self._roundtrip([("EVALSHA", _SHA, *command)]))[0]
             if isinstance(reply, NoScriptError):
@@ -504,10 +513,7 @@ class RedisRateLimiter:
     async def _eval_many(self, batch: list[_Pending]) -> list[_Outcome]:
         if len(batch) == 1:
             return [await self._eval(batch[0].command)]
-        wire = self._wire
-        if wire is not None:
-            outcomes = await wire.send(b"".join([cast(bytes, p.command) for p in batch]), len(batch))
-        elif self._direct:
+        if self._direct:
             outcomes = await self._roundtrip([("EVALSHA", _SHA, *p.command) for p in batch])
         else:
             pipe = self._client.pipeline(transaction=False)
@@ -516,10 +522,7 @@ class RedisRateLimiter:
             outcomes = await pipe.execute(raise_on_error=False)
         missing = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, NoScriptError)]
         if missing:
-            if wire is not None:
-                again = [_as_eval(cast(bytes, batch[i].command)) for i in missing]
-                replies = await wire.send(b"".join(again), len(again))
-            elif self._direct:
+            if self._direct:
                 replies = await self._roundtrip([("EVAL", SCRIPT, *batch[i].command) for i in missing])
             else:
                 pipe = self._client.pipeline(transaction=False)

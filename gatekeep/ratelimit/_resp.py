@@ -13,15 +13,32 @@ the same job correctly:
 * ``parse`` reads one reply (integers, simple and bulk strings, errors,
   arrays, nil) from a buffer, or says it is incomplete; an array of integers
   (the limiter's reply) is read with one regular expression and one split;
-* ``RespProtocol`` is an asyncio ``Protocol`` on one TCP connection that
-  answers round trips in order: a round trip writes its commands in one
-  ``write`` and resolves one future when all their replies have arrived;
-* ``RespWire`` keeps one such connection, opens it on first use (``AUTH``,
-  ``SELECT`` and ``CLIENT SETNAME`` as the redis-py client would), and drops it
-  on any failure: once a reply may be missing or late, the stream cannot be
-  trusted.  A failure on a reused connection before any reply arrived (a
-  server that restarted while we were idle) is retried once on a fresh one,
-  as redis-py does.
+* ``RespProtocol`` is an asyncio ``Protocol`` on one TCP connection: calls
+  written on it get their replies in the order they were written, each as
+  it arrives;
+* ``RespWire`` pipelines commands on one such connection.  ``call`` queues a
+  command and returns the future of its outcome; the queue is written in one
+  ``write`` once per event-loop tick (a ``call_soon`` flush), whether or not
+  earlier writes still wait for their replies, so no decision waits for
+  another's round trip and the loop never idles on Redis while requests
+  queue.  The wire opens its connection on first use (``AUTH``, ``SELECT``
+  and ``CLIENT SETNAME`` as the redis-py client would).
+
+Deadlines.  Every call has one (its arrival + ``timeout``); one watchdog
+timer per wire fires at the earliest and re-arms itself, so under load it
+fires about once per ``timeout`` and no call pays for a timer.  A call past
+its deadline in the queue (the connection is still being opened) gets a
+``TimeoutError``; a call past its deadline on the connection means Redis is
+not answering: the connection is dropped and every call on it gets the
+``TimeoutError`` (replies after that could not be matched with trust).
+
+Failures.  Any failure drops the connection and every call on it gets the
+error, except one case: a connection that had gone idle and got no reply at
+all since it was written to again (a server that restarted while we were
+idle) sends those calls once more on a fresh connection, as redis-py does.
+NOSCRIPT means the script did not run: the call is sent again in the form
+``noscript`` gives (EVAL), once.  A caller that gives up (cancelled) keeps
+its place in the stream; its reply is read and dropped.
 
 Errors are redis-py's classes (``ConnectionError``, ``ResponseError``,
 ``NoScriptError``, ``AuthenticationError``), so the limiter translates them at
@@ -37,17 +54,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 from collections import deque
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeAlias, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["RespProtocol", "RespWire", "bulk", "pack", "parse", "wire_for"]
+__all__ = ["Call", "RespProtocol", "RespWire", "bulk", "pack", "parse", "wire_for"]
 
 _CRLF: Final = b"\r\n"
 # A reply we never asked for, or bigger than any the limiter gets, ends the connection.
@@ -154,87 +172,123 @@ def parse(buf: bytes | bytearray, pos: int = 0) -> tuple[Any, int]:
     raise ProtocolViolation(f"unknown reply type {kind!r}")
 
 
-class _Trip:
-    __slots__ = ("count", "future", "replies")
+_Outcome: TypeAlias = Any  # a reply, or the exception saying why there is none
 
-    def __init__(self, count: int, future: asyncio.Future[list[Any]]) -> None:
-        self.count = count
+# The watchdog looks this far ahead: a timer may fire a clock tick early.
+_EARLY: Final = 0.001
+
+
+class Call:
+    """One command on the wire and the future of its outcome (a reply, or an exception as a value)."""
+
+    __slots__ = ("command", "deadline", "future", "tries")
+
+    def __init__(self, command: bytes, future: asyncio.Future[_Outcome], deadline: float) -> None:
+        self.command = command
         self.future = future
-        self.replies: list[Any] = []
+        self.deadline = deadline
+        self.tries = 0
 
 
 class RespProtocol(asyncio.Protocol):
-    """One connection to Redis: round trips answered in order."""
+    """One connection to Redis: calls answered in the order they were written."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: RespWire | None = None) -> None:
+        self._owner = owner
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._trips: deque[_Trip] = deque()
+        self.waiting: deque[Call] = deque()
         self._lost: BaseException | None = None
         self.replies = 0  # replies read on this connection so far
+        # Replies read when the connection last went from idle to busy, and whether it
+        # had served a busy period before that one (see ``RespWire._lost``).
+        self.mark = 0
+        self.reused = False
 
     @property
     def alive(self) -> bool:
-        return self._transport is not None and self._lost is None
+        return self._lost is None and self._transport is not None and not self._transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
+        error = RedisConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}")
+        if self._lost is None:
+            self._lost = error
+        calls = list(self.waiting)
+        self.waiting.clear()
+        if self._owner is not None:
+            self._owner._lost(self, calls, error)
+        else:
+            _settle(calls, error)
+
+    def send(self, calls: list[Call]) -> None:
+        """Write ``calls`` in one ``write``; each future gets its reply as it arrives."""
+        waiting = self.waiting
+        if not waiting:
+            self.reused = self.replies > self.mark or self.reused
+            self.mark = self.replies
+        waiting.extend(calls)
+        assert self._transport is not None
+        if len(calls) == 1:
+            self._transport.write(calls[0].command)
+        else:
+            self._transport.write(b"".join([call.command for call in calls]))
 
     def data_received(self, data: bytes) -> None:
         buf = self._buffer
         buf += data
         pos = 0
-        trips = self._trips
+        waiting = self.waiting
+        size = len(buf)
         try:
-            while trips and pos < len(buf):
+            while waiting and pos < size:
                 try:
                     reply, pos = parse(buf, pos)
                 except Incomplete:
                     break
                 self.replies += 1
-                trip = trips[0]
-                trip.replies.append(reply)
-                if len(trip.replies) == trip.count:
-                    trips.popleft()
-                    if not trip.future.done():
-                        trip.future.set_result(trip.replies)
+                call = waiting.popleft()
+                if type(reply) is NoScriptError and self._owner is not None:
+                    self._owner._noscript(call, reply)
+                elif not call.future.done():  # a caller that gave up
+                    call.future.set_result(reply)
         except ProtocolViolation as exc:
-            self._fail(exc)
+            self.fail(exc)
             return
         del buf[:pos]
-        if buf and not trips or len(buf) > _MAX_BUFFER:
-            self._fail(ProtocolViolation("Redis sent a reply nobody asked for"))
+        if buf and not waiting or len(buf) > _MAX_BUFFER:
+            self.fail(ProtocolViolation("Redis sent a reply nobody asked for"))
 
-    def roundtrip(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
-        """Write ``payload`` (``count`` packed commands); the future gets their replies."""
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        if self._lost is not None or self._transport is None:
-            future.set_exception(self._lost or RedisConnectionError("not connected to Redis"))
-            return future
-        self._trips.append(_Trip(count, future))
-        self._transport.write(payload)
-        return future
-
-    def close(self) -> None:
-        self._fail(RedisConnectionError("the connection to Redis was closed"))
-
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """Drop the connection: every call waiting on it gets ``exc``."""
         if self._lost is None:
             self._lost = exc
-        while self._trips:
-            future = self._trips.popleft().future
-            if not future.done():
-                future.set_exception(self._lost)
+        calls = list(self.waiting)
+        self.waiting.clear()
+        _settle(calls, exc)
         if self._transport is not None:
             with contextlib.suppress(RuntimeError):  # its loop is closed: the socket goes with it
                 self._transport.abort()
 
+    def close(self) -> None:
+        self.fail(RedisConnectionError("the connection to Redis was closed"))
+
+
+def _settle(calls: Sequence[Call], outcome: BaseException) -> None:
+    for call in calls:
+        if not call.future.done():
+            call.future.set_result(outcome)
+
 
 class RespWire:
-    """One lean connection to a plain TCP Redis, opened on first use."""
+    """Commands pipelined on one lean connection to a plain TCP Redis, opened on first use.
+
+    ``call`` queues a command and returns the future of its outcome; the queue is
+    written once per event-loop tick (see the module notes).  ``noscript``, when set,
+    turns a command answered NOSCRIPT into the one to send instead (once).
+    """
 
     def __init__(
         self,
@@ -245,6 +299,7 @@ class RespWire:
         username: str | None = None,
         password: str | None = None,
         client_name: str | None = None,
+        timeout: float = 0.5,
     ) -> None:
         self._address = (host, port)
         setup: list[Sequence[bytes | str | int]] = []
@@ -255,62 +310,186 @@ class RespWire:
         if client_name:
             setup.append(("CLIENT", "SETNAME", client_name))
         self._setup = [pack(command) for command in setup]
+        self.timeout = timeout
+        self.noscript: Callable[[bytes], bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: list[Call] = []
+        self._scheduled = False
         self._protocol: RespProtocol | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._connect_deadline = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:  # never the password
         return f"RespWire({self._address[0]}:{self._address[1]})"
 
-    async def roundtrip(self, commands: Sequence[Sequence[bytes | str | int]]) -> list[Any]:
-        """Every command's reply, in order; a server's error reply is a ``ResponseError`` value."""
-        return await self.send(b"".join([pack(command) for command in commands]), len(commands))
+    def call(self, command: bytes) -> asyncio.Future[_Outcome]:
+        """Queue one packed command; its future gets the reply, or the exception why there is none."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._bind()
+        future = loop.create_future()
+        call = Call(command, future, loop.time() + self.timeout)
+        self._queue.append(call)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(call.deadline, self._tick)
+        return future
 
-    async def send(self, payload: bytes, count: int) -> list[Any]:
-        """``roundtrip`` for ``count`` commands the caller packed (``payload``) itself."""
-        for attempt in (1, 2):
-            protocol = self._protocol
-            reused = protocol is not None and protocol.alive
-            if protocol is None or not protocol.alive:
-                protocol = self._protocol = await self._connect()
-            before = protocol.replies
-            try:
-                return await protocol.roundtrip(payload, count)
-            except BaseException as exc:
-                self._protocol = None
-                protocol.close()
-                stale = reused and protocol.replies == before
-                if attempt == 1 and stale and isinstance(exc, RedisConnectionError):
-                    continue  # nothing reached a live server on a stale connection: once more
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _connect(self) -> RespProtocol:
-        loop = asyncio.get_running_loop()
-        try:
-            _, protocol = await loop.create_connection(RespProtocol, *self._address)
-        except OSError as exc:
-            raise RedisConnectionError(
-                f"cannot connect to Redis at {self._address[0]}:{self._address[1]}: {exc.strerror or exc}"
-            ) from exc
-        if self._setup:
-            try:
-                replies = await protocol.roundtrip(b"".join(self._setup), len(self._setup))
-            except BaseException:
-                protocol.close()
-                raise
-            for reply in replies:
-                if isinstance(reply, BaseException):
-                    protocol.close()
-                    raise reply
-        return protocol
+    async def drain(self) -> None:
+        """Wait until every call made so far has its outcome (each within its deadline)."""
+        protocol = self._protocol
+        futures = [call.future for call in self._queue]
+        if protocol is not None:
+            futures += [call.future for call in protocol.waiting]
+        if futures:
+            await asyncio.wait(futures)
 
     def close(self) -> None:
-        """Drop the connection (a round trip in flight fails with ``ConnectionError``)."""
+        """Drop the connection: calls in flight fail with ``ConnectionError``; queued ones wait."""
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.close()
+        if self._watchdog is not None and not self._queue:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        # First use, or a new event loop (the old one's connection cannot serve it).
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self.close()
+            self._queue, self._scheduled, self._connecting, self._watchdog = [], False, None, None
+            self._loop = loop
+        return loop
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._queue:
+            return
+        protocol = self._protocol
+        if protocol is None or not protocol.alive:
+            if self._connecting is None:
+                loop = cast(asyncio.AbstractEventLoop, self._loop)
+                self._connect_deadline = loop.time() + self.timeout
+                self._connecting = loop.create_task(self._connect())
+            return
+        calls, self._queue = self._queue, []
+        calls = [call for call in calls if not call.future.done()]  # callers that gave up before
+        if calls:
+            protocol.send(calls)
+
+    async def _connect(self) -> None:
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        protocol: RespProtocol | None = None
+        try:
+            try:
+                _, protocol = await loop.create_connection(lambda: RespProtocol(self), *self._address)
+            except OSError as exc:
+                raise RedisConnectionError(
+                    f"cannot connect to Redis at {self._address[0]}:{self._address[1]}: {exc.strerror or exc}"
+                ) from exc
+            if self._setup:
+                deadline = loop.time() + self.timeout
+                calls = [Call(command, loop.create_future(), deadline) for command in self._setup]
+                protocol.send(calls)
+                for call in calls:
+                    outcome = await call.future
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                protocol.mark = protocol.replies  # the setup's replies do not make it reused
+        except BaseException as exc:
+            if protocol is not None:
+                protocol.close()
+            failed, self._queue = self._queue, []
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            _settle(failed, TimeoutError() if cancelled else exc)
+            if not cancelled and not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._connecting = None
+        self._protocol = protocol
+        self._flush()
+
+    def _lost(self, protocol: RespProtocol, calls: list[Call], error: BaseException) -> None:
+        """The connection died under ``calls``: send them again once, or fail them."""
+        if self._protocol is protocol:
+            self._protocol = None
+        # Nothing was answered since the connection went busy again after serving before:
+        # a server that restarted while we were idle, so nothing reached a live server.
+        stale = protocol.reused and protocol.replies == protocol.mark
+        again = []
+        for call in calls:
+            if call.future.done():
+                continue
+            if stale and call.tries == 0:
+                call.tries = 1
+                again.append(call)
+            else:
+                call.future.set_result(error)
+        if again:
+            self._queue[:0] = again
+            if not self._scheduled and self._loop is not None and not self._loop.is_closed():
+                self._scheduled = True
+                self._loop.call_soon(self._flush)
+
+    def _noscript(self, call: Call, reply: BaseException) -> None:
+        """NOSCRIPT: the script did not run, so its EVAL form is sent instead (once)."""
+        if self.noscript is None or call.tries > 1 or call.future.done():
+            if not call.future.done():
+                call.future.set_result(reply)
+            return
+        call.tries = 2
+        call.command = self.noscript(call.command)
+        self._queue.append(call)
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _tick(self) -> None:
+        """The watchdog: time out what is due, re-arm for the next deadline."""
+        self._watchdog = None
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        now = loop.time() + _EARLY
+        due = math.inf
+        protocol = self._protocol
+        if protocol is not None and protocol.waiting:
+            for call in protocol.waiting:
+                if call.future.done():
+                    continue
+                if now >= call.deadline:  # Redis is not answering: its late replies cannot be trusted
+                    self._protocol = None
+                    protocol.fail(TimeoutError())
+                    break
+                due = min(due, call.deadline)
+            if self._protocol is None:
+                due = math.inf
+        connecting = self._connecting
+        if connecting is not None:
+            if now >= self._connect_deadline:
+                connecting.cancel()  # the queued calls time out with it
+            else:
+                due = min(due, self._connect_deadline)
+        keep = []
+        for call in self._queue:
+            if call.future.done():
+                continue
+            if now >= call.deadline:
+                call.future.set_result(TimeoutError())
+            else:
+                due = min(due, call.deadline)
+                keep.append(call)
+        self._queue = keep
+        if due != math.inf:
+            self._watchdog = loop.call_at(due, self._tick)
 
 
-def wire_for(client: Any) -> RespWire | None:
+def wire_for(client: Any, timeout: float = 0.5) -> RespWire | None:
     """A lean wire to ``client``'s server, when it is a plain TCP Redis; else None."""
     if not isinstance(client, Redis):
         return None
@@ -327,4 +506,5 @@ def wire_for(client: Any) -> RespWire | None:
         username=kwargs.get("username"),
         password=kwargs.get("password"),
         client_name=kwargs.get("client_name"),
+        timeout=timeout,
     )
