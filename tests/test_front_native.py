@@ -162,3 +162,40 @@ async def test_an_upload_cut_short_is_a_499_not_a_5xx() -> None:
             await asyncio.sleep(0.02)
         assert await metric(port, "499") == 1
         assert await metric(port, "500") == 0 and await metric(port, "502") == 0
+
+
+async def ingress(port: int) -> float:
+    answer = await ask(port, b"GET /metrics HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in answer.decode().splitlines()
+        if line.startswith("gatekeep_bandwidth_bytes_total{") and 'direction="ingress"' in line
+    )
+
+
+async def test_a_body_that_came_with_its_head_and_one_that_trickles_arrive_the_same() -> None:
+    """A body already here is taken at once (no read, no timer); one still arriving is read
+    as it comes. Both reach the upstream intact, are counted, and leave the buffer budget whole."""
+    upstream = SlowUpstream()
+    plugins = [{"name": "prometheus", "config": {"bandwidth_metrics": True}}]
+    async with serve_asgi(upstream) as up:
+        gateway = gatekeep.Gateway(config(up, plugins=plugins))
+        budget = gateway.bodies._budget.free
+        async with front(gatekeep.asgi(gateway)) as port:
+            body = bytes(range(256)) * 40
+            head = b"POST /x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % (
+                len(body)
+            )
+            answer = await ask(port, head + body)  # one write: the body comes with its head
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"got %d" % len(body) in answer
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head + body[:1000])
+            await writer.drain()
+            await asyncio.sleep(0.1)  # the gateway is waiting for the rest
+            writer.write(body[1000:])
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"got %d" % len(body) in answer
+            assert upstream.bodies == [body, body]
+            assert await ingress(port) == 2 * len(body)
+        assert gateway.bodies._budget.free == budget

@@ -863,6 +863,20 @@ class _Cycle:
             return _DISCONNECT
         return {"type": "http.request", "body": data, "more_body": not self.body_done}
 
+    def read_now(self) -> bytes | None:
+        """The whole request body, when all of it has arrived and none was taken; else None.
+
+        The common case of a small body that came with its head: no waiting, no task switch.
+        """
+        if not self.message_complete or self.body_done or self.disconnected or self.response_complete:
+            return None
+        chunks = self.body
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        self.body_done = True
+        return data
+
     async def read(self) -> bytes | None:
         """The request body received and not taken yet; None once the client is gone.
 

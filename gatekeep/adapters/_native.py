@@ -47,6 +47,9 @@ class NativeCycle(Protocol):
 
     async def read(self) -> bytes | None: ...
 
+    def read_now(self) -> bytes | None:
+        """The whole body at once if it has all arrived and none was read; else None."""
+
     def start(self, status: int, headers: Any) -> None: ...
 
     async def write(self, body: bytes, more: bool) -> None: ...
@@ -67,6 +70,17 @@ class _CycleBody:
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iter()
+
+    def read_now(self) -> bytes | None:
+        """The whole body, when it has all arrived and none was read; else None (``_body.read_now``)."""
+        if self.done or self.received:
+            return None
+        data = self.cycle.read_now()
+        if data is None:
+            return None
+        self.done = True
+        self.received = len(data)
+        return data
 
     async def _iter(self) -> AsyncIterator[bytes]:
         if self.done:
