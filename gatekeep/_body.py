@@ -318,6 +318,11 @@ class BodyPolicy:
         if buffering if buffering is not None else service.request_buffering:
             if length is not None:
                 if length <= self.buffer_size and budget.take(length):
+                    now = getattr(body, "read_now", None)
+                    whole = None if now is None else now()
+                    if whole is not None:  # all here already (llhttp framed it by its Content-Length)
+                        request.body = replayable(whole)
+                        return Hold(budget, length, None)
                     try:
                         await self._read_ahead(request, length)
                     except BaseException:
@@ -345,12 +350,6 @@ class BodyPolicy:
         One ``bytearray``, not a list of chunks: a client trickling a byte at
         a time must not cost an object per byte.
         """
-        if reserved is not None:
-            now = getattr(request.body, "read_now", None)
-            whole = None if now is None else now()
-            if whole is not None:  # all here already (llhttp framed it by its Content-Length)
-                request.body = replayable(whole)
-                return reserved
         budget = self._budget
         limit = self.buffer_size
         it = aiter(request.body)
