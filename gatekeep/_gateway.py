@@ -372,7 +372,20 @@ class Gateway:
         if chain is None:
             chain = self._chain_after_error(request)
         if chain is not None and chain.response:
-            response = await self._respond(chain, request, response, exchange)
+            # Phases that answer None at once (the common case) run without a coroutine.
+            phases = chain.response
+            n = 0
+            answer: object = None
+            try:
+                while n < len(phases):
+                    answer = phases[n](request, response)
+                    if answer is not None:
+                        break
+                    n += 1
+            except Exception as exc:
+                answer = exc
+            if n < len(phases):
+                response = await self._respond(chain, request, response, exchange, n, answer)
         if self.echo_request_id:
             rid = request.request_id.encode("latin-1")
             headers = response.headers
@@ -471,11 +484,26 @@ class Gateway:
         return None
 
     async def _respond(
-        self, chain: Chain, request: Request, response: Response, exchange: Exchange
+        self,
+        chain: Chain,
+        request: Request,
+        response: Response,
+        exchange: Exchange,
+        start: int = 0,
+        first: object = None,
     ) -> Response:
-        for phase in chain.response:
+        """The response phases from ``start`` on; ``first`` is what that phase answered already
+        (a Response, an awaitable or the exception it raised), when ``start`` was called."""
+        for n in range(start, len(chain.response)):
+            phase = chain.response[n]
             try:
-                answer = phase(request, response)
+                answer: Any
+                if n == start and first is not None:
+                    if isinstance(first, Exception):
+                        raise first
+                    answer = first
+                else:
+                    answer = phase(request, response)
                 changed: Response | None = (
                     await answer  # an async phase's coroutine (a fast phase answers at once)
                     if answer is not None and not isinstance(answer, Response)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gatekeep import Chain, Exchange, Request, Response
+from gatekeep import BaseFilter, Chain, Exchange, Request, Response
 from gatekeep.plugins.prometheus import PrometheusConfig, PrometheusFilter
 from gatekeep.plugins.rate_limiting import RateLimitingConfig, RateLimitingFilter
 from gatekeep.testing import gateway_for
@@ -62,3 +62,57 @@ async def test_limit_headers_and_metrics_through_the_fast_phases() -> None:
             if line.startswith("gatekeep_bandwidth_bytes_total{") and 'direction="ingress"' in line
         ]
         assert ingress and any(float(line.rsplit(" ", 1)[1]) >= 5 for line in ingress), ingress
+
+
+class _Stamp(BaseFilter):
+    """A response phase that answers at once (``_fast_response_phase``, as built-in plugins do):
+    it stamps a header, or raises when told to."""
+
+    def __init__(self, name: str, priority: int, fail: bool = False) -> None:
+        super().__init__(None)
+        self.name = name  # type: ignore[misc]
+        self.priority = priority  # type: ignore[misc]
+        self.fail = fail
+
+    async def on_response(self, request: Request, response: Response) -> Response | None:
+        return self._stamp(request, response)
+
+    def _fast_response_phase(self) -> Any:
+        return self._stamp
+
+    def _stamp(self, request: Request, response: Response) -> None:
+        if self.fail:
+            raise RuntimeError("stamp broke")
+        response.headers.add(b"x-stamp", self.name.encode())
+
+
+class _Replace(BaseFilter):
+    """A third-party response phase: a coroutine that replaces the answer."""
+
+    name = "replace"
+    priority = 500
+
+    async def on_response(self, request: Request, response: Response) -> Response | None:
+        replaced = Response.text("replaced", 203)
+        replaced.headers.raw += [(b"x-stamp", v) for v in response.headers.get_all(b"x-stamp")]
+        return replaced
+
+
+async def test_response_phases_answering_at_once_and_later_mix_in_order() -> None:
+    # Reverse priority on the way back: low (fast) stamps, the coroutine replaces, high stamps the new one.
+    filters = [_Stamp("low", 10), _Replace(None), _Stamp("high", 1000)]
+    assert Chain(filters).response[0] == filters[0]._stamp  # the fast phase is what runs
+    async with gateway_for(filters=filters) as gw:
+        answer = await gw.client.get("/")
+    assert answer.status == 203 and answer.text == "replaced"
+    assert answer.header_all("x-stamp") == ["low", "high"]
+
+
+@pytest.mark.parametrize("where", ["first", "after a coroutine"])
+async def test_a_fast_response_phase_that_raises_is_a_problem_not_a_traceback(where: str) -> None:
+    broken = _Stamp("broken", 10 if where == "first" else 1000, fail=True)
+    async with gateway_for(filters=[broken, _Replace(None)]) as gw:
+        answer = await gw.client.get("/")
+    assert answer.status == 500
+    assert answer.header("content-type") == "application/problem+json"
+    assert "traceback" not in answer.text.lower() and "stamp broke" not in answer.text
