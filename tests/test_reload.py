@@ -308,3 +308,51 @@ async def test_an_unchanged_services_discovery_watcher_carries_over_a_removed_on
             assert asked("orders") > before
             assert (await client.get("/orders")).status == 200
             assert (await client.get("/billing")).status == 404
+
+
+def _series(text: str, name: str, *labels: str) -> float:
+    """The sum of ``name``'s samples carrying every one of ``labels`` (``key="value"``)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(label in line for label in labels)
+    )
+
+
+async def test_prometheus_counts_go_on_across_a_reload_that_leaves_the_plugin_unchanged() -> None:
+    """Prometheus sees no counter reset: an unchanged `prometheus` entry keeps its metrics;
+    a changed one starts afresh (its labels or buckets may differ)."""
+    async with _upstreams(2) as (a, b):
+        config = _config(a, b)
+        config["plugins"] = [{"name": "prometheus", "config": {"status_code_metrics": True}}]
+        async with _running(config) as (gateway, client):
+            for _ in range(3):
+                assert (await client.get("/a")).status == 200
+            scrape = (await client.get("/metrics")).text
+            assert _series(scrape, "gatekeep_http_requests_total", 'route="a"') == 3
+            other = dict(config, services=[config["services"][0], {**config["services"][1], "retries": 1}])
+            await gateway.reload(other)
+            assert (await client.get("/a")).status == 200
+            scrape = (await client.get("/metrics")).text
+            assert _series(scrape, "gatekeep_http_requests_total", 'route="a"') == 4
+            changed = dict(other, plugins=[{"name": "prometheus", "config": {"status_code_metrics": False}}])
+            await gateway.reload(changed)
+            scrape = (await client.get("/metrics")).text
+            assert _series(scrape, "gatekeep_http_requests_total", 'route="a"') == 0
+
+
+async def test_a_breaker_transition_counts_once_after_reloads_that_keep_its_service() -> None:
+    failing = EchoUpstream(status=503)
+    breaker = {"consecutive_failures": 2, "open_for": 60, "per_instance": False}
+    async with serve_asgi(failing) as a, serve_asgi(EchoUpstream()) as b:
+        config = _config(a, b, breaker=breaker, retries=0)
+        config["plugins"] = [{"name": "prometheus"}]
+        async with _running(config) as (gateway, client):
+            for paths in (["/b", "/bee"], ["/b", "/bee", "/bees"]):  # two reloads; service a is kept
+                changed = dict(config, services=[config["services"][0], dict(config["services"][1])])
+                changed["services"][1]["routes"] = [{"name": "b", "paths": paths}]
+                await gateway.reload(changed)
+            for _ in range(2):
+                assert (await client.get("/a")).status == 503
+            scrape = (await client.get("/metrics")).text
+            assert _series(scrape, "gatekeep_breaker_transitions_total", 'service="a"', 'state="open"') == 1

@@ -37,6 +37,7 @@ rest share ``other``.  The child cache itself is bounded too.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
@@ -260,8 +261,11 @@ class Metrics:
             registry=registry,
         )
 
-    def unregister(self) -> None:
-        for metric in (
+        # Per service: which binding's breaker callbacks count (see ``_watch_breakers``).
+        self.breaker_watch: dict[str, object] = {}
+
+    def _all(self) -> tuple[Any, ...]:
+        return (
             self.requests,
             self.request_duration,
             self.upstream_duration,
@@ -269,8 +273,23 @@ class Metrics:
             self.bandwidth,
             self.filter_errors,
             self.breaker_transitions,
-        ):
+        )
+
+    def unregister(self) -> None:
+        for metric in self._all():
             self.registry.unregister(metric)
+
+    def moved_to(self, registry: CollectorRegistry) -> Metrics:
+        """The same metric objects, their counts going on, registered in ``registry`` (a reload's).
+
+        The running config's registry is left as it is: a reload that is refused later
+        changes nothing it serves.
+        """
+        moved = copy.copy(self)
+        moved.registry = registry
+        for metric in self._all():
+            registry.register(metric)
+        return moved
 
 
 # The metric objects and collector registered in prometheus-client's global
@@ -306,8 +325,23 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         self._consumer_labels: dict[str, str] = {}
         self._template_labels: dict[str, str] = {}
         self._error_children: dict[str, Any] = {}
+        # What a reload hands over when this entry is unchanged (``carry_over``), used by ``bind``.
+        self._carried: tuple[Metrics, dict[str, str], dict[str, str]] | None = None
+        # This binding's breaker callbacks, and whose counted before it started (``_watch_breakers``).
+        self._token = object()
+        self._watched: list[str] = []
+        self._took: dict[str, object | None] = {}
 
     # -- config time ----------------------------------------------------------
+
+    def carry_over(self, previous: PrometheusFilter) -> None:
+        """A reload left this entry unchanged: keep counting in its predecessor's metrics.
+
+        ``bind`` takes them when the metrics' shape (labels, buckets) is unchanged; the
+        consumer and template labels go on too, so the cardinality budget spans reloads.
+        """
+        if previous._owner and previous.metrics is not None and not previous.config.use_global_registry:
+            self._carried = (previous.metrics, previous._consumer_labels, previous._template_labels)
 
     def bind(self, context: PluginContext) -> None:
         """Create (or join) the gateway's registry, metrics and ``/metrics`` endpoint.
@@ -332,11 +366,17 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         )
         upstream_health = any(p.config.upstream_health_metrics for p in peers) or c.upstream_health_metrics
         collector = GatewayCollector(context, upstream_health=upstream_health)
+        carried, self._carried = self._carried, None
         if c.use_global_registry:
             self.metrics = _global(shape, collector)
         else:
             registry = CollectorRegistry(auto_describe=False)
-            self.metrics = Metrics(registry, shape)
+            if carried is not None and carried[0].shape == shape:
+                # A reload: the counts go on (Prometheus sees no counter reset).
+                self.metrics = carried[0].moved_to(registry)
+                self._consumer_labels, self._template_labels = carried[1], carried[2]
+            else:
+                self.metrics = Metrics(registry, shape)
             registry.register(collector)
         self.registry = self.metrics.registry
         self.collector = collector
@@ -347,7 +387,7 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         )
         if c.metrics_port is None:
             context.add_endpoint(c.path, self.endpoint, run_global_filters=False)
-        _watch_breakers(context, self.metrics)
+        self._watched = _watch_breakers(context, self.metrics, self._token)
         if c.per_consumer and not context.authenticating_plugins and not context.can_name_consumers:
             context.warn(
                 "config.per_consumer",
@@ -357,8 +397,23 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
 
     async def start(self, task_group: TaskGroup) -> None:
         c: PrometheusConfig = self.config
+        if self._owner and self.metrics is not None:
+            # Running now: this binding's breaker callbacks count from here on.
+            watch = self.metrics.breaker_watch
+            self._took = {name: watch.get(name) for name in self._watched}
+            for name in self._watched:
+                watch[name] = self._token
         if self._owner and c.metrics_port is not None and self.endpoint is not None:
             self.bound_port = await self.endpoint.serve(task_group, c.metrics_host, c.metrics_port, c.path)
+
+    async def stop(self) -> None:
+        """Retired (or its config refused): hand breaker counting back if this binding still has it."""
+        if self.metrics is not None:
+            watch = self.metrics.breaker_watch
+            for name, before in self._took.items():
+                if watch.get(name) is self._token and before is not None:
+                    watch[name] = before
+        self._took = {}
 
     # -- the log phase --------------------------------------------------------
 
@@ -473,17 +528,27 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         child.inc()
 
 
-def _watch_breakers(context: PluginContext, metrics: Metrics) -> None:
-    """Count breaker transitions as they happen (a scrape could miss a short open)."""
+def _watch_breakers(context: PluginContext, metrics: Metrics, token: object) -> list[str]:
+    """Count breaker transitions as they happen (a scrape could miss a short open).
+
+    A service kept across a reload keeps its breakers, and with them the callbacks of every
+    binding before; with the metrics carried over too, each transition must still count
+    once.  So one binding per service counts (``metrics.breaker_watch``): the first, until a
+    newer one starts (``PrometheusFilter.start``); a refused reload gives it back (``stop``).
+    Returns the services watched.
+    """
+    watch = metrics.breaker_watch
     for name, upstream in context.upstreams.items():
         children = {state: metrics.breaker_transitions.labels(name, state) for state in BREAKER_STATES}
+        watch.setdefault(name, token)
 
-        def changed(old: str, new: str, children: dict[str, Any] = children) -> None:
+        def changed(old: str, new: str, children: dict[str, Any] = children, name: str = name) -> None:
             child = children.get(new)
-            if child is not None:
+            if child is not None and watch.get(name) is token:
                 child.inc()
 
         upstream.on_breaker_change(changed)
+    return list(context.upstreams)
 
 
 def _content_length(raw: list[tuple[bytes, bytes]]) -> int:
