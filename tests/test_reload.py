@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,10 +16,12 @@ from typing import Any
 
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
 from gatekeep import ConfigError, Gateway
 from gatekeep.adapters import asgi
 from gatekeep.configsource import FileStore, MemoryStore
+from gatekeep.observability import MetricsEndpoint
 from gatekeep.testing import EchoUpstream, TestClient, serve_asgi
 from tests._upstream_servers import raw_server, read_head
 
@@ -356,3 +359,68 @@ async def test_a_breaker_transition_counts_once_after_reloads_that_keep_its_serv
                 assert (await client.get("/a")).status == 503
             scrape = (await client.get("/metrics")).text
             assert _series(scrape, "gatekeep_breaker_transitions_total", 'service="a"', 'state="open"') == 1
+
+
+async def _scrape(port: int) -> str:
+    return (await TestClient("127.0.0.1", port, timeout=10).get("/metrics")).text
+
+
+async def test_a_separate_metrics_port_is_handed_over_by_a_reload_and_closed_at_exit() -> None:
+    """The new config's metrics take over the running listener (binding the port twice would
+    refuse every reload); a refused reload hands it back; the gateway's exit closes it."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    metrics_port = probe.getsockname()[1]
+    probe.close()
+    async with _upstreams(2) as (a, b):
+        config = _config(a)
+        config["plugins"] = [
+            {"name": "prometheus", "config": {"metrics_port": metrics_port, "metrics_host": "127.0.0.1"}}
+        ]
+        async with _running(config) as (gateway, client):
+            assert (await client.get("/a")).status == 200
+            assert 'route="a"' in await _scrape(metrics_port)
+            await gateway.reload(dict(config, services=_config(a, b)["services"]))
+            assert gateway.config_status()["reloads"] == 1
+            assert (await client.get("/b")).status == 200
+            scrape = await _scrape(metrics_port)
+            assert _series(scrape, "gatekeep_http_requests_total", 'route="a"') == 1  # counted on
+            assert 'route="b"' in scrape  # the new config's
+            changed = dict(
+                config,
+                plugins=[
+                    {
+                        **config["plugins"][0],
+                        "config": {**config["plugins"][0]["config"], "per_consumer": True},
+                    }
+                ],
+            )
+            await gateway.reload(changed)  # a changed entry takes the listener over too
+            assert gateway.config_status()["reloads"] == 2
+            assert "gatekeep_http_requests_total" in await _scrape(metrics_port)
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", metrics_port))  # closed with the gateway
+
+
+async def test_a_metrics_listener_taken_over_goes_back_when_the_newer_endpoint_closes_first() -> None:
+    """What a reload refused after its start does: the listener serves the running registry again."""
+
+    def endpoint(name: str) -> MetricsEndpoint:
+        registry = CollectorRegistry(auto_describe=False)
+        Counter(name, "which endpoint answers", registry=registry).inc()
+        return MetricsEndpoint(registry, collector=None)
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    running, refused = endpoint("running_config"), endpoint("refused_config")
+    async with anyio.create_task_group() as tg:
+        assert await running.serve(tg, "127.0.0.1", port, "/metrics") == port
+        assert await refused.serve(tg, "127.0.0.1", port, "/metrics") == port  # taken over
+        assert "refused_config_total 1.0" in await _scrape(port)
+        refused.close()
+        assert "running_config_total 1.0" in await _scrape(port)
+        running.close()
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))

@@ -69,6 +69,7 @@ class MetricsEndpoint:
         self.collector = collector
         self.allow = tuple(allow)
         self.multiprocess = multiprocess_dir()
+        self._app: _MetricsApp | None = None  # its separate listener, once serving one
 
     def allowed(self, client_ip: str) -> bool:
         if not self.allow:
@@ -105,16 +106,52 @@ class MetricsEndpoint:
         """Serve ``path`` on a separate listener in ``task_group``; returns the bound port.
 
         Binding happens before this returns, so a port in use fails the
-        gateway's startup instead of a background task.
+        gateway's startup instead of a background task.  A listener this
+        process already runs on ``host:port`` for ``path`` (a reload's
+        predecessor) is taken over instead: binding it twice would fail.
         """
+        app = _LISTENERS.get((host, port)) if port else None
+        if app is not None and app.path == path and not app.scope.cancel_called:
+            app.stack.append(self)
+            app.endpoint = self
+            self._app = app
+            return app.port
         bound: int = await task_group.start(self._listen, host, port, path)
         return bound
 
+    def close(self) -> None:
+        """Stop serving: the listener goes back to the endpoint this one took it from, if that
+        one still serves (a reload refused after its start); else it closes."""
+        app = self._app
+        self._app = None
+        if app is None:
+            return
+        if self in app.stack:
+            app.stack.remove(self)
+        if app.stack:
+            app.endpoint = app.stack[-1]
+        else:
+            app.scope.cancel()
+
     async def _listen(self, host: str, port: int, path: str, *, task_status: Any) -> None:
         app = _MetricsApp(self, path)
-        async with serve_asgi(app, host, port) as bound:
-            task_status.started(bound)
-            await anyio.sleep_forever()
+        self._app = app
+        with app.scope:
+            async with serve_asgi(app, host, port) as bound:
+                app.port = bound
+                if port:
+                    _LISTENERS[(host, port)] = app
+                try:
+                    task_status.started(bound)
+                    await anyio.sleep_forever()
+                finally:
+                    if _LISTENERS.get((host, port)) is app:
+                        del _LISTENERS[(host, port)]
+
+
+# The separate metrics listeners this process runs, by the (host, port) asked for: a reload's
+# new endpoint takes the running listener over (``MetricsEndpoint.serve``).
+_LISTENERS: dict[tuple[str, int], _MetricsApp] = {}
 
 
 def _response(data: bytes, content_type: str) -> Response:
@@ -135,8 +172,11 @@ class _MetricsApp:
     """The ASGI app of the separate metrics port: ``path`` or 404."""
 
     def __init__(self, endpoint: MetricsEndpoint, path: str) -> None:
-        self.endpoint = endpoint
+        self.endpoint = endpoint  # the one serving now: the last of ``stack``
+        self.stack = [endpoint]
         self.path = path
+        self.port = 0
+        self.scope = anyio.CancelScope()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

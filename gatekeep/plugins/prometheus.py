@@ -407,7 +407,10 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
             self.bound_port = await self.endpoint.serve(task_group, c.metrics_host, c.metrics_port, c.path)
 
     async def stop(self) -> None:
-        """Retired (or its config refused): hand breaker counting back if this binding still has it."""
+        """Retired (or its config refused): hand the metrics listener and breaker counting back
+        if this binding still has them."""
+        if self._owner and self.endpoint is not None and self.config.metrics_port is not None:
+            self.endpoint.close()
         if self.metrics is not None:
             watch = self.metrics.breaker_watch
             for name, before in self._took.items():
