@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -382,3 +383,32 @@ async def test_a_caller_that_gives_up_does_not_shift_the_others_replies(redis_pr
     assert isinstance(done[2], asyncio.CancelledError)
     assert [d.remaining[0] for i, d in enumerate(done) if i != 2] == [99, 98, 96, 95, 94]
     assert again.remaining == (96,)  # the cancelled call was decided all the same: 3 taken, then 1
+
+
+@pytest.mark.anyio
+async def test_a_connect_that_hangs_costs_each_call_at_most_the_timeout() -> None:
+    """A Redis whose accept queue is full never completes the handshake: every call still
+    answers within the limiter's timeout, and a later wave is not stuck behind the first."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))  # the one slot of the queue
+    client = aioredis.Redis(host="127.0.0.1", port=port)
+    limiter = RedisRateLimiter(client, timeout=0.3)
+    limit = Limit(rate=10, period=60.0)
+    try:
+        for _ in range(2):  # a lone call, then a wave
+            started = asyncio.get_running_loop().time()
+            outcomes = await asyncio.gather(
+                *(limiter.acquire(f"k{i}", [limit]) for i in range(20)), return_exceptions=True
+            )
+            elapsed = asyncio.get_running_loop().time() - started
+            assert all(isinstance(o, RateLimiterUnavailable) for o in outcomes)
+            assert all("within 0.3 s" in str(o) for o in outcomes)
+            assert elapsed < 0.3 + 0.25
+    finally:
+        await limiter.aclose()
+        await client.aclose()
+        filler.close()
+        server.close()
