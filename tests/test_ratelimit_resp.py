@@ -412,3 +412,30 @@ async def test_a_connect_that_hangs_costs_each_call_at_most_the_timeout() -> Non
         await client.aclose()
         filler.close()
         server.close()
+
+
+@pytest.mark.anyio
+async def test_closing_the_limiter_gives_up_a_connection_still_being_opened() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))  # the one slot of the accept queue
+    client = aioredis.Redis(host="127.0.0.1", port=port)
+    limiter = RedisRateLimiter(client, timeout=30.0)
+
+    def opening() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if "_connect" in t.get_coro().__qualname__]  # type: ignore[union-attr]
+
+    try:
+        caller = asyncio.ensure_future(limiter.acquire("k", [Limit(rate=10, period=60.0)]))
+        await asyncio.sleep(0.1)  # the connection is being opened, and hangs
+        assert opening()
+        caller.cancel()  # the caller gives up; then the gateway stops
+        await limiter.aclose()
+        await asyncio.sleep(0)
+        assert not [t for t in opening() if not t.done()]
+    finally:
+        await client.aclose()
+        filler.close()
+        server.close()

@@ -348,13 +348,18 @@ class RespWire:
             await asyncio.wait(futures)
 
     def close(self) -> None:
-        """Drop the connection: calls in flight fail with ``ConnectionError``; queued ones wait."""
+        """Drop the connection: calls in flight fail with ``ConnectionError``; queued ones wait
+        (for a new connection).  With nobody waiting, a connection being opened is given up."""
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.close()
-        if self._watchdog is not None and not self._queue:
-            self._watchdog.cancel()
-            self._watchdog = None
+        if all(call.future.done() for call in self._queue):
+            if self._connecting is not None:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nothing runs it any more
+                    self._connecting.cancel()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         # First use, or a new event loop (the old one's connection cannot serve it).
