@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from ._config import ConsumerConfig, GatewayConfig, GatewaySettings
 from ._descriptions import RouteInfo, ServiceInfo
@@ -105,11 +105,22 @@ class UpstreamState:
             return str(verdict(instance))
         return "healthchecks_off"
 
-    def on_breaker_change(self, callback: BreakerChange) -> None:
-        """Call ``callback(old, new)`` whenever one of this service's breakers changes state."""
+    def on_breaker_change(self, callback: BreakerChange) -> Callable[[], None]:
+        """Call ``callback(old, new)`` whenever one of this service's breakers changes state.
+
+        Returns what stops it (call it from the plugin's ``stop``: a service kept across a
+        reload keeps its breakers, and would keep calling a retired plugin otherwise).
+        """
         on_change = getattr(self._guard, "on_change", None)
         if callable(on_change):
-            on_change(lambda breaker, old, new: callback(str(old), str(new)))
+            off = on_change(lambda breaker, old, new: callback(str(old), str(new)))
+            if callable(off):
+                return cast("Callable[[], None]", off)
+        return _nothing
+
+
+def _nothing() -> None:
+    return None
 
 
 def _address(key: Any) -> str:

@@ -424,3 +424,22 @@ async def test_a_metrics_listener_taken_over_goes_back_when_the_newer_endpoint_c
         running.close()
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))
+
+
+async def test_a_kept_service_does_not_collect_the_breaker_callbacks_of_retired_plugins() -> None:
+    breaker = {"consecutive_failures": 2, "open_for": 60, "per_instance": False}
+    async with _upstreams(2) as (a, b):
+        config = _config(a, b, breaker=breaker)
+        config["plugins"] = [{"name": "prometheus"}]
+        async with _running(config) as (gateway, client):
+            gateway.reloads.drain = 0  # retired plugins stop at once
+            guard = gateway.services["a"].guard
+            for n in range(5):
+                changed = dict(config, services=[config["services"][0], dict(config["services"][1])])
+                changed["services"][1]["routes"] = [{"name": "b", "paths": ["/b", f"/b{n}"]}]
+                await gateway.reload(changed)
+            with anyio.fail_after(5):
+                while len(guard._callbacks) > 1:  # noqa: ASYNC110 - the retirements run in the background
+                    await anyio.sleep(0.01)
+            assert gateway.services["a"].guard is guard  # kept, breakers and all
+            assert len(guard._callbacks) == 1  # the running plugin's only

@@ -330,6 +330,7 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         # This binding's breaker callbacks, and whose counted before it started (``_watch_breakers``).
         self._token = object()
         self._watched: list[str] = []
+        self._unwatch: list[Callable[[], None]] = []  # what stops this binding's breaker callbacks
         self._took: dict[str, object | None] = {}
 
     # -- config time ----------------------------------------------------------
@@ -387,7 +388,7 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         )
         if c.metrics_port is None:
             context.add_endpoint(c.path, self.endpoint, run_global_filters=False)
-        self._watched = _watch_breakers(context, self.metrics, self._token)
+        self._watched = _watch_breakers(context, self.metrics, self._token, self._unwatch)
         if c.per_consumer and not context.authenticating_plugins and not context.can_name_consumers:
             context.warn(
                 "config.per_consumer",
@@ -417,6 +418,10 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
                 if watch.get(name) is self._token and before is not None:
                     watch[name] = before
         self._took = {}
+        # A service kept across the reload keeps its breakers: they must not call us any more.
+        for stop in self._unwatch:
+            stop()
+        self._unwatch = []
 
     # -- the log phase --------------------------------------------------------
 
@@ -531,7 +536,9 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         child.inc()
 
 
-def _watch_breakers(context: PluginContext, metrics: Metrics, token: object) -> list[str]:
+def _watch_breakers(
+    context: PluginContext, metrics: Metrics, token: object, stops: list[Callable[[], None]]
+) -> list[str]:
     """Count breaker transitions as they happen (a scrape could miss a short open).
 
     A service kept across a reload keeps its breakers, and with them the callbacks of every
@@ -550,7 +557,7 @@ def _watch_breakers(context: PluginContext, metrics: Metrics, token: object) -> 
             if child is not None and watch.get(name) is token:
                 child.inc()
 
-        upstream.on_breaker_change(changed)
+        stops.append(upstream.on_breaker_change(changed))
     return list(context.upstreams)
 
 

@@ -44,6 +44,8 @@ request path never asks what an object can do.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -133,6 +135,7 @@ class UpstreamGuard:
         self.breaker_config = breaker
         self._failure_statuses = frozenset(breaker.failure_statuses if breaker else (500, 502, 503, 504))
         self._callbacks: list[BreakerChange] = []
+        self._dispatching = False  # the breakers call ``_changed`` (once the first watcher came)
         self.breaker: ObservableBreaker | None = None
         if make_breaker is not None:
             self.breaker = observable(make_breaker(None))
@@ -156,13 +159,28 @@ class UpstreamGuard:
 
     # -- observation -----------------------------------------------------------
 
-    def on_change(self, callback: BreakerChange) -> None:
-        """Call ``callback(breaker, old, new)`` on state changes of this service's breakers."""
+    def on_change(self, callback: BreakerChange) -> Callable[[], None]:
+        """Call ``callback(breaker, old, new)`` on state changes of this service's breakers.
+
+        Returns what stops it.  The breakers know one callback of the guard's, which calls
+        the current ones: a guard kept across reloads does not collect its watchers' callbacks.
+        """
+        if not self._dispatching:
+            self._dispatching = True
+            if self.breaker is not None:
+                self.breaker.on_change(self._changed)
+            for b in self.instance_breakers.values():
+                b.on_change(self._changed)
         self._callbacks.append(callback)
-        if self.breaker is not None:
-            self.breaker.on_change(callback)
-        for b in self.instance_breakers.values():
-            b.on_change(callback)
+        return functools.partial(self._off, callback)
+
+    def _off(self, callback: BreakerChange) -> None:
+        with contextlib.suppress(ValueError):  # stopped already
+            self._callbacks.remove(callback)
+
+    def _changed(self, breaker: Any, old: Any, new: Any) -> None:
+        for callback in tuple(self._callbacks):
+            callback(breaker, old, new)
 
     def breaker_for(self, instance: Instance) -> ObservableBreaker | None:
         """The breaker of ``instance`` (made on first use), ``None`` without per-instance breakers."""
@@ -179,8 +197,8 @@ class UpstreamGuard:
                     self.breaker_config, clock=self._clock, name=f"{self.name}/{instance.address}"
                 )
             b.on_change(self._count_unclosed)
-            for callback in self._callbacks:
-                b.on_change(callback)
+            if self._dispatching:
+                b.on_change(self._changed)
             self.instance_breakers[key] = b
             self._breaker_instances[key] = instance
         return b
