@@ -483,3 +483,51 @@ async def test_promtool_check_metrics_is_clean() -> None:
     assert not result.stdout.strip() and not result.stderr.strip(), (
         result.stdout.decode() + result.stderr.decode()
     )
+
+
+async def test_values_in_place_and_the_librarys_methods_record_the_same() -> None:
+    # The default registry keeps the values in plain lists (``_metric_cells``); the global one
+    # leaves them to prometheus-client's methods.  The same traffic, counted both ways.
+    def counts(found: dict[str, list[Sample]]) -> dict[tuple[str, str], float]:
+        """Every count (not the durations' sums, which differ run to run), by sample and labels."""
+        out: dict[tuple[str, str], float] = {}
+        for family, found_samples in found.items():
+            if not family.startswith(
+                ("gatekeep_http", "gatekeep_bandwidth", "gatekeep_request", "gatekeep_up")
+            ):
+                continue
+            for s in found_samples:
+                if s.name.endswith(("_count", "_total")) or (
+                    s.name.endswith("_bucket") and s.labels["le"] == "+Inf"
+                ):
+                    key = (s.name, repr(sorted((k, v) for k, v in s.labels.items() if k != "le")))
+                    out[key] = s.value
+        return out
+
+    async def traffic(client: TestClient) -> None:
+        for _ in range(3):
+            assert (await client.get("/x")).status == 200
+        assert (await client.post("/x", body=b"a" * 700)).status == 200
+        assert (await client.request("PURGE", "/x")).status == 200
+
+    async with gateway_for(plugins=[{"name": "prometheus"}]) as gw:
+        await traffic(gw.client)
+        in_place = counts(await scrape(gw.client, requests=5))
+    before = counts(samples(generate_latest(REGISTRY).decode()))
+    async with gateway_for(plugins=[{"name": "prometheus", "config": {"use_global_registry": True}}]) as gw:
+        await traffic(gw.client)
+        await scrape(gw.client, requests=5)
+        after = counts(samples(generate_latest(REGISTRY).decode()))
+    library = {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+    assert in_place == library
+    assert (
+        in_place[
+            (
+                "gatekeep_bandwidth_bytes_total",
+                repr([("direction", "ingress"), ("route", "all"), ("service", "upstream")]),
+            )
+        ]
+        == 700
+    )
+    method_other = [k for k in in_place if "OTHER" in k[1]]
+    assert method_other and all(in_place[k] == 1 for k in method_other)

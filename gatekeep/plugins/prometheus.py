@@ -8,9 +8,9 @@ Two kinds of metrics live in one ``CollectorRegistry`` that the gateway owns
 
 * **Per-request metrics** (requests, latencies, bandwidth, filter errors) are
   prometheus-client ``Counter``/``Histogram`` objects, recorded in
-  ``on_log`` after the last byte left.  Using the library's own value classes
-  is what makes multiprocess mode work: with ``PROMETHEUS_MULTIPROC_DIR`` set
-  they write to per-process mmap files that the exposition adds up.
+  ``on_log`` after the last byte left.  In multiprocess mode (with
+  ``PROMETHEUS_MULTIPROC_DIR`` set) their values are the library's, written to
+  per-process mmap files that the exposition adds up.
 * **Component state** (rate-limit decisions, breaker states, upstream health,
   discovery instances, JWKS fetches, ``gatekeep_info``) is read from the
   components themselves at scrape time by the custom collector
@@ -20,10 +20,12 @@ Two kinds of metrics live in one ``CollectorRegistry`` that the gateway owns
 The hot path: the labelled children of every metric are looked up once per
 distinct ``(route, method, status, source, consumer)`` and cached in a dict,
 so ``on_log`` does one dict lookup, a few float subtractions and the
-increments; no label strings are formatted per request.  The increments go
-straight to each child's value objects (prometheus-client's own, so
-multiprocess mode is unchanged): a histogram observation is one bisection
-and two increments, without the library's per-call checks.
+additions; no label strings are formatted per request.  The additions are made
+in place: each child's values live in one plain list (``_metric_cells``) that
+the child reads at scrape time, so a histogram observation is one bisection
+and two ``+=``, without a call or a lock.  Multiprocess mode and the global
+registry (which gateways on other threads may share) keep the library's own
+methods.
 
 Cardinality budget: ``route`` is the route's configured name (never the
 path); a request no gateway route matched has the wrapped app's route
@@ -48,6 +50,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from gatekeep import BasePlugin, Exchange, FilterError, validators
 from gatekeep.observability import BREAKER_STATES, GatewayCollector, MetricsEndpoint
+
+from ._metric_cells import counter_values, histogram_values
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -138,60 +142,65 @@ class PrometheusConfig:
     use_global_registry: bool = False
 
 
-_INF = float("inf")
-# A counter child's increment, called with the amount.
-_Inc = Callable[[float], None]
-
-
-class _Observe:
-    """A histogram child's observation, straight on its value objects."""
-
-    __slots__ = ("bounds", "buckets", "child", "sum")
-
-    def __init__(self, child: Any) -> None:
-        self.child = child
-        # prometheus-client's layout (0.20 ...): the sum's and each bucket's value, their bounds.
-        total: Any = getattr(child, "_sum", None)
-        buckets: Any = getattr(child, "_buckets", None)
-        bounds: Any = getattr(child, "_upper_bounds", None)
-        fits = callable(getattr(total, "inc", None)) and isinstance(buckets, list)
-        fits = fits and isinstance(bounds, list | tuple) and len(bounds) == len(buckets) > 0
-        if fits and bounds[-1] == _INF:
-            self.sum: _Inc | None = total.inc
-            self.buckets: list[_Inc] = [b.inc for b in buckets]
-            self.bounds: Sequence[float] = bounds
-        else:  # another layout: the public method
-            self.sum = None
-            self.buckets = []
-            self.bounds = []
-
-    def __call__(self, amount: float) -> None:
-        if self.sum is None:
-            self.child.observe(amount)
-            return
-        self.sum(amount)
-        # The first bucket whose bound is >= amount (the last is +Inf).
-        self.buckets[bisect_left(self.bounds, amount)](1)
-
-
-def _inc(child: Any) -> _Inc:
-    """A counter child's increment, straight on its value object when it has one."""
-    inc = getattr(getattr(child, "_value", None), "inc", None)
-    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
-
-
 class _Series:
-    """The cached children for one label combination (``None`` when off)."""
+    """The values of one label combination: lists the log phase adds to in place.
+
+    ``requests``, ``ingress`` and ``egress`` are ``[count]``; ``total``, ``upstream``
+    and ``gateway`` are ``[sum, bucket 0, ..., bucket +Inf]`` with their bounds in
+    ``latency_bounds`` and ``gateway_bounds`` (``_metric_cells``).  ``None`` when off.
+    ``library`` is set instead when the values cannot be lists (multiprocess mode,
+    the global registry): then the library's own methods record.
+    """
+
+    __slots__ = (
+        "egress",
+        "gateway",
+        "gateway_bounds",
+        "ingress",
+        "latency_bounds",
+        "library",
+        "requests",
+        "total",
+        "upstream",
+    )
+
+    def __init__(self) -> None:
+        self.requests: list[float] | None = None
+        self.total: list[float] | None = None
+        self.upstream: list[float] = []
+        self.gateway: list[float] = []
+        self.latency_bounds: Sequence[float] = ()
+        self.gateway_bounds: Sequence[float] = ()
+        self.ingress: list[float] = []
+        self.egress: list[float] | None = None
+        self.library: _LibrarySeries | None = None
+
+
+class _LibrarySeries:
+    """The children of one label combination, recorded through the library's methods."""
 
     __slots__ = ("egress", "gateway", "ingress", "requests", "total", "upstream")
 
     def __init__(self) -> None:
-        self.requests: _Inc | None = None
-        self.total: _Observe | None = None
+        self.requests: Any = None
+        self.total: Any = None
         self.upstream: Any = None
         self.gateway: Any = None
         self.ingress: Any = None
-        self.egress: _Inc | None = None
+        self.egress: Any = None
+
+    def record(self, total: float, upstream: float, started: bool, bytes_out: int, bytes_in: int) -> None:
+        if self.requests is not None:
+            self.requests.inc()
+        if self.total is not None:
+            self.total.observe(total)
+            if started:
+                self.upstream.observe(upstream)
+            self.gateway.observe(total - upstream if total > upstream else 0.0)
+        if self.egress is not None:
+            self.egress.inc(bytes_out)
+            if bytes_in:
+                self.ingress.inc(bytes_in)
 
 
 @attrs.frozen
@@ -322,6 +331,9 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         self._bandwidth = c.bandwidth_metrics
         self._consumer_limit = c.consumer_label_limit
         self._cache: dict[tuple[Any, ...], _Series] = {}
+        # Values kept in plain lists (``_metric_cells``): not in the global registry, which other
+        # gateways of this process, on other threads, may record into too.
+        self._in_place = not c.use_global_registry
         self._consumer_labels: dict[str, str] = {}
         self._template_labels: dict[str, str] = {}
         self._error_children: dict[str, Any] = {}
@@ -356,6 +368,7 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         if first is not self and first.metrics is not None:
             self._owner = False
             self.registry, self.metrics, self.collector = first.registry, first.metrics, first.collector
+            self._in_place = first._in_place
             self.endpoint = first.endpoint
             self._path = first._path
             return
@@ -455,22 +468,45 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         series = self._cache.get(key)
         if series is None:
             series = self._series(key)
-        if series.requests is not None:
-            series.requests(1)
-        if series.total is not None:
+        library = series.library
+        if library is not None:
             total = exchange.end - exchange.start
-            if total < 0.0:
-                total = 0.0
-            series.total(total)
-            upstream = exchange.upstream_duration
-            if exchange.upstream_start:
-                series.upstream(upstream)
-            series.gateway(total - upstream if total > upstream else 0.0)
-        if series.egress is not None:
-            series.egress(exchange.bytes_out)
-            bytes_in = exchange.bytes_in or _content_length(request.headers.raw)
-            if bytes_in:
-                series.ingress(bytes_in)
+            library.record(
+                total if total > 0.0 else 0.0,
+                exchange.upstream_duration,
+                bool(exchange.upstream_start),
+                exchange.bytes_out,
+                exchange.bytes_in or _content_length(request.headers.raw),
+            )
+        else:
+            # In place (``_metric_cells``): a histogram's amount goes into its sum and into
+            # the first bucket whose bound is at least the amount.
+            values = series.requests
+            if values is not None:
+                values[0] += 1
+            values = series.total
+            if values is not None:
+                total = exchange.end - exchange.start
+                if total < 0.0:
+                    total = 0.0
+                bounds = series.latency_bounds
+                values[0] += total
+                values[1 + bisect_left(bounds, total)] += 1
+                upstream = exchange.upstream_duration
+                if exchange.upstream_start:
+                    values = series.upstream
+                    values[0] += upstream
+                    values[1 + bisect_left(bounds, upstream)] += 1
+                gateway = total - upstream if total > upstream else 0.0
+                values = series.gateway
+                values[0] += gateway
+                values[1 + bisect_left(series.gateway_bounds, gateway)] += 1
+            values = series.egress
+            if values is not None:
+                values[0] += exchange.bytes_out
+                bytes_in = exchange.bytes_in or _content_length(request.headers.raw)
+                if bytes_in:
+                    series.ingress[0] += bytes_in
         error = exchange.error
         if error is not None and isinstance(error, FilterError):
             self._filter_error(error)
@@ -506,19 +542,23 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
             service_label, route_label = "", route
         else:
             service_label, route_label = route.service.name, route.name
+        children = _LibrarySeries()
         if self._status:
             labels = [service_label, route_label, method, str(status), source]
             if metrics.shape.consumer_label:
                 labels.append(consumer)
-            series.requests = _inc(metrics.requests.labels(*labels))
+            children.requests = metrics.requests.labels(*labels)
         if self._latency:
-            series.total = _Observe(metrics.request_duration.labels(service_label, route_label))
-            series.upstream = _Observe(metrics.upstream_duration.labels(service_label, route_label))
-            series.gateway = _Observe(metrics.gateway_duration.labels(service_label, route_label))
+            children.total = metrics.request_duration.labels(service_label, route_label)
+            children.upstream = metrics.upstream_duration.labels(service_label, route_label)
+            children.gateway = metrics.gateway_duration.labels(service_label, route_label)
         if self._bandwidth:
             extra = [consumer] if metrics.shape.consumer_label else []
-            series.ingress = _inc(metrics.bandwidth.labels(service_label, route_label, "ingress", *extra))
-            series.egress = _inc(metrics.bandwidth.labels(service_label, route_label, "egress", *extra))
+            children.ingress = metrics.bandwidth.labels(service_label, route_label, "ingress", *extra)
+            children.egress = metrics.bandwidth.labels(service_label, route_label, "egress", *extra)
+        if not self._in_place or not _in_lists(series, children):
+            series = _Series()
+            series.library = children
         if len(self._cache) < _CACHE_LIMIT:
             self._cache[key] = series
         return series
@@ -559,6 +599,30 @@ def _watch_breakers(
 
         stops.append(upstream.on_breaker_change(changed))
     return list(context.upstreams)
+
+
+def _in_lists(series: _Series, children: _LibrarySeries) -> bool:
+    """Keep the children's values in ``series``' lists (``_metric_cells``); False if one cannot be."""
+    if children.requests is not None:
+        series.requests = counter_values(children.requests)
+        if series.requests is None:
+            return False
+    if children.total is not None:
+        total = histogram_values(children.total)
+        upstream = histogram_values(children.upstream)
+        gateway = histogram_values(children.gateway)
+        if total is None or upstream is None or gateway is None:
+            return False
+        series.total, series.upstream, series.gateway = total, upstream, gateway
+        series.latency_bounds = children.total._upper_bounds
+        series.gateway_bounds = children.gateway._upper_bounds
+    if children.egress is not None:
+        ingress = counter_values(children.ingress)
+        egress = counter_values(children.egress)
+        if ingress is None or egress is None:
+            return False
+        series.ingress, series.egress = ingress, egress
+    return True
 
 
 def _content_length(raw: list[tuple[bytes, bytes]]) -> int:
