@@ -73,6 +73,11 @@ _MAX_BUFFER: Final = 1 << 20
 # An array of integers and what follows it: a reply of the limiter's shape, unless the count
 # differs (then one of another shape that the general path reads).
 _INTEGERS: Final = re.compile(rb"\*([0-9]+)\r\n((?::-?[0-9]+\r\n)*)")
+# By the byte after "*": the whole array of that many (1 to 9) integers, each a group.
+_SHAPES: Final[tuple[re.Pattern[bytes] | None, ...]] = tuple(
+    re.compile(rb"\*%d\r\n" % (c - 0x30) + rb":(-?[0-9]+)\r\n" * (c - 0x30)) if 0x31 <= c <= 0x39 else None
+    for c in range(256)
+)
 
 
 class Incomplete(Exception):
@@ -242,12 +247,23 @@ class RespProtocol(asyncio.Protocol):
         pos = 0
         waiting = self.waiting
         size = len(buf)
+        shapes = _SHAPES
         try:
             while waiting and pos < size:
-                try:
-                    reply, pos = parse(buf, pos)
-                except Incomplete:
-                    break
+                # The limiter's reply (an array of up to 9 integers) whole in ``buf``: one match.
+                found = None
+                if buf[pos] == 0x2A and pos + 2 < size and buf[pos + 2] == 0x0D:  # "*N\r"
+                    shape = shapes[buf[pos + 1]]
+                    if shape is not None:
+                        found = shape.match(buf, pos)
+                if found is not None:
+                    reply: Any = list(map(int, found.groups()))
+                    pos = found.end()
+                else:
+                    try:
+                        reply, pos = parse(buf, pos)
+                    except Incomplete:
+                        break
                 self.replies += 1
                 call = waiting.popleft()
                 if type(reply) is NoScriptError and self._owner is not None:
