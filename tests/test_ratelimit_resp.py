@@ -91,7 +91,8 @@ def test_any_replies_split_anywhere_parse_back(found: list[Any], data: st.DataOb
 # that the parser's fast path for integer arrays must tell from its own.
 integer_replies: st.SearchStrategy[Any] = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=12),  # counts of one digit and of two
+    # Counts of one digit (read by the wire's fast path) and of two.
+    st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=12),
     st.lists(st.one_of(st.integers(), st.lists(st.integers(), max_size=3)), max_size=4),
 )
 
