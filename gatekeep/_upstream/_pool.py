@@ -217,12 +217,14 @@ class UpstreamPool:
         sent = False
         fresh = False
         while True:
-            try:
-                conn = await self._checkout(origin, timeouts, fresh)
-            except GatekeepError as exc:
-                exc.request_sent = sent  # type: ignore[attr-defined]
-                exc.body_untouched = source is None or source.untouched  # type: ignore[attr-defined]
-                raise
+            conn = None if fresh else self._idle_now(origin)
+            if conn is None:
+                try:
+                    conn = await self._checkout(origin, timeouts, fresh)
+                except GatekeepError as exc:
+                    exc.request_sent = sent  # type: ignore[attr-defined]
+                    exc.body_untouched = source is None or source.untouched  # type: ignore[attr-defined]
+                    raise
             try:
                 head = await conn.exchange(
                     method_b, target, out, source, read_timeout=timeouts.read, write_timeout=timeouts.write
@@ -256,7 +258,8 @@ class UpstreamPool:
             if ended:
                 # The whole body came with the head: the connection goes back
                 # to the pool, the body is handed over as bytes (one send to the client).
-                await self._release(origin, conn, reuse=True)
+                if not self._release_now(origin, conn):
+                    await self._release(origin, conn, reuse=True)
                 return Response(head.status, Headers(head.headers), pending or b"", "service")
             stream = _ResponseStream(self, origin, conn, timeouts.read, pending)
             return Response(head.status, Headers(head.headers), stream, "service", [stream.aclose])
@@ -302,6 +305,22 @@ class UpstreamPool:
         self._origins[(instance.scheme, instance.host, instance.port, tls)] = origin
         return origin
 
+    def _idle_now(self, origin: _Origin) -> UpstreamConnection | None:
+        """The newest idle connection with its slot, when both are there and it is good for
+        another cycle (the common case, without a coroutine); else None and ``_checkout`` decides."""
+        idle = origin.idle
+        if not idle:
+            return None
+        conn = idle[-1]
+        if conn.idle_since < self._clock() - self._limits.idle_timeout or conn.is_stale():
+            return None  # (``_checkout`` closes it)
+        try:
+            origin.slots.acquire_nowait()
+        except anyio.WouldBlock:
+            return None
+        idle.pop()
+        return conn
+
     async def _checkout(self, origin: _Origin, timeouts: Timeouts, fresh: bool) -> UpstreamConnection:
         slots = origin.slots
         try:
@@ -340,6 +359,27 @@ class UpstreamPool:
         except BaseException:
             slots.release()
             raise
+
+    def _release_now(self, origin: _Origin, conn: UpstreamConnection) -> bool:
+        """``_release(reuse=True)`` when no connection has to be closed (the common case, without
+        a coroutine); False when ``_release`` has to do it."""
+        idle = origin.idle
+        if (
+            self._closed
+            or origin.closed
+            or not conn.is_reusable
+            or len(idle) >= self._limits.max_idle
+            or conn.is_stale()
+        ):
+            return False
+        now = self._clock()
+        if idle and idle[0].idle_since < now - self._limits.idle_timeout:
+            return False  # an idle one to close on the way
+        conn.start_next_cycle()
+        conn.idle_since = now
+        idle.append(conn)
+        origin.slots.release()
+        return True
 
     async def _release(self, origin: _Origin, conn: UpstreamConnection, *, reuse: bool) -> None:
         """Give back the slot, and the connection if it can carry another cycle."""
