@@ -64,6 +64,8 @@ _BAD_VALUE: Final = re.compile(rb"[\r\n\x00]").search
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date", b"server"})
 # Field names seen before, checked and lowered: most responses repeat the same few.
 _NAMES: dict[bytes, bytes] = {}
+# The same, for the names this head copies as they are (not in _FRAMING): "name: ".
+_PREFIXES: dict[bytes, bytes] = {}
 _NAMES_LIMIT: Final = 4096
 
 
@@ -75,8 +77,11 @@ def _checked_name(name: Any) -> bytes:
         raise ValueError(f"invalid response header name {raw!r}")
     if len(_NAMES) >= _NAMES_LIMIT:
         _NAMES.clear()  # names from an app that invents them: start over, stay bounded
+        _PREFIXES.clear()
     if type(name) is bytes:
         _NAMES[name] = low
+        if low not in _FRAMING:
+            _PREFIXES[name] = low + b": "
     return low
 
 
@@ -122,9 +127,16 @@ def response_head(
     length = -1
     chunked = False
     has_date = False
+    prefixes = _PREFIXES
     names = _NAMES
     values: list[bytes] = []
     for name, value in headers:
+        prefix = prefixes.get(name)
+        if prefix is not None and type(value) is bytes:
+            # The common case: a field this head copies as it is, its name seen before.
+            parts += (prefix, value, b"\r\n")
+            values.append(value)
+            continue
         low = names.get(name)
         if low is None:
             low = _checked_name(name)
