@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gatekeep import Gateway, asgi
 from gatekeep._http import EMPTY_BODY
 
@@ -78,3 +81,30 @@ def test_a_client_given_as_a_list_and_an_ipv6_host() -> None:
     assert request.client == ("::1", 5)
     assert request.host == "[::1]"
     assert request.raw_path == b"/"
+
+
+def reference_host(value: bytes) -> str:
+    """The host name of a ``Host`` value, written here independently: port cut off, lowered."""
+    text = value.decode("latin-1")
+    if text.startswith("["):
+        return (text.partition("]")[0] + "]").lower()  # an IPv6 literal, closed
+    return text.rsplit(":", 1)[0].lower()
+
+
+@given(st.binary(min_size=1, max_size=30) | st.builds(lambda b: b"[" + b, st.binary(max_size=30)))
+def test_the_host_is_the_same_the_first_time_and_every_time_after(value: bytes) -> None:
+    app = asgi(Gateway(CONFIG))
+    first = app.request_from_scope(scope(headers=[(b"host", value)]), EMPTY_BODY).host
+    again = app.request_from_scope(scope(headers=[(b"host", value)]), EMPTY_BODY).host  # remembered
+    assert first == again == reference_host(value)
+
+
+def test_the_remembered_host_names_stay_bounded() -> None:
+    from gatekeep.adapters import _asgi
+
+    app = asgi(Gateway(CONFIG))
+    for n in range(3 * _asgi._HOSTS_LIMIT):
+        assert app.request_from_scope(scope(headers=[(b"host", b"h%d.example:1" % n)]), EMPTY_BODY).host == (
+            f"h{n}.example"
+        )
+    assert len(_asgi._HOSTS) <= _asgi._HOSTS_LIMIT

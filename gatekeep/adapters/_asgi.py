@@ -147,6 +147,27 @@ class _Body:
 
 # The body of a request without one (nothing to read, nothing to watch for).
 _NO_BODY = _Body(None, None)  # type: ignore[arg-type]
+
+# Host header values seen before and their host names: most traffic repeats a few.
+_HOSTS: dict[bytes, str] = {}
+_HOSTS_LIMIT = 1024
+
+
+def _host_name(value: bytes) -> str:
+    """The host name of a ``Host`` value (the port cut off, lowered); remembered."""
+    host = value.decode("latin-1")
+    if host.startswith("["):
+        host = host.split("]", 1)[0] + "]"
+    else:
+        colon = host.rfind(":")  # (``rsplit(":", 1)[0]`` without the list)
+        if colon >= 0:
+            host = host[:colon]
+    host = host.lower()
+    if len(_HOSTS) >= _HOSTS_LIMIT:
+        _HOSTS.clear()  # a client inventing hosts: start over, stay bounded
+    if type(value) is bytes:
+        _HOSTS[value] = host
+    return host
 _NO_BODY.done = True
 
 
@@ -274,16 +295,12 @@ class ASGIApp:
                 host_header = value
                 break
         if host_header:
-            host = host_header.decode("latin-1")
-            if host.startswith("["):
-                host = host.split("]", 1)[0] + "]"
-            else:
-                colon = host.rfind(":")  # (``rsplit(":", 1)[0]`` without the list)
-                if colon >= 0:
-                    host = host[:colon]
+            host = _HOSTS.get(host_header) if type(host_header) is bytes else None
+            if host is None:
+                host = _host_name(host_header)
         else:
             server = scope.get("server") or ("", None)
-            host = server[0] or ""
+            host = (server[0] or "").lower()
         client = scope.get("client")
         extensions = scope.get("extensions")
         tls = extensions.get("tls") if extensions else None
@@ -296,7 +313,7 @@ class ASGIApp:
             headers,  # headers
             body,  # body
             scope.get("scheme", "http"),  # scheme
-            host.lower(),  # host
+            host,  # host
             raw_path,  # raw_path
             (client[0], client[1]) if client else None,  # client
             scope.get("server"),  # server
