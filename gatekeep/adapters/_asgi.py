@@ -147,6 +147,7 @@ class _Body:
 
 # The body of a request without one (nothing to read, nothing to watch for).
 _NO_BODY = _Body(None, None)  # type: ignore[arg-type]
+_NO_BODY.done = True
 
 # Host header values seen before and their host names: most traffic repeats a few.
 _HOSTS: dict[bytes, str] = {}
@@ -168,7 +169,6 @@ def _host_name(value: bytes) -> str:
     if type(value) is bytes:
         _HOSTS[value] = host
     return host
-_NO_BODY.done = True
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
