@@ -486,8 +486,8 @@ async def test_promtool_check_metrics_is_clean() -> None:
 
 
 async def test_values_in_place_and_the_librarys_methods_record_the_same() -> None:
-    # The default registry keeps the values in plain lists (``_metric_cells``); the global one
-    # leaves them to prometheus-client's methods.  The same traffic, counted both ways.
+    # The default registry keeps the values in plain lists (``gatekeep.observability.counter_values``);
+    # the global one leaves them to prometheus-client's methods.  The same traffic, counted both ways.
     def counts(found: dict[str, list[Sample]]) -> dict[tuple[str, str], float]:
         """Every count (not the durations' sums, which differ run to run), by sample and labels."""
         out: dict[tuple[str, str], float] = {}

@@ -1,4 +1,4 @@
-"""The prometheus plugin adds to a child's values in place (``gatekeep.plugins._metric_cells``):
+"""The prometheus plugin adds to a child's values in place (``gatekeep.observability.counter_values``):
 the samples are exactly what the library's own ``observe``/``inc`` would have made, the
 child's own methods keep working on the same numbers, and values the library keeps
 elsewhere (multiprocess mode) are left to the library."""
@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.values import MultiProcessValue
 
-from gatekeep.plugins._metric_cells import counter_values, histogram_values
+from gatekeep.observability import counter_values, histogram_values
 from gatekeep.plugins.prometheus import LATENCY_BUCKETS
 
 AMOUNTS = [0.0, 0.0005, 0.001, 0.0010000001, 0.0025, 0.07, 1.0, 59.999, 60.0, 60.5, 1e9, float("inf")]

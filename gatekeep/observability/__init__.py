@@ -4,7 +4,8 @@
   breakers, health, discovery, JWKS) at scrape time; ``MetricsEndpoint``
   serves the exposition for ASGI and WSGI, multiprocess mode included.  The
   ``prometheus`` plugin (``gatekeep.plugins.prometheus``) records per-request
-  metrics and attaches both.
+  metrics and attaches both; ``counter_values`` and ``histogram_values`` let it
+  (or any plugin) add to a child's values in place, without a call or a lock.
 * W3C Trace Context: ``TraceContext``, ``parse_traceparent`` and
   ``format_traceparent``, used by the ``tracing`` plugin
   (``gatekeep.plugins.tracing``) and third-party tracers.
@@ -14,6 +15,7 @@ The ``access-log`` plugin (``gatekeep.plugins.access_log``) needs no library.
 
 from __future__ import annotations
 
+from ._cells import counter_values, histogram_values
 from ._collectors import BREAKER_STATES, GatewayCollector
 from ._exposition import MetricsEndpoint, multiprocess_dir
 from ._trace_context import (
@@ -37,7 +39,9 @@ __all__ = [
     "GatewayCollector",
     "MetricsEndpoint",
     "TraceContext",
+    "counter_values",
     "format_traceparent",
+    "histogram_values",
     "multiprocess_dir",
     "new_span_id",
     "new_trace_id",

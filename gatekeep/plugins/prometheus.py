@@ -21,8 +21,8 @@ The hot path: the labelled children of every metric are looked up once per
 distinct ``(route, method, status, source, consumer)`` and cached in a dict,
 so ``on_log`` does one dict lookup, a few float subtractions and the
 additions; no label strings are formatted per request.  The additions are made
-in place: each child's values live in one plain list (``_metric_cells``) that
-the child reads at scrape time, so a histogram observation is one bisection
+in place: each child's values live in one plain list that the child reads
+at scrape time (``gatekeep.observability.histogram_values``), so a histogram observation is one bisection
 and two ``+=``, without a call or a lock.  Multiprocess mode and the global
 registry (which gateways on other threads may share) keep the library's own
 methods.
@@ -49,9 +49,13 @@ import attrs
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from gatekeep import BasePlugin, Exchange, FilterError, validators
-from gatekeep.observability import BREAKER_STATES, GatewayCollector, MetricsEndpoint
-
-from ._metric_cells import counter_values, histogram_values
+from gatekeep.observability import (
+    BREAKER_STATES,
+    GatewayCollector,
+    MetricsEndpoint,
+    counter_values,
+    histogram_values,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -147,7 +151,7 @@ class _Series:
 
     ``requests``, ``ingress`` and ``egress`` are ``[count]``; ``total``, ``upstream``
     and ``gateway`` are ``[sum, bucket 0, ..., bucket +Inf]`` with their bounds in
-    ``latency_bounds`` and ``gateway_bounds`` (``_metric_cells``).  ``None`` when off.
+    ``latency_bounds`` and ``gateway_bounds`` (``histogram_values``).  ``None`` when off.
     ``library`` is set instead when the values cannot be lists (multiprocess mode,
     the global registry): then the library's own methods record.
     """
@@ -331,8 +335,8 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
         self._bandwidth = c.bandwidth_metrics
         self._consumer_limit = c.consumer_label_limit
         self._cache: dict[tuple[Any, ...], _Series] = {}
-        # Values kept in plain lists (``_metric_cells``): not in the global registry, which other
-        # gateways of this process, on other threads, may record into too.
+        # Values kept in plain lists (``counter_values``, ``histogram_values``): not in the global
+        # registry, which other gateways of this process, on other threads, may record into too.
         self._in_place = not c.use_global_registry
         self._consumer_labels: dict[str, str] = {}
         self._template_labels: dict[str, str] = {}
@@ -479,7 +483,7 @@ class PrometheusFilter(BasePlugin[PrometheusConfig]):
                 exchange.bytes_in or _content_length(request.headers.raw),
             )
         else:
-            # In place (``_metric_cells``): a histogram's amount goes into its sum and into
+            # In place (``histogram_values``): a histogram's amount goes into its sum and into
             # the first bucket whose bound is at least the amount.
             values = series.requests
             if values is not None:
@@ -602,7 +606,7 @@ def _watch_breakers(
 
 
 def _in_lists(series: _Series, children: _LibrarySeries) -> bool:
-    """Keep the children's values in ``series``' lists (``_metric_cells``); False if one cannot be."""
+    """Keep the children's values in ``series``' lists (``counter_values``...); False if one cannot be."""
     if children.requests is not None:
         series.requests = counter_values(children.requests)
         if series.requests is None:

@@ -1,4 +1,4 @@
-"""A prometheus-client child's values as one plain list the log phase adds to in place.
+"""A prometheus-client child's values as one plain list a log phase adds to in place.
 
 prometheus-client keeps each value of a child (a counter's count, a
 histogram's sum and each bucket's count) in a ``MutexValue``: a float behind a
@@ -9,8 +9,10 @@ exposition (and anyone calling the child's own ``inc``/``observe``) sees the sam
 numbers, and the log phase changes them with ``values[i] += amount``: no call,
 no lock.
 
-That is safe because one event loop records them: the gateway's (every adapter
-runs the gateway on one loop, the WSGI one through a portal).  Values that live
+That is safe when one event loop records them, as the gateway's plugins do
+(every adapter runs the gateway on one loop, the WSGI one through a portal); a
+child that threads share (prometheus-client's global registry) should keep the
+library's methods.  Values that live
 elsewhere are left alone: multiprocess mode's (mmap files shared by the
 workers), or another library version's layout.  Both functions answer ``None``
 then, and the caller uses the library's methods.
