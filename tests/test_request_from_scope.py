@@ -1,8 +1,9 @@
 """What a filter sees of an ASGI scope: every field of ``Request`` from its own part of the scope.
 
-``request_from_scope`` builds the request on every call (the native path too); it
-passes the fields positionally for speed, so each one is checked here with a value
-no other field has.
+``request_from_scope`` builds the request on every call; it passes the fields
+positionally for speed, so each one is checked here with a value no other field
+has.  ``gatekeep serve`` builds it from the parsed head instead
+(``request_from_head``): the same request, checked against the head's scope.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatekeep import Gateway, asgi
+from gatekeep import Gateway, Request, asgi
+from gatekeep._front._protocol import RequestHead
 from gatekeep._http import EMPTY_BODY
 
 CONFIG = {"services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [{"paths": ["/"]}]}]}
@@ -108,3 +110,66 @@ def test_the_remembered_host_names_stay_bounded() -> None:
             f"h{n}.example"
         )
     assert len(_asgi._HOSTS) <= _asgi._HOSTS_LIMIT
+
+
+class _Shared:
+    lifespan_state: dict[str, Any] = {}
+
+
+class _Conn:
+    """What a ``RequestHead`` reads of its connection (``HTTPConnection``'s fields)."""
+
+    def __init__(self, client: Any, server: Any, scheme: str, tls: Any) -> None:
+        self.client, self.server, self.scheme, self.tls = client, server, scheme, tls
+        self.shared = _Shared()
+
+
+_fields = st.binary(max_size=12)
+_heads = st.builds(
+    lambda method, version, path, query, headers, host, client, server, tls: RequestHead(
+        method,
+        version,
+        path,
+        query,
+        path,
+        [(b"host", host)] + headers if host is not None else headers,
+        host,
+        _Conn(client, server, "https" if tls else "http", {"server_cert": None} if tls else None),
+    ),
+    st.sampled_from(["GET", "POST", "PURGE"]),
+    st.sampled_from(["1.0", "1.1"]),
+    st.builds(lambda b: b"/" + b.replace(b"?", b""), _fields),  # (the parser cut the query off)
+    _fields,
+    st.lists(st.tuples(st.sampled_from([b"accept", b"x-a"]), _fields), max_size=3),
+    st.none() | _fields | st.builds(lambda b: b"[" + b, _fields),
+    st.none() | st.tuples(st.sampled_from(["10.0.0.1", "::1"]), st.integers(1, 65535)),
+    st.none() | st.tuples(st.sampled_from(["10.9.9.9", "Example.COM"]), st.integers(1, 65535)),
+    st.booleans(),
+)
+
+
+def fields(request: Request) -> tuple[Any, ...]:
+    return (
+        request.method,
+        request.path,
+        request.query_string,
+        list(request.headers.raw),
+        request.body,
+        request.scheme,
+        request.host,
+        request.raw_path,
+        request.client,
+        request.server,
+        request.http_version,
+        request.state,
+    )
+
+
+@given(_heads)
+def test_the_front_servers_head_makes_the_request_its_scope_would(head: RequestHead) -> None:
+    # ``gatekeep serve`` builds requests from the parsed head (no scope); any other server's
+    # scope goes through ``request_from_scope``: the same request either way.
+    app = asgi(Gateway(CONFIG))
+    assert fields(app.request_from_head(head, EMPTY_BODY)) == fields(
+        app.request_from_scope(head.scope(), EMPTY_BODY)
+    )

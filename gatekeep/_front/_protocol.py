@@ -373,33 +373,18 @@ class HTTPConnection(asyncio.Protocol):
             parts = raw_path.split(b"/", 3)
             path = b"/" + parts[3] if len(parts) == 4 else b"/"
         method = _METHODS.get(method_bytes) or method_bytes.decode("ascii")
-        scope: Scope = {
-            "type": "http",
-            "asgi": _ASGI_VERSION,
-            "http_version": version,
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,
-            "method": method,
-            "root_path": "",
-            "path": unquote(path.decode("latin-1")),
-            "raw_path": raw_path,
-            "query_string": query,
-            "headers": self.headers,
-        }
-        if self.shared.lifespan_state:
-            scope["state"] = self.shared.lifespan_state.copy()
-        if self.tls is not None:
-            scope["extensions"] = {"tls": self.tls}
+        head = RequestHead(
+            method, version, raw_path, query, path, self.headers, hosts[0] if hosts else None, self
+        )
         if websocket:
-            self._start_websocket(websocket_scope(scope))
+            self._start_websocket(websocket_scope(head.scope()))
             return
         keep_alive = parser.should_keep_alive() and not self.shared.draining
         if self.coded and version == "1.0":
             # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
             # framing: it is answered, then the connection is closed.
             keep_alive = False
-        cycle = _Cycle(self, scope, keep_alive=keep_alive, expect=self.expect and version == "1.1")
+        cycle = _Cycle(self, head, keep_alive=keep_alive, expect=self.expect and version == "1.1")
         cycle.head_request = method == "HEAD"
         cycle.http_11 = version == "1.1"
         cycle.has_body = self.has_body
@@ -495,15 +480,15 @@ class HTTPConnection(asyncio.Protocol):
     def cycle_done(self, cycle: _Cycle) -> None:
         """The app sent the last byte of ``cycle``'s response."""
         if self.shared.access_log:
-            scope = cycle.scope
-            query = scope["query_string"]
-            target = scope["raw_path"] + (b"?" + query if query else b"")
+            head = cycle.head
+            query = head.query_string
+            target = head.raw_path + (b"?" + query if query else b"")
             access_log.info(
                 '%s - "%s %s HTTP/%s" %d',
                 f"{self.client[0]}:{self.client[1]}" if self.client else "-",
-                scope["method"],
+                head.method,
                 target.decode("latin-1"),
-                scope["http_version"],
+                head.version,
                 cycle.status,
             )
         if self.closing:
@@ -713,7 +698,7 @@ class HTTPConnection(asyncio.Protocol):
         if cycle is not None and cycle.upgrade_body:
             # Prime the new parser with a head framing the body the same way, then feed the body.
             framing = next(
-                (f"{k.decode()}: {v.decode('latin-1')}" for k, v in cycle.scope["headers"] if k in _FRAMING),
+                (f"{k.decode()}: {v.decode('latin-1')}" for k, v in cycle.head.headers if k in _FRAMING),
                 "content-length: 0",
             )
             self.priming = True
@@ -743,6 +728,55 @@ class _Upgraded(Exception):
         self.rest = rest
 
 
+class RequestHead:
+    """What the parser read of a request's head, with the connection it came on."""
+
+    __slots__ = ("conn", "headers", "host", "method", "path", "query_string", "raw_path", "version")
+
+    def __init__(
+        self,
+        method: str,
+        version: str,
+        raw_path: bytes,
+        query_string: bytes,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        host: bytes | None,
+        conn: HTTPConnection,
+    ) -> None:
+        self.method = method
+        self.version = version
+        self.raw_path = raw_path  # the target before "?" (absolute form: whole)
+        self.query_string = query_string
+        self.path = path  # the path of the target, still percent-encoded
+        self.headers = headers
+        self.host = host  # the Host field's value (the parser checked there is at most one)
+        self.conn = conn  # its ``client``, ``server``, ``scheme`` and ``tls``
+
+    def scope(self) -> Scope:
+        """The ASGI scope of this request."""
+        conn = self.conn
+        scope: Scope = {
+            "type": "http",
+            "asgi": _ASGI_VERSION,
+            "http_version": self.version,
+            "server": conn.server,
+            "client": conn.client,
+            "scheme": conn.scheme,
+            "method": self.method,
+            "root_path": "",
+            "path": unquote(self.path.decode("latin-1")),
+            "raw_path": self.raw_path,
+            "query_string": self.query_string,
+            "headers": self.headers,
+        }
+        if conn.shared.lifespan_state:
+            scope["state"] = conn.shared.lifespan_state.copy()
+        if conn.tls is not None:
+            scope["extensions"] = {"tls": conn.tls}
+        return scope
+
+
 class _Cycle:
     """One request and its response: the ASGI ``receive`` and ``send`` of a scope."""
 
@@ -764,16 +798,18 @@ class _Cycle:
         "remaining",
         "response_complete",
         "response_started",
-        "scope",
+        "head",
+        "_scope",
         "status",
         "task",
         "upgrade_body",
         "waiter",
     )
 
-    def __init__(self, conn: HTTPConnection, scope: Scope, *, keep_alive: bool, expect: bool) -> None:
+    def __init__(self, conn: HTTPConnection, head: RequestHead, *, keep_alive: bool, expect: bool) -> None:
         self.conn = conn
-        self.scope = scope
+        self.head = head
+        self._scope: Scope | None = None
         self.keep_alive = keep_alive
         self.expect = expect  # 100 Continue still owed when the app first reads
         self.body: list[bytes] = []
@@ -795,6 +831,14 @@ class _Cycle:
         # Native handlers: called once if the client goes away before the answer is complete.
         self.on_disconnect: Callable[[], None] | None = None
         self.task: asyncio.Task[None] | None = None  # a native handler's, once started
+
+    @property
+    def scope(self) -> Scope:
+        """The ASGI scope of the request (made on first use: gatekeep's native handler reads ``head``)."""
+        scope = self._scope
+        if scope is None:
+            scope = self._scope = self.head.scope()
+        return scope
 
     def wake(self) -> None:
         waiter = self.waiter

@@ -64,7 +64,7 @@ from .._http import EMPTY_BODY, Headers, Request, Response, header_names, proble
 from .._websocket._session import relay
 from .._websocket._upstream import UPSTREAM
 from ._asgi_app import _UPGRADE, ASGI, AppCaller, AppLifespan, Receive, Scope, Send, deny_websocket
-from ._native import NativeServe, write_response
+from ._native import NativeHead, NativeServe, write_response
 from ._tasks import ClientDisconnected, TaskCancel
 
 __all__ = ["ASGIApp", "Middleware", "asgi"]
@@ -197,7 +197,7 @@ class ASGIApp:
         # On gatekeep's own front server, plain gatekeep skips ASGI's messages (``_native``).
         self.gatekeep_native: NativeServe | None = None
         if app is None:
-            self.gatekeep_native = NativeServe(gateway, self.request_from_scope)
+            self.gatekeep_native = NativeServe(gateway, self.request_from_head)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -318,6 +318,34 @@ class ASGIApp:
             (client[0], client[1]) if client else None,  # client
             scope.get("server"),  # server
             scope.get("http_version", "1.1"),  # http_version
+            state={"tls": tls} if tls is not None else {},
+        )
+
+    def request_from_head(self, head: NativeHead, body: Any) -> Request:
+        """What ``request_from_scope`` makes of ``head.scope()``, without the scope (gatekeep's
+        own front server: its parser found the Host field, its connection knows the rest)."""
+        value = head.host
+        if value:
+            host = _HOSTS.get(value) if type(value) is bytes else None
+            if host is None:
+                host = _host_name(value)
+        else:
+            server = head.conn.server
+            host = server[0].lower() if server else ""
+        conn = head.conn
+        tls = conn.tls
+        return Request(
+            head.method,  # method
+            "",  # path (normalised by the gateway)
+            head.query_string,  # query_string
+            Headers(head.headers),  # headers
+            body,  # body
+            conn.scheme,  # scheme
+            host,  # host
+            head.raw_path,  # raw_path
+            conn.client,  # client
+            conn.server,  # server
+            head.version,  # http_version
             state={"tls": tls} if tls is not None else {},
         )
 

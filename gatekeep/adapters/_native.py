@@ -8,9 +8,10 @@ adapter to turn them back.  When the app is plain gatekeep (no wrapped app),
 request cycle instead: the cycle's ``read`` gives body bytes, ``start`` and
 ``write`` take the answer.  Lifespan and WebSockets still go through ASGI.
 
-What the request sees is the same as under any ASGI server (the same
-``request_from_scope``, the same gateway), with one difference for the
-better: the server knows at once when a client goes away, so the request's
+What the request sees is the same as under any ASGI server (the ASGI
+adapter's ``request_from_head`` makes what its ``request_from_scope`` would
+make of the head's scope, without the scope; the same gateway), with one
+difference for the better: the server knows at once when a client goes away, so the request's
 work is cancelled then (nginx's 499), not after ``WATCH_AFTER`` seconds.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
@@ -29,15 +30,36 @@ from .._gateway import Gateway
 from .._http import EMPTY_BODY, Body, Request, Response
 from ._tasks import ClientDisconnected, TaskCancel
 
-__all__ = ["NativeCycle", "NativeServe", "write_response"]
+__all__ = ["NativeConnection", "NativeCycle", "NativeHead", "NativeServe", "write_response"]
 
 log = logging.getLogger("gatekeep")
+
+
+class NativeConnection(Protocol):
+    """The connection a request came on (``_front._protocol.HTTPConnection``)."""
+
+    client: tuple[str, int] | None
+    server: tuple[str, int] | None
+    scheme: str
+    tls: dict[str, Any] | None  # the ASGI TLS extension
+
+
+class NativeHead(Protocol):
+    """What the front server parsed of a request's head (``_front._protocol.RequestHead``)."""
+
+    method: str
+    version: str
+    raw_path: bytes  # the target before "?"
+    query_string: bytes
+    headers: list[tuple[bytes, bytes]]
+    host: bytes | None  # the Host field's value
+    conn: NativeConnection
 
 
 class NativeCycle(Protocol):
     """One request of the front server, as ``NativeServe`` uses it (``_front._protocol._Cycle``)."""
 
-    scope: MutableMapping[str, Any]
+    head: NativeHead
     has_body: bool
     body_done: bool
     on_disconnect: Callable[[], None] | None
@@ -136,22 +158,20 @@ class NativeServe:
     """Serves one front-server request cycle with ``gateway`` (see the module doc).
 
     Args:
-        request_from_scope: the ASGI adapter's, so that a request is made
-            exactly as under any other server.
+        request_from_head: the ASGI adapter's, which makes a request exactly as
+            its ``request_from_scope`` would from the head's scope.
     """
 
-    __slots__ = ("gateway", "request_from_scope")
+    __slots__ = ("gateway", "request_from_head")
 
-    def __init__(
-        self, gateway: Gateway, request_from_scope: Callable[[MutableMapping[str, Any], Body], Request]
-    ) -> None:
+    def __init__(self, gateway: Gateway, request_from_head: Callable[[NativeHead, Body], Request]) -> None:
         self.gateway = gateway
-        self.request_from_scope = request_from_scope
+        self.request_from_head = request_from_head
 
     async def __call__(self, cycle: NativeCycle) -> None:
         gateway = self.gateway
         body = _CycleBody(cycle) if cycle.has_body else None
-        request = self.request_from_scope(cycle.scope, EMPTY_BODY if body is None else body)
+        request = self.request_from_head(cycle.head, EMPTY_BODY if body is None else body)
         exchange = Exchange(request)
         response: Response | None = None
         task = cycle.task or asyncio.current_task()
