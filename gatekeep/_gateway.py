@@ -586,18 +586,45 @@ class Gateway:
 
     async def log(self, exchange: Exchange) -> None:
         """Run the log phase (after the last byte was sent)."""
+        pending = self.log_now(exchange)
+        if pending is not None:
+            await pending
+
+    def log_now(self, exchange: Exchange) -> Awaitable[None] | None:
+        """Run the log phase as far as it goes without waiting; the awaitable of the rest, if any.
+
+        Phases that never wait (prometheus, access-log) run here, without a coroutine.
+        """
         request = exchange.request
         if not exchange.end:
             exchange.end = time.perf_counter()
         route: Route | None = request._compiled_route
         chain = self.global_chain if route is None else self.chain_for(route, _consumer_key(request.consumer))
-        for phase in chain.log:
+        phases = chain.log
+        for n, phase in enumerate(phases):
             try:
                 pending = phase(exchange)
-                if pending is not None:  # an async phase's coroutine (a fast one returns None)
-                    await pending
             except Exception:
                 log.exception("log filter failed")
+                continue
+            if pending is not None:  # an async phase's coroutine (a fast one returns None)
+                return _log_rest(phases, n, pending, exchange)
+        return None
+
+
+async def _log_rest(phases: Sequence[Callable[..., Any]], n: int, pending: Any, exchange: Exchange) -> None:
+    """The log phase from ``phases[n]`` on, whose answer ``pending`` is (``Gateway.log_now``)."""
+    try:
+        await pending
+    except Exception:
+        log.exception("log filter failed")
+    for phase in phases[n + 1 :]:
+        try:
+            later = phase(exchange)
+            if later is not None:
+                await later
+        except Exception:
+            log.exception("log filter failed")
 
 
 _NO_FILTERS = Chain([])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from gatekeep import BaseFilter, Chain, Exchange, Request, Response
@@ -116,3 +118,53 @@ async def test_a_fast_response_phase_that_raises_is_a_problem_not_a_traceback(wh
     assert answer.status == 500
     assert answer.header("content-type") == "application/problem+json"
     assert "traceback" not in answer.text.lower() and "stamp broke" not in answer.text
+
+
+class _Log(BaseFilter):
+    """A log phase, fast (``_fast_log_phase``: no coroutine) or a coroutine, that notes its name
+    in ``seen``, or raises when told to."""
+
+    def __init__(self, name: str, priority: int, seen: list[str], *, fast: bool, fail: bool = False) -> None:
+        super().__init__(None)
+        self.name = name  # type: ignore[misc]
+        self.priority = priority  # type: ignore[misc]
+        self.seen, self.fast, self.fail = seen, fast, fail
+
+    async def on_log(self, exchange: Exchange) -> None:
+        await anyio.lowlevel.checkpoint()  # a phase that waits
+        self._note(exchange)
+
+    def _fast_log_phase(self) -> Any:
+        return self._note if self.fast else None
+
+    def _note(self, exchange: Exchange) -> None:
+        if self.fail:
+            raise RuntimeError(f"{self.name} broke")
+        self.seen.append(f"{self.name}:{exchange.status}")
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        ("fast", "fast", "fast"),
+        ("fast", "slow", "fast"),
+        ("slow", "fast", "slow"),
+        ("fast", "failing-fast", "slow"),
+        ("slow", "failing-slow", "fast"),
+    ],
+)
+async def test_log_phases_fast_and_waiting_all_run_in_order_and_one_that_fails_stops_none(
+    kinds: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+    filters = [
+        _Log(f"p{n}", 100 - n, seen, fast=kind.endswith("fast"), fail=kind.startswith("failing"))
+        for n, kind in enumerate(kinds)
+    ]
+    async with gateway_for(filters=filters) as gw:
+        assert (await gw.client.get("/")).status == 200
+        with anyio.fail_after(5):
+            while len(seen) < sum(not k.startswith("failing") for k in kinds):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+    assert seen == [f"p{n}:200" for n, kind in enumerate(kinds) if not kind.startswith("failing")]
+    assert ("log filter failed" in caplog.text) == any(k.startswith("failing") for k in kinds)

@@ -398,7 +398,9 @@ class ASGIApp:
                 exchange.status = 499
                 log.info("client closed the connection during %s %s", request.method, request.path)
         if self.gateway.has_log_phase:
-            await self.gateway.log(exchange)
+            pending = self.gateway.log_now(exchange)  # (no coroutine when every log phase answers at once)
+            if pending is not None:
+                await pending
 
 
 async def _close_websockets(gateway: Gateway) -> None:

@@ -219,4 +219,6 @@ class NativeServe:
                 exchange.status = 499  # gone before the answer's head: nginx's 499
                 log.info("client closed the connection during %s %s", request.method, request.path)
         if gateway.has_log_phase:
-            await gateway.log(exchange)
+            pending = gateway.log_now(exchange)  # (no coroutine when every log phase answers at once)
+            if pending is not None:
+                await pending
