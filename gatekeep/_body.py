@@ -347,38 +347,55 @@ class BodyPolicy:
         A body whose ``reserved`` bytes were taken from the budget up front
         (its ``Content-Length``) is read whole.  A chunked one takes budget
         as it grows and streams once it outgrows the limit or the budget.
-        One ``bytearray``, not a list of chunks: a client trickling a byte at
-        a time must not cost an object per byte.
+        At most ``_MAX_PARTS`` chunks are kept as they came and joined at the
+        end; past them one ``bytearray``: a client trickling a byte at a time
+        must not cost an object per byte.
         """
         budget = self._budget
         limit = self.buffer_size
         it = aiter(request.body)
-        # A body that arrives in one chunk (most do) is kept as it came: no copy.
-        first = b""
+        # The first chunks are kept as they came and joined once at the end (a body that came in
+        # one or two reads is copied at most once); past _MAX_PARTS of them, one ``bytearray``.
+        parts: list[bytes] = []
         data: bytearray | None = None
+        size = 0
         taken = 0
         try:
             async for chunk in it:
+                size += len(chunk)
                 if data is not None:
                     data += chunk
-                elif not first:
-                    first = chunk
+                elif len(parts) < _MAX_PARTS:
+                    parts.append(chunk)
                 else:
-                    data = bytearray(first)
+                    data = bytearray(b"".join(parts))
                     data += chunk
+                    parts = []
                 if reserved is None:
-                    size = len(first) if data is None else len(data)
                     if size > limit or not budget.take(len(chunk)):
                         budget.give(taken)
-                        request.body = _resume(first if data is None else bytes(data), it)
+                        request.body = _resume(_joined(parts, data), it)
                         return -1
                     taken += len(chunk)
         except BaseException:
             budget.give(taken)
             raise
-        whole = bytes(first) if data is None else bytes(data)
+        whole = _joined(parts, data)
         request.body = replayable(whole)
         return len(whole) if reserved is None else reserved
+
+
+# A buffered body's chunks kept as they came before ``_read_ahead`` copies them into one buffer:
+# a client that trickles a byte at a time costs no object per byte past these.
+_MAX_PARTS: Final = 16
+
+
+def _joined(parts: list[bytes], data: bytearray | None) -> bytes:
+    if data is not None:
+        return bytes(data)
+    if len(parts) == 1:
+        return bytes(parts[0])  # (the chunk itself when it is bytes: no copy)
+    return b"".join(parts)
 
 
 async def _resume(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
