@@ -33,7 +33,6 @@ mechanism, LIFO, exactly once when the adapter closes the response).
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import os
 import random
@@ -45,6 +44,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from . import _gc
 from ._compile import (
     BalancerFactory,
     BreakerFactory,
@@ -239,12 +239,8 @@ class Gateway:
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
-        global _gc_frozen
-        if self.config.gateway.gc_freeze and not _gc_frozen:
-            # Once per process: later gateways (tests, reloads) leave the GC alone.
-            _gc_frozen = True
-            gc.collect()
-            gc.freeze()
+        settings = self.config.gateway
+        _gc.tune(threshold=settings.gc_threshold, freeze=settings.gc_freeze)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -628,7 +624,6 @@ async def _log_rest(phases: Sequence[Callable[..., Any]], n: int, pending: Any, 
 
 
 _NO_FILTERS = Chain([])
-_gc_frozen = False
 # Request ids need to be unique, not secret: a PRNG seeded from the OS per
 # process avoids a getrandom system call per request.
 _ids = random.Random(os.urandom(32))

@@ -520,6 +520,49 @@ anyio.run(main)
     assert (int(out.stdout) > 10_000) is freeze
 
 
+@pytest.mark.parametrize(
+    ("before", "configured", "after"),
+    [
+        (None, None, 10_000),  # the default raises the interpreter's 700
+        (None, 0, 700),  # 0 leaves the interpreter's own
+        (None, 2_000, 2_000),
+        (50_000, None, 50_000),  # the application chose a higher one: kept
+        (0, None, 0),  # the application turned automatic collection off: still off
+    ],
+)
+def test_the_first_gateway_raises_the_young_gc_threshold_once(
+    before: int | None, configured: int | None, after: int
+) -> None:
+    import subprocess
+    import sys
+
+    settings = {} if configured is None else {"gc_threshold": configured}
+    script = f"""
+import gc, anyio, gatekeep
+if {before!r} is not None:
+    gc.set_threshold({before!r}, 10, 10)
+assert gc.get_threshold()[0] == ({before!r} if {before!r} is not None else 700)
+def config(settings):
+    return {{"gateway": settings,
+        "services": [{{"name": "s", "url": "http://127.0.0.1:9", "routes": [{{"paths": ["/"]}}]}}]}}
+async def main():
+    async with gatekeep.Gateway(config({settings!r})):
+        print(gc.get_threshold()[0])
+    # A later gateway (a test, a reload) leaves the collector as the first one set it.
+    async with gatekeep.Gateway(config({{"gc_threshold": 123_456}})):
+        print(gc.get_threshold()[0])
+anyio.run(main)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(after), str(after)]
+
+
+def test_a_negative_gc_threshold_is_a_config_error_at_its_path() -> None:
+    with pytest.raises(gatekeep.ConfigError, match=r"gateway\.gc_threshold"):
+        gatekeep.Gateway({"gateway": {"gc_threshold": -1}})
+
+
 async def test_the_disconnect_watch_never_spins_on_a_server_without_disconnects() -> None:
     # An ASGI server that (against the spec) answers every receive() at once.
     calls = 0
