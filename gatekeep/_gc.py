@@ -10,11 +10,10 @@ of allocations that is freed later still counts.  A gateway makes such bursts
 by design: the requests resumed together (say the 17 whose rate-limit replies
 came in one read) each build their request, headers and filter state before
 any of them finishes.  Under the proxy benchmark's full pipeline that crossed
-700 about 200 times a second.  Each collection walks every young object still
-alive, which is the in-flight requests' state, not garbage: ~80 µs each, and
-about 5 % of the throughput.  With ``threshold0`` at 10,000 the same load runs
-a young collection about twice a second (the benchmark's figures are in
-docs/benchmarks.md).
+700 about 180 times a second.  Each collection walks every young object still
+alive, which is the in-flight requests' state, not garbage: ~80 µs each, about
+1.2 µs per request.  With ``threshold0`` at 10,000 the same load runs no young
+collection after start-up (docs/benchmarks.md, "Sixth pass").
 
 What this does not change: objects are still freed by reference counting the
 moment they are dropped; only cyclic garbage waits longer, at most ~10,000
