@@ -64,6 +64,8 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 F = TypeVar("F", bound=Callable[..., Any])
 
 IDENTITY_KEY = "gatekeep.identity"
+# The gateway's request id, in the scope or environ of a wrapped app (middleware mode).
+REQUEST_ID_KEY = "gatekeep.request_id"
 
 
 # -- reading the identity -------------------------------------------------------
@@ -568,9 +570,16 @@ class Guard:
 
     @property
     def dependency(self) -> Callable[..., Awaitable[Identity | None]]:
-        """For ``Depends(...)``: returns the identity, or raises Starlette's ``HTTPException``."""
-        from starlette.exceptions import HTTPException
+        """For ``Depends(...)``: returns the identity, or raises the denial as a
+        ``gatekeep.integrations.fastapi.ProblemException``.
+
+        That is Starlette's ``HTTPException`` (the status and ``WWW-Authenticate`` are right
+        either way); an app that ran ``gatekeep.integrations.fastapi.install(app)`` answers
+        it as problem+json, like every other gatekeep denial.
+        """
         from starlette.requests import HTTPConnection
+
+        from ._problem_exception import ProblemException
 
         async def dependency(connection: HTTPConnection) -> Identity | None:
             scope = connection.scope
@@ -579,7 +588,8 @@ class Guard:
                     identity_from_scope(scope), scope.get("method", "GET"), scope.get("path", "/")
                 )
             except GatekeepError as exc:
-                raise HTTPException(exc.status, exc.detail, headers=dict(exc.headers) or None) from exc
+                rid = scope.get(REQUEST_ID_KEY)
+                raise ProblemException(exc, rid if isinstance(rid, str) else "") from exc
 
         dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [

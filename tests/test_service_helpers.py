@@ -310,6 +310,25 @@ async def test_require_roles_on_starlette_and_fastapi() -> None:
         assert scope.status == 403
         assert (scope.header("www-authenticate") or "").startswith('Bearer error="insufficient_scope"')
         assert (await client.get("/fast")).status == 401
+    # With the integration's answers installed, the guard's denials are problem+json too.
+    from gatekeep.integrations import fastapi as gk
+
+    installed = FastAPI()
+    gk.install(installed)
+
+    @installed.get("/fast")
+    async def installed_fast(identity: Identity = Depends(admin_scoped)) -> dict[str, str]:  # noqa: B008
+        return {"sub": identity.subject}
+
+    async with serve_asgi(Inject(installed)) as port:
+        client = TestClient("127.0.0.1", port)
+        scope = await client.get("/fast", headers={"x-sub": "b", "x-roles": "admin"})
+        assert scope.status == 403 and scope.header("content-type") == "application/problem+json"
+        assert (scope.header("www-authenticate") or "").startswith('Bearer error="insufficient_scope"')
+        problem = scope.json()
+        assert problem["status"] == 403 and "orders:read" in problem["detail"]
+        anonymous = await client.get("/fast")
+        assert anonymous.status == 401 and anonymous.header("content-type") == "application/problem+json"
 
 
 def test_require_roles_on_flask_and_wsgi() -> None:

@@ -10,7 +10,7 @@ from .._http import DEFAULT_REQUEST_ID_HEADER, problem_response
 from .._identity import Identity
 from ..adapters._asgi_app import ROUTE_TEMPLATE
 from ..authz import AuthenticationRequired
-from ..service import Guard
+from ..service import REQUEST_ID_KEY, Guard
 from ..service import require_roles as guard
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
 ]
 
 IDENTITY_KEY = "gatekeep.identity"
-REQUEST_ID_KEY = "gatekeep.request_id"
 
 _DROP = frozenset({DEFAULT_REQUEST_ID_HEADER, b"content-length"})
 # A problem document: status, headers (str pairs), body.

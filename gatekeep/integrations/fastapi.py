@@ -28,12 +28,12 @@ from typing import Annotated, Any, Unpack
 
 from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .._errors import GatekeepError
 from .._identity import Identity
+from .._problem_exception import ProblemException
 from ._common import RoleOptions, admitted, guard, identity_in, problem, request_id_of, required
 
 __all__ = [
@@ -47,19 +47,6 @@ __all__ = [
     "require_identity",
     "require_roles",
 ]
-
-
-class ProblemException(HTTPException):
-    """A gatekeep denial raised by a dependency; ``install`` answers it as problem+json.
-
-    It is Starlette's ``HTTPException``, so an app that did not ``install``
-    still answers the right status and headers (as FastAPI's ``{"detail"}``).
-    """
-
-    def __init__(self, error: GatekeepError, request_id: str = "") -> None:
-        super().__init__(error.status, error.detail, headers=dict(error.headers) or None)
-        self.error = error
-        self.request_id = request_id
 
 
 # -- dependencies -----------------------------------------------------------------
