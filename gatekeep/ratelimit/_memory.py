@@ -2,19 +2,90 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 from .._protocols import Decision, Limit
-from ._bucket import Bucket, check_limit, grant, level
+from ._bucket import EPSILON, Bucket, check_limit, grant
 
 __all__ = ["MemoryRateLimiter"]
 
 # How many stale buckets one call may drop from the old end: more than one, so
 # that eviction keeps up with the creation of new buckets.
 _SWEEP = 2
+# Plans kept by the identity of the limits sequence callers pass (a filter's is built once).
+_MAX_PLANS = 1024
+
+# A limit as the buckets' dict names it: its fields, (rate, period, burst, name).  Equal
+# exactly when the ``Limit``s are (attrs compares the same fields), but hashed in C: an
+# attrs ``Limit`` hashes in Python on every lookup.
+LimitName: TypeAlias = tuple[int, float, "int | None", str]
+# What the maths reads of a limit: capacity as a float and as an int, rate, period.
+_Params: TypeAlias = tuple[float, int, int, float]
+
+
+class _Plan:
+    """What one sequence of limits needs on every call, made once."""
+
+    __slots__ = ("limits", "names", "params")
+
+    def __init__(self, limits: Sequence[Limit]) -> None:
+        for limit in limits:
+            check_limit(limit)
+        self.limits = limits  # (held: its id names this plan)
+        self.names: tuple[LimitName, ...] = tuple([_name(limit) for limit in limits])
+        self.params: tuple[_Params, ...] = tuple([_params(name) for name in self.names])
+
+
+def _name(limit: Limit) -> LimitName:
+    return (limit.rate, limit.period, limit.burst, limit.name)
+
+
+def _params(name: LimitName) -> _Params:
+    rate, period, burst, _ = name
+    capacity = burst if burst is not None else rate
+    return (float(capacity), capacity, rate, period)
+
+
+def _admit(
+    states: Sequence[Bucket | None], params: Sequence[_Params], now: float, cost: int
+) -> tuple[Decision, list[Bucket]] | None:
+    """``grant(states, limits, now, cost, cost)`` when every bucket admits ``cost >= 1``: the
+    same numbers, computed in one pass with the same operations in the same order; ``None``
+    when a bucket refuses (``grant`` then decides, and answers the refusal).
+
+    ``tests/test_ratelimit_memory.py`` checks it against ``grant`` on random states.
+    """
+    remaining: list[int] = []
+    reset: list[float] = []
+    new: list[Bucket] = []
+    floor = math.floor
+    ceil = math.ceil
+    short = cost - EPSILON
+    for state, (cap_f, cap, rate, period) in zip(states, params, strict=True):
+        # ``level``:
+        if state is None:
+            tokens = cap_f
+            stamp = now
+        else:
+            tokens, stamp = state
+            if now > stamp:
+                filled = tokens + (now - stamp) * rate / period
+                tokens = filled if filled < cap_f else cap_f  # min(cap_f, filled)
+                stamp = now
+        if tokens < short:
+            return None
+        after = tokens - cost
+        remaining.append(floor(after + EPSILON))
+        # ``ceil_ms(seconds_until(after, capacity, limit))``:
+        until = 0.0 if after >= cap - EPSILON else (cap - after) * period / rate
+        reset.append(ceil(until * 1000.0 - 1e-6) / 1000.0)
+        new.append(Bucket(after, stamp))
+    return Decision(allowed=True, remaining=tuple(remaining), reset=tuple(reset)), new
 
 
 class MemoryRateLimiter:
@@ -42,8 +113,9 @@ class MemoryRateLimiter:
             raise ValueError("max_keys must be at least 1")
         self._clock = clock
         self._max_keys = max_keys
-        self._buckets: OrderedDict[tuple[str, Limit], Bucket] = OrderedDict()
+        self._buckets: OrderedDict[tuple[str, LimitName], Bucket] = OrderedDict()
         self._lock = threading.Lock()
+        self._plans: dict[int, _Plan] = {}
 
     def __len__(self) -> int:
         """The number of buckets held."""
@@ -76,20 +148,33 @@ class MemoryRateLimiter:
             raise ValueError(f"a lease needs 1 <= need <= want, got need={need}, want={want}")
         return self._grant(key, limits, need, want)
 
+    def _plan(self, limits: Sequence[Limit]) -> _Plan:
+        plan = self._plans.get(id(limits))
+        if plan is None or plan.limits is not limits:
+            plan = _Plan(limits)
+            if len(self._plans) >= _MAX_PLANS:  # callers passing a new sequence each time
+                self._plans.clear()
+            self._plans[id(limits)] = plan
+        return plan
+
     def _grant(self, key: str, limits: Sequence[Limit], need: int, want: int) -> tuple[int, Decision]:
         buckets = self._buckets
-        names = [(key, limit) for limit in limits]
+        plan = self._plan(limits)
+        names = [(key, name) for name in plan.names]
         with self._lock:
             now = self._clock()
             states: list[Bucket | None] = []
             for name in names:
                 state = buckets.get(name)
-                if state is None:
-                    check_limit(name[1])
-                else:
+                if state is not None:
                     buckets.move_to_end(name)
                 states.append(state)
-            granted, decision, new = grant(states, limits, now, need, want)
+            admitted = _admit(states, plan.params, now, need) if need == want and need else None
+            if admitted is not None:  # the common case, in one pass
+                decision, taken = admitted
+                granted, new = need, tuple(taken)
+            else:
+                granted, decision, new = grant(states, limits, now, need, want)
             if new is not None:
                 for name, state in zip(names, new, strict=True):
                     buckets[name] = state
@@ -102,8 +187,10 @@ class MemoryRateLimiter:
             if not buckets:
                 return
             name, state = next(iter(buckets.items()))
-            limit = name[1]
-            if level(state, limit, now) < limit.capacity:
+            cap_f, _, rate, period = _params(name[1])
+            tokens, stamp = state
+            # ``level(state, limit, now) < capacity``: not full yet, so kept.
+            if (tokens if now <= stamp else tokens + (now - stamp) * rate / period) < cap_f:
                 break
             del buckets[name]
         while len(buckets) > self._max_keys:
