@@ -226,7 +226,7 @@ class GatewaySettings:
     # young-generation threshold (gc.set_threshold's threshold0) to this, so
     # the in-flight requests' objects are not walked hundreds of times a
     # second; 0 leaves the interpreter's own.  A higher one is kept.
-    gc_threshold: int = attrs.field(default=10_000, validator=validators.non_negative)
+    gc_threshold: int = attrs.field(default=2_000, validator=validators.non_negative)
     # Upstream response headers not passed to the client (nginx's
     # proxy_hide_header): the ASGI/WSGI server adds its own Date and Server,
     # and two of each would break HTTP (Date is a singleton field).

@@ -12,12 +12,16 @@ came in one read) each build their request, headers and filter state before
 any of them finishes.  Under the proxy benchmark's full pipeline that crossed
 700 about 180 times a second.  Each collection walks every young object still
 alive, which is the in-flight requests' state, not garbage: ~80 µs each, about
-1.2 µs per request.  With ``threshold0`` at 10,000 the same load runs no young
+1.2 µs per request.  With ``threshold0`` at 2,000 the same load runs no young
 collection after start-up (docs/benchmarks.md, "Sixth pass").
 
 What this does not change: objects are still freed by reference counting the
-moment they are dropped; only cyclic garbage waits longer, at most ~10,000
-objects' worth before a young collection finds it.
+moment they are dropped; only cyclic garbage waits longer, ~2,000 tracked
+allocations at most before a young collection finds it.  Not higher: garbage
+cycles can hold large buffers.  Under uvicorn with permessage-deflate, each
+closed WebSocket leaves cycles holding its zlib state; at 5,000 or 10,000 a
+second thousand sockets found the first thousand's still uncollected (RSS
++42 MiB; ``tests/test_websocket_serving.py``), at 2,000 it did not.
 
 ``freeze`` moves every object made during start-up (modules, config,
 compiled routes) to a permanent generation, so full collections skip them.

@@ -523,9 +523,9 @@ anyio.run(main)
 @pytest.mark.parametrize(
     ("before", "configured", "after"),
     [
-        (None, None, 10_000),  # the default raises the interpreter's 700
+        (None, None, 2_000),  # the default raises the interpreter's 700
         (None, 0, 700),  # 0 leaves the interpreter's own
-        (None, 2_000, 2_000),
+        (None, 5_000, 5_000),
         (50_000, None, 50_000),  # the application chose a higher one: kept
         (0, None, 0),  # the application turned automatic collection off: still off
     ],

@@ -170,9 +170,10 @@ class MemoryRateLimiter:
                     buckets.move_to_end(name)
                 states.append(state)
             admitted = _admit(states, plan.params, now, need) if need == want and need else None
+            new: Sequence[Bucket] | None
             if admitted is not None:  # the common case, in one pass
-                decision, taken = admitted
-                granted, new = need, tuple(taken)
+                decision, new = admitted
+                granted = need
             else:
                 granted, decision, new = grant(states, limits, now, need, want)
             if new is not None:
