@@ -41,13 +41,15 @@ async def raw_server(handler: Handler, *, ssl_context: ssl.SSLContext | None = N
             with suppress(Exception):
                 await handler(stream)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, serve_one)
-        try:
-            yield port
-        finally:
-            tg.cancel_scope.cancel()
-    await listener.aclose()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, serve_one)
+            try:
+                yield port
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        await listener.aclose()  # also when the body failed: no listening socket left to the GC
 
 
 async def read_head(stream: SocketStream, buffer: bytearray | None = None) -> tuple[bytes, bytes]:

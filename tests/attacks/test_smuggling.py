@@ -224,7 +224,12 @@ def test_the_recorder_sees_a_desync() -> None:
             b"POST /x HTTP/1.1\r\nhost: u\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
         )
         sock.sendall(b"0\r\n\r\n")
-        assert sock.recv(100) == b""  # closed without an answer
+        # Closed without an answer: a FIN, or a reset when the close found the chunk unread.
+        try:
+            answer = sock.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""
     assert upstream.problems() == [(b"POST /x HTTP/1.1", ["both content-length and transfer-encoding"])]
 
 
