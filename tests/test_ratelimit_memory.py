@@ -154,3 +154,12 @@ def test_an_invalid_limit_is_refused_on_every_call() -> None:
     for _ in range(2):
         with pytest.raises(ValueError, match="must be positive"):
             limiter.acquire_nowait("k", bad)
+
+
+def test_a_list_of_limits_changed_in_place_is_read_afresh() -> None:
+    limiter = MemoryRateLimiter(clock=Clock())
+    limits = [Limit(rate=1, period=60.0)]
+    assert limiter.acquire_nowait("k", limits).allowed
+    assert not limiter.acquire_nowait("k", limits).allowed
+    limits[0] = Limit(rate=5, period=60.0)  # the same list object, another limit
+    assert limiter.acquire_nowait("k", limits).remaining == (4,)

@@ -74,6 +74,17 @@ async def test_the_script_comes_back_after_script_flush(
     await limiter.aclose()
 
 
+async def test_a_list_of_limits_changed_in_place_is_read_afresh(
+    client: aioredis.Redis, limiters: list[RedisRateLimiter]
+) -> None:
+    limiter = keep(limiters, RedisRateLimiter(client, prefix="t:"))
+    limits = [Limit(rate=1, period=HOUR)]
+    assert (await limiter.acquire("k", limits)).allowed
+    assert not (await limiter.acquire("k", limits)).allowed
+    limits[0] = Limit(rate=5, period=HOUR)  # the same list object, another limit
+    assert (await limiter.acquire("k", limits)).remaining == (4,)
+
+
 async def test_keys_expire_when_their_bucket_is_full_again(
     client: aioredis.Redis, limiters: list[RedisRateLimiter]
 ) -> None:

@@ -17,7 +17,7 @@ __all__ = ["MemoryRateLimiter"]
 # How many stale buckets one call may drop from the old end: more than one, so
 # that eviction keeps up with the creation of new buckets.
 _SWEEP = 2
-# Plans kept by the identity of the limits sequence callers pass (a filter's is built once).
+# Plans kept by the identity of the limits tuple callers pass (a filter's is built once).
 _MAX_PLANS = 1024
 
 # A limit as the buckets' dict names it: its fields, (rate, period, burst, name).  Equal
@@ -149,6 +149,8 @@ class MemoryRateLimiter:
         return self._grant(key, limits, need, want)
 
     def _plan(self, limits: Sequence[Limit]) -> _Plan:
+        if type(limits) is not tuple:
+            return _Plan(limits)  # a list may change between calls: planned afresh each time
         plan = self._plans.get(id(limits))
         if plan is None or plan.limits is not limits:
             plan = _Plan(limits)

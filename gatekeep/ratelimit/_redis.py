@@ -314,7 +314,8 @@ class RedisRateLimiter:
 
     def _command(self, key: str, limits: Sequence[Limit], need: int, want: int) -> _Call:
         """The call for ``key``: packed for the lean wire, else its arguments."""
-        known = self._plans_by_id.get(id(limits))
+        # By identity only for a tuple: a list the caller changed in place keeps its id.
+        known = self._plans_by_id.get(id(limits)) if type(limits) is tuple else None
         plan = known[1] if known is not None and known[0] is limits else self._plan(limits)
         if self._wire is not None:
             keys = self._packed.get((plan, key))
