@@ -567,6 +567,7 @@ class CompiledRouter:
             table.finish()
         self._by_host = bool(self._hosts or self._wildcards)
         self._only_any: tuple[_Table, ...] = (self._any,)
+        self._explained: list[_Info] | None = None  # ``explain``'s ranking, made on its first call
 
     def _table_for(self, rule: RouteRule, host: str) -> _Table:
         if not host:
@@ -681,8 +682,8 @@ def _compile_headers(rule: RouteRule) -> tuple[tuple[bytes, frozenset[bytes]], .
 # the request's host does not fit and, when no path matched at all, at the
 # routes whose literal path is nearest.  The router keeps only a rank per
 # entry; the precedence key behind it is recomputed from the rules in the same
-# order, so that each verdict can say which part of the key decided.  This
-# costs a sort of all entries per call: an Admin API request, never a proxied one.
+# order, so that each verdict can say which part of the key decided.  That
+# ranking is a sort of all entries, made on a router's first explain and kept.
 
 _ANY_PATH = _Pattern(_PREFIX, "/", trailing_slash=True)  # a rule without paths
 _KINDS = {_EXACT: "exact", _TEMPLATE: "template", _REGEX: "regex", _PREFIX: "prefix"}
@@ -741,7 +742,12 @@ class _Info:
 
 
 def _infos(router: CompiledRouter) -> list[_Info]:
-    """Per entry rank: the host, pattern and precedence key the router ranked it by."""
+    """Per entry rank: the host, pattern and precedence key the router ranked it by.
+
+    Made on the router's first ``explain`` and kept: the rules of a router never change.
+    """
+    if router._explained is not None:
+        return router._explained
     ranked: list[_Info] = []
     for order, rule in enumerate(router.rules):
         patterns = [(p, _parse_pattern(p)) for p in rule.paths] or [("/", _ANY_PATH)]
@@ -750,6 +756,7 @@ def _infos(router: CompiledRouter) -> list[_Info]:
                 key = (pattern.kind, pattern.specificity, not rule.headers, not rule.methods, order)
                 ranked.append(_Info(rule.name, host.lower().rstrip("."), text, pattern, key))
     ranked.sort(key=lambda info: info.key)  # stable, as in CompiledRouter.__init__
+    router._explained = ranked
     return ranked
 
 

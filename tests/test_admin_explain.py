@@ -284,6 +284,21 @@ def test_router_explain_names_the_deciding_precedence() -> None:
     assert router.explain("GET", "h", "nope").candidates == ()
 
 
+def test_a_router_ranks_its_routes_for_explain_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    router = CompiledRouter(
+        [RouteRule(f"r{i}", [f"/svc{i}", f"=/svc{i}/health"], hosts=["a.example.com"]) for i in range(300)]
+    )
+    first = router.explain("GET", "a.example.com", "/svc7/x")
+    assert first.match is not None and first.match.rule.name == "r7"
+
+    def parse_again(pattern: str) -> object:
+        raise AssertionError(f"explain parsed {pattern!r} again: it re-ranked every route")
+
+    monkeypatch.setattr("gatekeep._router._parse_pattern", parse_again)
+    assert router.explain("GET", "a.example.com", "/svc7/x") == first
+    assert router.explain("GET", "a.example.com", "/svc42/health").match.rule.name == "r42"  # type: ignore[union-attr]
+
+
 _rules = st.lists(
     st.builds(
         RouteRule,
@@ -318,6 +333,7 @@ def test_explain_chooses_what_match_chooses(
     expected = router.match(method, host, path, headers)
     found = router.explain(method, host, path, headers)
     assert found.match == expected
+    assert router.explain(method, host, path, headers) == found  # the ranking kept from the first call
     taken = [c for c in found.candidates if c.taken]
     if expected is None:
         assert taken == []
