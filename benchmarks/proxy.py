@@ -305,6 +305,34 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of ``pid`` and its live children."""
+    voluntary = involuntary = 0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found = proc.num_ctx_switches()
+                voluntary += found.voluntary
+                involuntary += found.involuntary
+    return voluntary, involuntary
+
+
+# ``--pin``: the proxy under test alone on the first CPU, wrk and every helper on the others.
+PINNING: dict[str, set[int]] = {}
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` and of its live children on ``cpus`` only."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                for thread in proc.threads():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.sched_setaffinity(thread.id, cpus)
+
+
 def rss_bytes(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
@@ -317,7 +345,14 @@ def wrk(url: str, script: Path, seconds: float, connections: int) -> dict[str, A
         wrk_bin, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
         "--latency", "-s", str(script), url,
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    helpers = PINNING.get("helpers")
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, helpers)) if helpers else None,  # noqa: PLW1509
+    )
     try:
         out, _ = proc.communicate(timeout=seconds + 30)
     finally:
@@ -355,6 +390,7 @@ def measure(
     wrk(url, script, 1, connections)  # warm-up: pools filled, code paths hot
     counted = {name: read() for name, read in (counters or {}).items()}
     proxy_before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    switches_before = context_switches(proxy_pid) if proxy_pid else (0, 0)
     upstream_before = [cpu_seconds(pid) for pid in upstream_pids]
     side_before = {name: cpu_seconds(pid) for name, pid in side.items()}
     machine_before = _busy_seconds()
@@ -363,6 +399,7 @@ def measure(
     wrk_cpu = _children_cpu() - wrk_before
     busy = _busy_seconds() - machine_before
     proxy_cpu = cpu_seconds(proxy_pid) - proxy_before if proxy_pid else 0.0
+    switches = context_switches(proxy_pid) if proxy_pid else (0, 0)
     upstream_each = [
         cpu_seconds(pid) - before for pid, before in zip(upstream_pids, upstream_before, strict=True)
     ]
@@ -374,6 +411,14 @@ def measure(
             name: round((read() - counted[name]) / requests, 3) for name, read in counters.items()
         }
     result["proxy_cpu_us"] = proxy_cpu / requests * 1e6 if proxy_pid else None
+    if proxy_pid:
+        # How often the proxy slept (voluntary: nothing to do) or was put off its CPU by
+        # another process (involuntary), per 1000 requests.
+        kinds = ("voluntary", "involuntary")
+        result["proxy_switches_per_1k"] = {
+            kind: round((after - before) * 1000 / requests, 1)
+            for kind, before, after in zip(kinds, switches_before, switches, strict=True)
+        }
     result["upstream_cpu_us"] = upstream_cpu / requests * 1e6
     if len(upstream_each) > 1:
         # How the balancer spread the work: each instance's share of the upstream CPU.
@@ -1003,6 +1048,9 @@ def _print_run(case: str, r: dict[str, Any]) -> None:
         extra += f"  {name} {us:.0f} µs/req"
     for name, value in r.get("per_request", {}).items():
         extra += f"  {name} {value:.2f}/req"
+    switches = r.get("proxy_switches_per_1k")
+    if switches:
+        extra += f"  switches/1k {switches['voluntary']:.0f} vol {switches['involuntary']:.0f} invol"
     if "upstream_cpu_share" in r:
         extra += "  upstream shares " + "/".join(f"{s:.0%}" for s in r["upstream_cpu_share"])
     print(
@@ -1031,6 +1079,11 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
             target: Target | None = None
             try:
                 target = start_target(fleet, name, upstream_port, upstream, helpers, args.variant_server)
+                if PINNING:
+                    if target.pid:
+                        pin(target.pid, PINNING["proxy"])
+                    for pid in [*target.upstream_pids, *target.side_pids.values()]:
+                        pin(pid, PINNING["helpers"])
                 check(target.port, target.headers)
                 feature_check(name, target.port, target.headers)
                 lua = scripts(fleet.workdir, target.headers, name if target.headers else "")
@@ -1076,7 +1129,7 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
         print(added_table(added))
     write(
         {
-            ("proxy_bracketed" if args.bracket else "proxy"): {
+            ("proxy_bracketed" if args.bracket else "proxy") + ("_pinned" if args.pin else ""): {
                 "settings": {
                     "duration_s": args.duration,
                     "rounds": args.rounds,
@@ -1084,6 +1137,12 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
                     "order": round_order(args.targets, args.bracket, base_of(args)),
                     "figures": "each figure is the median of the target's rounds (rounds interleaved)",
                     "gatekeep_variants_run_on": args.variant_server,
+                    "pinned": (
+                        f"the proxy on CPU {sorted(PINNING['proxy'])}, wrk, the upstream(s) and Redis on"
+                        f" CPU {sorted(PINNING['helpers'])} (sched_setaffinity)"
+                        if PINNING
+                        else "no: the scheduler places every process"
+                    ),
                     "gatekeep-serve": "python -m gatekeep serve CONFIG --port P: gatekeep's front server,"
                     " default [server] settings and logging, one worker",
                     "connections": args.connections,
@@ -1107,6 +1166,8 @@ def run_table(fleet: Fleet, args: argparse.Namespace) -> None:
                     "p50_us": "µs",
                     "p99_us": "µs",
                     "proxy_cpu_us": "µs CPU per request",
+                    "proxy_switches_per_1k": "context switches of the proxy per 1000 requests: voluntary"
+                    " (it slept) and involuntary (another process took its CPU)",
                     "side_cpu_us": "µs CPU per request of a helper process (Redis)",
                     "rps": "requests/s",
                     "foreign_cpu_pct": "% of one core used by other processes during the run",
@@ -1442,6 +1503,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="measure plain gatekeep before and after every gatekeep variant (for the added-cost"
         " figures; results go to the proxy_bracketed section)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the proxy under test alone on the first CPU and wrk, the upstream(s) and Redis on the"
+        " others (a diagnostic for a shared box; results go to a section ending in _pinned)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--memory", action="store_true", help="RSS of gatekeep across --requests requests")
     mode.add_argument("--profile", action="store_true", help="profile gatekeep under load")
@@ -1485,6 +1552,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        if args.memory or args.profile:
+            parser.error("--pin is for the table runs")
     return args
 
 
@@ -1502,7 +1575,16 @@ def fleet_scope() -> Iterator[Fleet]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    print(f"{os.cpu_count()} CPUs; wrk -t1 -c{args.connections}; everything shares them", flush=True)
+    PINNING.clear()
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        PINNING.update(proxy={cpus[0]}, helpers=set(cpus[1:]))
+    shared = (
+        f"the proxy on CPU {sorted(PINNING['proxy'])}, the rest on {sorted(PINNING['helpers'])}"
+        if PINNING
+        else "everything shares them"
+    )
+    print(f"{os.cpu_count()} CPUs; wrk -t1 -c{args.connections}; {shared}", flush=True)
     try:
         with fleet_scope() as fleet:
             if args.memory:
