@@ -1191,7 +1191,9 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if values:
             out[k] = statistics.median(values)
     out["best_rps"] = ordered[-1]["rps"]
-    out["rounds"] = [{k: r.get(k) for k in ROUND_FIELDS} for r in runs]
+    out["rounds"] = [
+        {k: r.get(k) for k in ROUND_FIELDS + ROUND_EXTRAS if k in ROUND_FIELDS or k in r} for r in runs
+    ]
     return out
 
 
@@ -1201,6 +1203,7 @@ def base_of(args: argparse.Namespace) -> str:
 
 
 ROUND_FIELDS = ("rps", "p50_us", "p99_us", "proxy_cpu_us", "upstream_cpu_us", "foreign_cpu_pct", "loadavg_1m")
+ROUND_EXTRAS = ("proxy_switches_per_1k",)  # kept per round, no median
 VARIANT_SETTINGS = {
     "gatekeep+jwt+rbac": "jwt (static RS256 key, audience checked, verified-token cache on) + rbac "
     "(any_of user, hierarchy admin>user); one valid token in Authorization",
